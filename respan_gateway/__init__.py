@@ -1,0 +1,35 @@
+"""respan-gateway: a self-hostable LLM gateway that speaks the Respan gateway API.
+
+The public names a plugin needs live here; the machinery lives in the submodules.
+"""
+
+from .app import create_app
+from .call import ANONYMOUS, Attempt, Call, CallNext, Chunk, JSONResult, Principal, Result, StreamResult, Target
+from .config import Config, ConfigError, ProviderSettings, Settings
+from .errors import (
+    AuthenticationFailed,
+    BadRequest,
+    GatewayError,
+    ModelNotFound,
+    NotFound,
+    RateLimited,
+    StreamInterrupted,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from .gateway import Gateway
+from .hookspecs import hookimpl
+from .params import RespanParams
+from .providers import ProviderAdapter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ANONYMOUS", "Attempt", "AuthenticationFailed", "BadRequest", "Call", "CallNext", "Chunk", "Config",
+    "ConfigError", "Gateway", "GatewayError", "JSONResult", "ModelNotFound", "NotFound", "Principal",
+    "ProviderAdapter", "ProviderSettings", "RateLimited", "RespanParams", "Result", "Settings",
+    "StreamInterrupted", "StreamResult", "Target", "UpstreamError", "UpstreamTimeout", "UpstreamUnreachable",
+    "hookimpl", "create_app",
+]
+

@@ -1,0 +1,318 @@
+"""The ASGI app: routes, the call builder, and how results and errors go back to the client.
+
+Pure ASGI throughout (no ``BaseHTTPMiddleware``): one small middleware stamps
+``x-respan-gateway-request-id`` on every response; endpoints build a :class:`Call`, run the compiled
+pipeline, and send the result. Streams go out chunk by chunk as they arrive; the first chunk is awaited
+before the response starts, so a failure before it is still an ordinary error response.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .call import Call, Chunk, JSONResult, Kind, Result, StreamResult
+from .config import Config
+from .errors import BadRequest, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from .gateway import Gateway
+from .sse import DONE_FRAME, frame
+
+log = structlog.get_logger("respan_gateway")
+
+_decode_body = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.decode
+
+REQUEST_ID_HEADER = b"x-respan-gateway-request-id"
+
+
+def new_request_id() -> str:
+    return os.urandom(12).hex()
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (``scope["state"]["request_id"]``) and every response its header."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (REQUEST_ID_HEADER, request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+# -- responses --------------------------------------------------------------------------------------
+
+def json_response(status: int, content: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(content, status_code=status, headers=headers, media_type="application/json")
+
+
+def error_response(exc: GatewayError, style: str = "openai", extra_headers: dict[str, str] | None = None) -> Response:
+    headers = {**exc.headers, **(extra_headers or {})}
+    return json_response(exc.status, exc.render(style), headers)
+
+
+class StreamResponse(Response):
+    """Sends a :class:`StreamResult` as server-sent events, watching for the client going away.
+
+    Hypercorn drops sends silently after a disconnect, so ``receive()`` is watched: when the client
+    leaves, the stream loop is cancelled and the chunk iterator closed, which closes the upstream
+    request. A failure after the first chunk ends the stream with an error event, never a silent end.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, result: StreamResult, call: Call, first: Chunk | None, style: str) -> None:
+        self.result = result
+        self.call = call
+        self.first = first
+        self.style = style
+        self.status_code = result.status
+        self.background = None
+        self.init_headers({
+            "content-type": "text/event-stream; charset=utf-8",
+            "cache-control": "no-cache",
+            "x-accel-buffering": "no",
+            **call.response_headers,
+            **result.headers,
+        })
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        chunks = self.result.chunks
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+                await self._send_chunks(chunks, send)
+                tg.cancel_scope.cancel()
+        finally:
+            with contextlib.suppress(Exception):
+                await chunks.aclose()  # type: ignore[attr-defined]
+
+    async def _send_chunks(self, chunks: AsyncIterator[Chunk], send: Send) -> None:
+        try:
+            if self.first is not None:
+                await send({"type": "http.response.body", "body": frame(self.first), "more_body": True})
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": frame(chunk), "more_body": True})
+            tail = DONE_FRAME if self.style == "openai" else b""
+        except GatewayError as exc:
+            tail = self._error_frame(exc)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception:
+            log.exception("stream_failed", request_id=self.call.request_id)
+            tail = self._error_frame(GatewayError("the gateway failed while streaming the answer"))
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    def _error_frame(self, exc: GatewayError) -> bytes:
+        if self.style == "anthropic":
+            return frame(Chunk(exc.render("anthropic"), "error"))
+        return frame(Chunk(exc.render("openai")))
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+async def send_result(result: Result, call: Call, style: str) -> Response:
+    """The client's response for ``result``; a stream's first chunk is awaited here (see module doc)."""
+    if isinstance(result, JSONResult):
+        headers = {**call.response_headers, **result.headers} if call.response_headers else result.headers
+        return json_response(result.status, result.content, headers)
+    try:
+        first = await anext(result.chunks)
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await result.chunks.aclose()  # type: ignore[attr-defined]
+        raise
+    return StreamResponse(result, call, first, style)
+
+
+# -- building the call ------------------------------------------------------------------------------
+
+async def read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    body = b""
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    return body
+
+
+async def build_call(request: Request, kind: Kind, gateway: Gateway, *, needs_model: bool = True) -> Call:
+    raw = await read_body(request, gateway.config.server.max_body_bytes)
+    if not raw.strip():
+        raise BadRequest("the request body is empty: send a JSON object")
+    try:
+        body = _decode_body(raw)
+    except msgspec.ValidationError:
+        raise BadRequest("the request body must be a JSON object") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON ({exc})") from None
+    model = _field(body, "model", str)
+    stream = _field(body, "stream", bool) or False
+    return Call(
+        kind=kind,
+        request_id=request.scope["state"]["request_id"],
+        headers=request.headers,
+        raw_body=raw,
+        body=body,
+        model=model,
+        stream=stream,
+    )
+
+
+def _field(body: dict[str, msgspec.Raw], name: str, type_: type) -> Any:
+    raw = body.get(name)
+    if raw is None:
+        return None
+    try:
+        return msgspec.json.decode(raw, type=type_ | None)
+    except msgspec.ValidationError:
+        raise BadRequest(f"`{name}` must be a {type_.__name__}", param=name) from None
+
+
+# -- endpoints --------------------------------------------------------------------------------------
+
+def pipeline_endpoint(kind: Kind, style: str = "openai") -> Any:
+    """An endpoint that runs the gateway's pipeline for calls of ``kind``."""
+
+    async def endpoint(request: Request) -> Response:
+        gateway: Gateway = request.app.state.gateway
+        call = None
+        try:
+            call = await build_call(request, kind, gateway)
+            result = await gateway.handle(call)
+            return await send_result(result, call, style)
+        except GatewayError as exc:
+            return error_response(exc, style, call.response_headers if call is not None else None)
+
+    return endpoint
+
+
+async def list_models(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    await gateway.authenticate(request.headers)
+    return json_response(200, _encode({"object": "list", "data": gateway.catalog.listing()}))
+
+
+async def healthz(request: Request) -> Response:
+    return json_response(200, b'{"status":"ok"}')
+
+
+async def readyz(request: Request) -> Response:
+    checks = await request.app.state.gateway.ready()
+    ok = all(checks.values())
+    return json_response(200 if ok else 503, _encode({"status": "ready" if ok else "not ready", "checks": checks}))
+
+
+async def plugins(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    if not gateway.config.server.expose_plugins:
+        raise NotFound("not found")
+    return json_response(200, _encode({
+        "plugins": gateway.plugin_info(),
+        "pipeline": [name for name, _ in gateway.middlewares],
+        "provider_types": sorted(gateway.adapter_types),
+        "providers": {pid: p.settings.type or pid for pid, p in gateway.providers.items()},
+    }))
+
+
+CHAT_PATHS = ("/api/chat/completions", "/api/v1/chat/completions", "/v1/chat/completions")
+
+
+def core_routes() -> list[Route]:
+    chat = pipeline_endpoint("chat")
+    routes = [Route(path, chat, methods=["POST"]) for path in CHAT_PATHS]
+    routes += [Route(path, list_models, methods=["GET"]) for path in ("/api/models", "/api/v1/models", "/v1/models")]
+    routes += [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/-/plugins", plugins, methods=["GET"]),
+    ]
+    return routes
+
+
+# -- errors the router and Starlette raise ----------------------------------------------------------
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    style = "anthropic" if request.url.path.startswith("/api/anthropic/") else "openai"
+    if exc.status_code == 404:
+        return error_response(NotFound(f"no route for {request.method} {request.url.path}"), style)
+    if exc.status_code == 405:
+        allowed = exc.headers.get("Allow", "") if exc.headers else ""
+        err = MethodNotAllowed(f"method {request.method} is not allowed on {request.url.path}", headers={"allow": allowed})
+        return error_response(err, style)
+    return error_response(GatewayError(str(exc.detail), status=exc.status_code, type="invalid_request_error"), style)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc, "anthropic" if request.url.path.startswith("/api/anthropic/") else "openai")
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unhandled_error", path=request.url.path, error=type(exc).__name__, exc_info=exc)
+    return error_response(GatewayError("internal gateway error; see the gateway's logs"))
+
+
+# -- the app ----------------------------------------------------------------------------------------
+
+def create_app(config: Config | None = None, *, gateway: Gateway | None = None, plugins: tuple[Any, ...] = ()) -> RequestIdMiddleware:
+    """Build the ASGI app from a config (or an already built :class:`Gateway`)."""
+    if gateway is None:
+        if config is None:
+            raise TypeError("create_app() needs a config or a gateway")
+        gateway = Gateway.build(config, plugins)
+    routes = core_routes() + [Route(path, endpoint, methods=methods) for path, endpoint, methods in gateway.routes]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.startup()
+        try:
+            yield
+        finally:
+            await gateway.shutdown()
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_exception, GatewayError: _gateway_error, Exception: _unexpected},
+    )
+    app.state.gateway = gateway
+    return RequestIdMiddleware(app, gateway)

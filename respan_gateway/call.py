@@ -1,0 +1,192 @@
+"""The call object every middleware receives, and the two kinds of result it returns.
+
+A :class:`Call` is built once per request by the endpoint and carries everything later stages read as
+typed fields: the endpoint kind, the raw body bytes and the body as a dict of still-encoded values
+(``msgspec.Raw``: decoded only where a stage needs one), the merged Respan params, who is calling,
+where the request goes (``target``) and what each stage decided.
+
+A result is a :class:`JSONResult` (a complete answer) or a :class:`StreamResult` (an async iterator of
+:class:`Chunk`, each the payload of one server-sent event). Middlewares that need to see a stream wrap
+its iterator; nothing buffers a stream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
+
+import msgspec
+
+from .params import RespanParams
+
+Kind = Literal["chat", "embeddings", "responses", "anthropic_messages"]
+
+_decode = msgspec.json.decode
+_encode = msgspec.json.Encoder().encode
+
+
+class Principal(msgspec.Struct, kw_only=True, frozen=True):
+    """Who is calling: the gateway API key's tenant, name and environment."""
+
+    tenant: str = "default"
+    key_id: str | None = None
+    environment: Literal["production", "test"] = "production"
+
+
+ANONYMOUS = Principal()
+
+
+class Target(msgspec.Struct, kw_only=True):
+    """Where one attempt goes: a configured provider, the model name it knows, and credentials."""
+
+    provider: str
+    # The slug as the client named it (or as routing chose it) and the provider's own model name.
+    model: str
+    upstream_model: str
+    api_key: str | None = None
+    base_url: str | None = None
+    # Provider-specific credential fields (api_version, ...), from credential_override / customer_credentials.
+    extra: dict[str, Any] = {}
+    deployment: str | None = None
+
+
+class Attempt(msgspec.Struct, kw_only=True):
+    """One upstream attempt, for the log record's ``warnings``."""
+
+    model: str
+    provider: str
+    deployment: str | None = None
+    status: int | None = None
+    error: str | None = None
+    duration: float = 0.0
+
+
+class Chunk(msgspec.Struct):
+    """One server-sent event: its JSON payload, and an event name where the wire format uses them."""
+
+    data: bytes
+    event: str | None = None
+
+    def json(self) -> Any:
+        return _decode(self.data)
+
+
+class JSONResult:
+    """A complete answer. ``content`` holds the encoded body; ``data`` decodes it once, on demand.
+
+    A middleware that changes the answer assigns ``data``; the body is then encoded again when sent.
+    """
+
+    __slots__ = ("status", "headers", "_content", "_data")
+
+    def __init__(self, status: int = 200, content: bytes = b"", *, data: Any = None, headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.headers = headers if headers is not None else {}
+        self._content: bytes | None = content if data is None else None
+        self._data = data
+
+    @property
+    def data(self) -> Any:
+        if self._data is None:
+            self._data = _decode(self._content) if self._content else None
+        return self._data
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        self._data = value
+        self._content = None
+
+    @property
+    def content(self) -> bytes:
+        if self._content is None:
+            self._content = _encode(self._data)
+        return self._content
+
+
+class StreamResult:
+    """A streamed answer: ``chunks`` yields :class:`Chunk` as the provider sends them.
+
+    The iterator may raise a :class:`~respan_gateway.errors.GatewayError` at any point; before the
+    first chunk that is an ordinary error response, after it the endpoint ends the stream with an
+    error event. Whoever consumes the iterator must ``aclose()`` it (the endpoint does), which
+    closes the upstream request.
+    """
+
+    __slots__ = ("status", "headers", "chunks")
+
+    def __init__(self, chunks: AsyncIterator[Chunk], *, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.headers = headers if headers is not None else {}
+        self.chunks = chunks
+
+
+Result = JSONResult | StreamResult
+
+
+class Timings(msgspec.Struct, kw_only=True):
+    """perf_counter() marks; durations derive from them."""
+
+    start: float = msgspec.field(default_factory=time.perf_counter)
+    # Wall-clock start, for the log record.
+    started_at: float = msgspec.field(default_factory=time.time)
+    upstream_start: float | None = None
+    first_byte: float | None = None
+    end: float | None = None
+
+
+class Call(msgspec.Struct, kw_only=True):
+    """One request on its way through the pipeline."""
+
+    kind: Kind
+    request_id: str
+    headers: Any  # starlette.datastructures.Headers (case-insensitive)
+    raw_body: bytes
+    # Top-level body fields, still encoded. Stages pop/replace entries; `body_changed` says so.
+    body: dict[str, msgspec.Raw]
+    body_changed: bool = False
+    params: RespanParams = msgspec.field(default_factory=RespanParams)
+    principal: Principal = ANONYMOUS
+    # The requested model (None when the request names none, e.g. a load-balance group decides).
+    model: str | None = None
+    stream: bool = False
+    # Set by routing for each attempt; resolved from `model` by the core when nobody set it.
+    target: Target | None = None
+    attempts: list[Attempt] = []
+    beta_flags: frozenset[str] = frozenset()
+    timings: Timings = msgspec.field(default_factory=Timings)
+    # Headers to add to the client's response (x-respan-log-id, x-respan-cache, ...).
+    response_headers: dict[str, str] = {}
+    # Free-form notes between plugins that have no typed field yet.
+    state: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A body field, decoded (``default`` when absent)."""
+        raw = self.body.get(key)
+        return default if raw is None else _decode(raw)
+
+    def set(self, key: str, value: Any) -> None:
+        """Replace (or add) a body field; the body is then re-encoded for the upstream."""
+        self.body[key] = msgspec.Raw(_encode(value))
+        self.body_changed = True
+
+    def pop(self, key: str) -> Any:
+        raw = self.body.pop(key, None)
+        if raw is None:
+            return None
+        self.body_changed = True
+        return _decode(raw)
+
+    def encoded_body(self, **overrides: Any) -> bytes:
+        """The body to send upstream: the original bytes when nothing changed, else re-encoded."""
+        if not overrides and not self.body_changed:
+            return self.raw_body
+        if not overrides:
+            return _encode(self.body)
+        body = dict(self.body)
+        for key, value in overrides.items():
+            body[key] = msgspec.Raw(_encode(value))
+        return _encode(body)
+
+
+CallNext = Callable[[Call], Awaitable[Result]]

@@ -1,0 +1,258 @@
+"""The gateway of one process: plugins loaded, providers built, the middleware chain compiled.
+
+:meth:`Gateway.build` does all the start-up work and fails by name on a broken plugin or config.
+Per request, :meth:`Gateway.handle` runs the compiled chain; its last stage resolves the target (when
+routing did not) and calls the provider adapter.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import httpx2
+import pluggy
+
+from . import hookspecs
+from .call import ANONYMOUS, Attempt, Call, CallNext, JSONResult, Principal, Result, StreamResult
+from .config import Config, ConfigError, Settings
+from .errors import BadRequest, GatewayError
+from .providers import Catalog, ProviderAdapter
+from .upstream import create_client
+
+ENTRY_POINT_GROUP = "respan_gateway"
+
+
+class NoSettings(Settings):
+    """For middlewares without settings: their section, if present, must be empty."""
+
+
+class MiddlewareRegistration:
+    __slots__ = ("name", "factory", "order", "settings", "plugin")
+
+    def __init__(self, name: str, factory: Any, order: int, settings: type | None, plugin: str) -> None:
+        self.name, self.factory, self.order, self.settings, self.plugin = name, factory, order, settings, plugin
+
+
+class Gateway:
+    """Everything a process shares between requests. Plugins receive it in their factories."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self.providers: dict[str, ProviderAdapter] = {}
+        self.adapter_types: dict[str, type[ProviderAdapter]] = {}
+        self.middlewares: list[tuple[str, Any]] = []
+        self.routes: list[tuple[str, Any, list[str]]] = []
+        self.catalog: Catalog = Catalog({}, {})
+        self._http: httpx2.AsyncClient | None = None
+        self._authenticator: Any = None
+        self.handle: CallNext = self.dispatch
+
+    # -- start-up ---------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, config: Config, plugins: Iterable[Any] = ()) -> Gateway:
+        """Load plugins (blocked ones never imported), validate, and compile the pipeline.
+
+        ``plugins``: extra plugin objects to register, as a test registers a plugin it defines.
+        """
+        gw = cls(config)
+        gw._load_plugins(plugins)
+        registrations = gw._collect()
+        config.check_sections({r.name for r in registrations.values()})
+        gw._build_providers()
+        gw._build_pipeline(registrations)
+        return gw
+
+    def _load_plugins(self, extra: Iterable[Any]) -> None:
+        for name in self.config.plugins.disabled:
+            self.pm.set_blocked(name)
+        for obj in extra:
+            name = getattr(obj, "__name__", None) or type(obj).__name__
+            if not self.pm.is_blocked(name):
+                self.pm.register(obj, name=name)
+        # Bundled plugins first, so that an installed package registering the same provider type wins.
+        eps = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: _dist_name(ep) != "respan-gateway")
+        for ep in eps:
+            if self.pm.is_blocked(ep.name) or self.pm.get_plugin(ep.name) is not None:
+                continue
+            try:
+                self.pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
+            except Exception as exc:  # a broken plugin package stops the start, by name
+                raise ConfigError(f"plugin `{ep.name}` ({ep.value}) failed to load: {type(exc).__name__}: {exc}") from exc
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise ConfigError(f"plugin `{self.pm.get_name(exc.plugin)}`: {exc}") from exc
+
+    def _collect(self) -> dict[str, MiddlewareRegistration]:
+        registrations: dict[str, MiddlewareRegistration] = {}
+        plugin_of: dict[str, str] = {}
+
+        for impl in self.pm.hook.register_middlewares.get_hookimpls():
+            plugin = impl.plugin_name
+
+            def add_middleware(name: str, factory: Any, *, order: int, settings: type | None = None, _p: str = plugin) -> None:
+                if name in registrations:
+                    raise ConfigError(f"plugin `{_p}` registers middleware `{name}`, already registered by `{registrations[name].plugin}`")
+                registrations[name] = MiddlewareRegistration(name, factory, order, settings, _p)
+
+            impl.function(register=add_middleware)
+
+        # get_hookimpls() is in registration order: a later plugin's adapter replaces an earlier one's.
+        for impl in self.pm.hook.register_providers.get_hookimpls():
+            def add_provider(type_name: str, adapter: type, _p: str = impl.plugin_name) -> None:
+                if not (isinstance(adapter, type) and issubclass(adapter, ProviderAdapter)):
+                    raise ConfigError(f"plugin `{_p}`: provider `{type_name}` is not a ProviderAdapter subclass")
+                self.adapter_types[type_name] = adapter
+                plugin_of[type_name] = _p
+
+            impl.function(register=add_provider)
+
+        def add_route(path: str, endpoint: Any, *, methods: list[str]) -> None:
+            self.routes.append((path, endpoint, methods))
+
+        self.pm.hook.register_routes(register=add_route)
+        return registrations
+
+    def _build_providers(self) -> None:
+        for pid, table in self.config.providers_raw.items():
+            type_name = table.get("type") or pid
+            adapter_cls = self.adapter_types.get(type_name)
+            if adapter_cls is None:
+                known = ", ".join(sorted(self.adapter_types)) or "none loaded"
+                raise ConfigError(
+                    f"{self.config.source}: `providers.{pid}.type`: no provider adapter `{type_name}` (known: {known})"
+                )
+            settings = self.config.provider_settings(pid, adapter_cls.Settings)
+            self.providers[pid] = adapter_cls(pid, settings, self)
+        self.catalog = Catalog(self.config.models, self.providers)
+        self.catalog.check(self.config.source)
+
+    def _build_pipeline(self, registrations: dict[str, MiddlewareRegistration]) -> None:
+        names = self.config.plugins.pipeline or sorted(registrations, key=lambda n: registrations[n].order)
+        for name in names:
+            reg = registrations.get(name)
+            if reg is None:
+                raise ConfigError(f"{self.config.source}: `plugins.pipeline`: no loaded plugin provides middleware `{name}`")
+            settings = self.config.section(name, reg.settings or NoSettings)
+            try:
+                middleware = reg.factory(settings, self)
+            except GatewayError:
+                raise
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise ConfigError(f"middleware `{name}` (plugin `{reg.plugin}`) failed to start: {type(exc).__name__}: {exc}") from exc
+            self.middlewares.append((name, middleware))
+        handler: CallNext = self.dispatch
+        for _, middleware in reversed(self.middlewares):
+            handler = _link(middleware, handler)
+        self.handle = handler
+
+    # -- services for plugins ---------------------------------------------------------------------
+    @property
+    def http(self) -> httpx2.AsyncClient:
+        if self._http is None:
+            raise RuntimeError("the upstream client exists only while the app runs (inside its lifespan)")
+        return self._http
+
+    def set_authenticator(self, authenticator: Any) -> None:
+        """Install ``async authenticator(headers) -> Principal`` (the auth plugin does, at start-up)."""
+        self._authenticator = authenticator
+
+    async def authenticate(self, headers: Any) -> Principal:
+        """The caller's principal; anonymous (tenant ``default``) when no auth plugin is loaded."""
+        if self._authenticator is None:
+            return ANONYMOUS
+        return await self._authenticator(headers)
+
+    def plugin_info(self) -> list[dict[str, Any]]:
+        info = []
+        dist = {id(p): d for p, d in self.pm.list_plugin_distinfo()}
+        for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:
+                continue
+            d = dist.get(id(plugin))
+            info.append({
+                "name": name,
+                "package": d.project_name if d else None,
+                "version": d.version if d else None,
+                "hooks": sorted(h.name for h in self.pm.get_hookcallers(plugin) or []),
+            })
+        return info
+
+    # -- life cycle -------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        self._http = create_client(self.config.upstream)
+        for component in self._components():
+            if hasattr(component, "startup"):
+                await component.startup()
+
+    async def shutdown(self) -> None:
+        for component in reversed(self._components()):
+            if hasattr(component, "shutdown"):
+                await component.shutdown()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def ready(self) -> dict[str, bool]:
+        checks = {}
+        for name, component in [*self.middlewares, *self.providers.items()]:
+            if hasattr(component, "ready"):
+                try:
+                    checks[name] = bool(await component.ready())
+                except Exception:
+                    checks[name] = False
+        return checks
+
+    def _components(self) -> list[Any]:
+        return [m for _, m in self.middlewares] + list(self.providers.values())
+
+    # -- the terminal stage -----------------------------------------------------------------------
+    async def dispatch(self, call: Call) -> Result:
+        """Resolve the target when no stage did, then run one upstream attempt and record it."""
+        target = call.target
+        if target is None:
+            if not call.model:
+                raise BadRequest("the request has no `model`: name one (or a load_balance_group)", param="model")
+            target = self.catalog.resolve(call.model, call.params.route_provider_override)
+            call.target = target
+        adapter = self.providers.get(target.provider)
+        if adapter is None:
+            raise BadRequest(f"provider `{target.provider}` is not configured", param="model")
+        handler = getattr(adapter, call.kind, None)
+        if handler is None:
+            raise BadRequest(f"provider `{target.provider}` does not serve this endpoint", param="model")
+        started = time.perf_counter()
+        if call.timings.upstream_start is None:
+            call.timings.upstream_start = started
+        attempt = Attempt(model=target.model, provider=target.provider, deployment=target.deployment)
+        call.attempts.append(attempt)
+        try:
+            result = await handler(call, target)
+        except GatewayError as exc:
+            attempt.status, attempt.error = exc.status, exc.message
+            raise
+        finally:
+            attempt.duration = time.perf_counter() - started
+        attempt.status = result.status
+        return result
+
+
+def _dist_name(ep: importlib.metadata.EntryPoint) -> str:
+    return ep.dist.name if ep.dist is not None else ""
+
+
+def _link(middleware: Any, call_next: CallNext) -> CallNext:
+    async def handler(call: Call) -> Result:
+        return await middleware(call, call_next)
+
+    return handler
+
+
+__all__ = ["Gateway", "JSONResult", "StreamResult", "NoSettings"]

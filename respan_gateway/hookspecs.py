@@ -1,0 +1,72 @@
+"""The hook specifications: the table of contents of the gateway's architecture.
+
+Every feature of the gateway is a plugin: a module (or object) with functions marked
+``@respan_gateway.hookimpl``, published by its package under the ``respan_gateway`` entry-point group.
+The bundled plugins in ``plugins/`` register exactly that way.
+
+Hooks run once, at start-up, while the app is built. Each receives a ``register`` callback and calls it
+for every thing it contributes (zero, one or many). Per request there are no hook calls: the
+middleware chain is compiled once and runs as plain ``await``s.
+
+Start-up order (as in pytest/tox): the bundled and installed plugins load from entry points, except
+those the config names in ``[plugins] disabled``, which are never imported; then every hook
+implementation is checked against these specs, so a misspelt hook fails the start by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("respan_gateway")
+hookimpl = pluggy.HookimplMarker("respan_gateway")
+
+
+class RegisterMiddleware(Protocol):
+    def __call__(self, name: str, factory: Any, *, order: int, settings: type | None = None) -> None:
+        """Contribute a pipeline middleware.
+
+        ``name``: the middleware's name in ``[plugins] pipeline`` and the name of its config section.
+        ``factory(settings, gateway)``: called once per process; returns the middleware, an object
+        with ``async def __call__(call, call_next) -> Result``, and optionally ``async def startup()``,
+        ``async def shutdown()`` and ``async def ready() -> bool`` (for ``/readyz``).
+        ``order``: the default position when the config gives no ``pipeline`` (lower runs first;
+        bundled: auth 100, params 200, logging 300, limits 400, prompts 500, cache 600,
+        routing 700, reliability 800).
+        ``settings``: a ``respan_gateway.Settings`` subclass; the ``[name]`` section is decoded into it.
+        """
+
+
+class RegisterProvider(Protocol):
+    def __call__(self, type_name: str, adapter: type) -> None:
+        """Contribute a provider adapter class (a ``respan_gateway.ProviderAdapter`` subclass).
+
+        ``type_name`` is what a ``[providers.<id>]`` table names in ``type`` (or, by default, its id).
+        A later registration of the same type name replaces an earlier one, so a third-party package
+        can replace a bundled adapter.
+        """
+
+
+class RegisterRoute(Protocol):
+    def __call__(self, path: str, endpoint: Any, *, methods: list[str]) -> None:
+        """Contribute an HTTP route: ``async def endpoint(request) -> starlette Response``.
+
+        The gateway is ``request.app.state.gateway``; ``await gateway.authenticate(request.headers)``
+        gives the caller's principal. Raise ``respan_gateway.errors.GatewayError`` for errors.
+        """
+
+
+@hookspec
+def register_middlewares(register: RegisterMiddleware) -> None:
+    """Called once at start-up to collect pipeline middlewares (auth, params, logging, cache...)."""
+
+
+@hookspec
+def register_providers(register: RegisterProvider) -> None:
+    """Called once at start-up to collect provider adapter classes (openai, anthropic, mock...)."""
+
+
+@hookspec
+def register_routes(register: RegisterRoute) -> None:
+    """Called once at start-up to collect extra HTTP routes (logs API, prompts API...)."""

@@ -1,0 +1,50 @@
+"""Structured JSON process logs (structlog), with secrets redacted.
+
+Configured once at start-up: a filtering bound logger (levels below the threshold cost one call),
+cached on first use, JSON rendered to bytes on stdout. No stdlib logging on the hot path, and never a
+line per stream chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import msgspec
+import structlog
+
+_SECRET_KEYS = re.compile(r"(api[_-]?key|authorization|secret|password|token|credential)", re.I)
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{4,}", re.I)
+_KEYLIKE = re.compile(r"\b(sk|rk|pk)-[A-Za-z0-9_-]{8,}")
+
+
+def redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _KEYLIKE.sub(r"\1-[redacted]", _BEARER.sub(r"\1[redacted]", value))
+    if isinstance(value, dict):
+        return {k: "[redacted]" if _SECRET_KEYS.search(str(k)) else redact_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_value(v) for v in value]
+    return value
+
+
+def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    return {k: "[redacted]" if _SECRET_KEYS.search(k) else redact_value(v) for k, v in event.items()}
+
+
+def configure(level: str = "info") -> None:
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _redact,
+            structlog.processors.JSONRenderer(serializer=msgspec.json.Encoder(enc_hook=str).encode),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.BytesLoggerFactory(sys.stdout.buffer),
+        cache_logger_on_first_use=True,
+    )

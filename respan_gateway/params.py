@@ -1,0 +1,134 @@
+"""Respan's request parameters as one typed struct.
+
+This is the API surface of the gateway beyond OpenAI's: the ``params`` plugin collects these fields
+from the three channels (top-level body fields, ``respan_params``/``keywordsai_params``, the
+``X-Data-Respan-Params`` header), merges them and decodes them into :class:`RespanParams`; later stages
+read the typed fields. Names and meanings follow ``shared/reference/respan-api-notes.md`` section 4.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+
+class Params(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Base for the param structs. Unknown keys inside an object param are ignored (forward compatible)."""
+
+
+class RetryParams(Params):
+    retry_enabled: bool = True
+    num_retries: int | None = None
+    retry_after: float | None = None
+
+
+class LoadBalanceModel(Params):
+    model: str
+    weight: float = 1.0
+    credentials: dict[str, Any] | None = None
+
+
+class LoadBalanceGroup(Params):
+    group_id: str
+    models: list[LoadBalanceModel] | None = None
+
+
+class CacheOptions(Params):
+    cache_by_customer: bool = False
+    is_cached_by_model: bool = False
+    omit_log: bool = False
+    omit_logs: bool = False  # synonym seen in Respan's docs
+
+
+class CustomerParams(Params):
+    customer_identifier: str | int | None = None
+    group_identifier: str | None = None
+    name: str | None = None
+    email: str | None = None
+    period_budget: float | None = None
+    budget_duration: Literal["daily", "weekly", "monthly", "yearly"] | None = None
+    period_start: str | None = None
+    period_end: str | None = None
+    total_budget: float | None = None
+    markup_percentage: float | None = None
+    rate_limit: int | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class OverrideConfig(Params):
+    messages_override_mode: Literal["override", "append"] = "override"
+
+
+class PromptParams(Params):
+    prompt_id: str
+    variables: dict[str, Any] = {}
+    version: int | Literal["latest"] | None = None
+    echo: bool = False
+    override: bool = False
+    override_params: dict[str, Any] | None = None
+    override_config: OverrideConfig | None = None
+    schema_version: Literal[1, 2] = 1
+    patch: dict[str, Any] | None = None
+
+
+class RespanParams(Params):
+    """Every Respan param a request may carry. All optional; defaults mean "not asked for"."""
+
+    # Routing and reliability (SPEC section 4).
+    fallback_models: list[str] | None = None
+    disable_fallback: bool = False
+    retry_params: RetryParams | None = None
+    load_balance_group: LoadBalanceGroup | None = None
+    loadbalance_models: list[LoadBalanceModel] | None = None
+    load_balance_models: list[LoadBalanceModel] | None = None
+    models: list[str] | None = None
+    exclude_models: list[str] | None = None
+    exclude_providers: list[str] | None = None
+    model_name_map: dict[str, str] | None = None
+    route_provider_override: str | None = None
+    timeout: float | None = None
+    # Credentials (SPEC section 3).
+    customer_credentials: dict[str, Any] | list[dict[str, Any]] | None = None
+    credential_override: dict[str, dict[str, Any]] | None = None
+    customer_api_keys: dict[str, str] | None = None
+    extra_headers: dict[str, str] | None = None
+    # Caching (SPEC section 5).
+    cache_enabled: bool = False
+    cache_ttl: float | None = None
+    cache_options: CacheOptions | None = None
+    # Prompts (SPEC section 6).
+    prompt: PromptParams | None = None
+    # Customers (SPEC section 7).
+    customer_identifier: str | int | None = None
+    customer_email: str | None = None
+    customer_name: str | None = None
+    customer_params: CustomerParams | None = None
+    # Observability (SPEC section 8).
+    metadata: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = None
+    custom_identifier: str | None = None
+    thread_identifier: str | None = None
+    group_identifier: str | None = None
+    span_name: str | None = None
+    trace_unique_id: str | None = None
+    span_unique_id: str | None = None
+    span_parent_id: str | None = None
+    span_workflow_name: str | None = None
+    trace_group_identifier: str | None = None
+    session_identifier: str | None = None
+    positive_feedback: bool | None = None
+    disable_log: bool = False
+    request_breakdown: bool = False
+    prompt_unit_price: float | None = None
+    completion_unit_price: float | None = None
+
+
+#: Body keys that are Respan params (removed before the upstream call).
+PARAM_NAMES: frozenset[str] = frozenset(RespanParams.__struct_fields__)
+#: Object-valued params merged key by key across the channels.
+MERGED_OBJECT_PARAMS: frozenset[str] = frozenset(
+    {"metadata", "properties", "customer_params", "cache_options", "retry_params"}
+)
+#: Longest customer identifier kept (SPEC section 7); longer ones are cut.
+MAX_IDENTIFIER_LENGTH = 254
