@@ -1,0 +1,33 @@
+# The two set-up commands of the README:
+#   make run    install into .venv and run the gateway on config/gateway.toml (embedded default)
+#   make test   install into .venv (with the test extras) and run the whole test suite
+# Nothing but python3 (3.11+) is needed; everything else comes from PyPI.
+
+PYTHON ?= python3
+VENV ?= .venv
+PIP := $(VENV)/bin/python -m pip
+# The openai 1.x line, for the tests that check the gateway against both SDK lines. It cannot share
+# a site-packages with openai 3.x, so it lives in its own folder and runs in a subprocess.
+OPENAI1 := $(VENV)/openai-1.x
+
+.PHONY: install run test
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --upgrade --target $(OPENAI1) 'openai>=1.100,<2'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(VENV)/bin/respan-gateway serve $(ARGS)
+
+test: $(VENV)/.installed-test
+	$(VENV)/bin/python -m pytest $(ARGS)
