@@ -65,6 +65,11 @@ class ServerThread:
             self._sock.close()
         self._thread = self._loop = None
 
+    @property
+    def closing(self) -> asyncio.Event | None:
+        """Set when the server starts shutting down (an app may cut its waits short on it)."""
+        return self._closing
+
     def call(self, coro: Any, timeout: float = 30) -> Any:
         """Run a coroutine on the server's loop (e.g. to inspect or flush state) and return its result."""
         if self._loop is None:

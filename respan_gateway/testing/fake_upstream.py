@@ -1,0 +1,534 @@
+"""A fake OpenAI-compatible upstream provider, served over a real loopback socket.
+
+``FakeUpstream`` runs a small pure-ASGI app under hypercorn in a daemon thread (its own event loop)
+on ``127.0.0.1:<free port>``. It speaks the OpenAI wire formats of ``wire-formats.md`` sections
+1.4-1.6 and 3, and can be told to misbehave, so that tests can drive the gateway (or an SDK) through
+every upstream failure mode::
+
+    with FakeUpstream() as fake:
+        client = OpenAI(base_url=fake.base_url, api_key="sk-test")
+        client.chat.completions.create(model="fake-error-429", messages=[...])  # RateLimitError
+        fake.requests[-1].json["model"]                                         # "fake-error-429"
+
+Endpoints (with or without the ``/v1`` prefix):
+    ``POST /v1/chat/completions``  text or tool-call answer; ``stream: true`` gives SSE chunks and
+                                   honours ``stream_options.include_usage``.
+    ``POST /v1/embeddings``        one vector per input item; ``dimensions`` (default 8) and
+                                   ``encoding_format`` ("float" default, or "base64").
+    ``GET  /v1/models``            an OpenAI model list.
+
+Answers are deterministic: the text is "Hello from the fake upstream!" in ``chunks`` pieces (5 by
+default; more pieces repeat its words), ``model`` echoes the request, ``prompt_tokens`` is the number
+of whitespace-separated words in the messages' text (embeddings: in the inputs; a token-id list
+counts its ids) and ``completion_tokens`` is the number of content pieces (tool calls: argument
+fragments). A request with ``tools`` and a ``tool_choice`` other than "none" is answered with one
+call to the tool named by ``tool_choice`` or else the first tool, arguments ``{"city":"Paris"}``.
+
+Scenarios. Taken from the ``x-fake-scenario`` header or, when that is absent, from a request
+``model`` starting with ``fake-`` (``model="fake-error-500"`` means ``error-500``). The value is a
+comma-separated list of tokens, e.g. ``slow-chunks-20,chunks-50``; of the *fault* tokens (marked F)
+the last one wins. An unknown token in the header is a 400 error; in a ``fake-`` model name it is
+ignored (so ``model="fake-model"`` is just a model).
+
+    ``ok``                     default answer.
+    ``tool_call``              answer with a tool call even without ``tools`` (name "fake_tool").
+    ``chunks-<n>``             n content pieces (stream and non-stream), default 5.
+    ``slow-chunks-<ms>``       streaming: wait <ms> between SSE events.
+    ``slow-first-byte-<ms>``   wait <ms> before the response headers (any endpoint).
+  F ``error-<status>``         that status (400-599), OpenAI error envelope (type/code per 1.6);
+                               429 adds ``retry-after: 1``.
+  F ``error-text-<status>``    that status with a ``text/plain`` non-JSON body.
+  F ``retry-after-<s>``        429 envelope with ``retry-after: <s>``.
+  F ``reset``                  close the TCP connection without any response.
+  F ``hang``                   never answer (until the client disconnects or the fake stops).
+  F ``cut-after-<n>``          streaming: role chunk + n chunks, then drop the connection mid-body
+                               (no finish chunk, no ``[DONE]``, no terminating HTTP chunk).
+  F ``stall-after-<n>``        streaming: role chunk + n chunks, then hang until the client leaves.
+  F ``malformed-after-<n>``    streaming: role chunk + n chunks, ``data: {not json``, then the rest.
+  F ``no-done``                streaming: the whole stream but no ``data: [DONE]``.
+  F ``midstream-error``        streaming: role chunk + 2 chunks, ``data: {"error": {...}}``, clean end.
+
+The streaming-only faults are ignored by non-streaming requests and other endpoints. Chunk counts
+(<n>) count SSE events after the first (role) chunk: content pieces, then the finish chunk, then
+the usage chunk.
+
+Fail N times, then succeed: with ``x-fake-fail-times: N`` the first N requests carrying the same
+``x-fake-fail-key`` value (absent = "") act out the fault; later ones drop the fault token and
+answer normally (``chunks``/``slow-*``/``tool_call`` still apply). ``reset()`` clears the counters.
+
+Every request, faulted or not, is appended to ``requests`` before the fake acts on it.
+``open_streams`` counts streaming responses being written; ``wait_for_disconnect()`` turns True
+once a client went away while the fake was still answering (mid-stream, or during ``hang`` /
+``slow-first-byte``). Hypercorn silently drops sends after a disconnect, so this is detected by
+watching the ASGI ``receive()`` channel for ``http.disconnect``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import logging
+import re
+import socket
+import struct
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import msgspec
+
+from ._server import ServerThread
+
+__all__ = ["FakeUpstream", "RecordedRequest", "Scenario", "parse_scenario"]
+
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+ANSWER_WORDS = "Hello from the fake upstream!".split()
+TOOL_ARGUMENT_FRAGMENTS = ['{"city":', '"Paris"}']
+MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "fake-model"]
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+ERROR_KINDS = {  # status -> (type, code), per wire-formats 1.6
+    400: ("invalid_request_error", "invalid_value"),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("permission_error", "unsupported_country_region_territory"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("requests", "rate_limit_exceeded"),
+}
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        """The decoded JSON body, or None when the body is empty or not JSON."""
+        try:
+            return msgspec.json.decode(self.body) if self.body else None
+        except msgspec.DecodeError:
+            return None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    fault: str | None = None  # "error", "error-text", "retry-after", "reset", "hang", "cut-after", ...
+    arg: int = 0  # the fault's number: status, seconds or chunk count
+    tool_call: bool = False
+    chunks: int = 5
+    chunk_gap: float = 0.0  # seconds
+    first_byte_delay: float = 0.0  # seconds
+
+
+_NUMBERED = re.compile(
+    r"(error-text|error|retry-after|slow-first-byte|slow-chunks|chunks|cut-after|stall-after|malformed-after)-(\d+)"
+)
+
+
+def parse_scenario(value: str, *, strict: bool = True) -> Scenario:
+    """Parse a comma-separated scenario string; unknown tokens raise ValueError unless not strict."""
+    scenario = Scenario()
+    for token in filter(None, (t.strip().lower() for t in value.split(","))):
+        match = _NUMBERED.fullmatch(token)
+        name, number = (match[1], int(match[2])) if match else (token, 0)
+        if name == "ok":
+            pass
+        elif name in ("tool_call", "tool-call"):
+            scenario = replace(scenario, tool_call=True)
+        elif name == "chunks":
+            scenario = replace(scenario, chunks=max(number, 1))
+        elif name == "slow-chunks":
+            scenario = replace(scenario, chunk_gap=number / 1000)
+        elif name == "slow-first-byte":
+            scenario = replace(scenario, first_byte_delay=number / 1000)
+        elif name in ("error", "error-text") and not 400 <= number <= 599:
+            raise ValueError(f"fake scenario {token!r}: the status must be 400-599")
+        elif match or name in ("reset", "hang", "no-done", "midstream-error"):
+            scenario = replace(scenario, fault=name, arg=number)
+        elif strict:
+            raise ValueError(f"unknown fake scenario token {token!r}")
+    return scenario
+
+
+class _TrackingSocket(socket.socket):
+    """The listening socket; remembers accepted connections by peer address (for ``reset``)."""
+
+    accepted: weakref.WeakValueDictionary[Any, socket.socket]
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        conn, address = super().accept()
+        self.accepted[address] = conn
+        return conn, address
+
+
+class _Exchange:
+    """One request/response exchange: the ASGI channels plus disconnect bookkeeping."""
+
+    def __init__(self, fake: FakeUpstream, scope: Message, receive: Receive, send: Send) -> None:
+        self.fake, self.scope, self.receive, self._send = fake, scope, receive, send
+        self.gone = asyncio.Event()  # the peer disconnected
+        self.finished = False  # we are done answering: a disconnect from now on is not the peer's doing
+        self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        self.gone.set()
+        if not self.finished:
+            self.fake._peer_disconnected()
+
+    def close(self) -> None:
+        self.finished = True
+        self._watcher.cancel()
+
+    async def pause(self, seconds: float | None) -> bool:
+        """Sleep (None: forever); True if it was cut short by the peer leaving or the fake stopping."""
+        waits = [asyncio.ensure_future(self.gone.wait()), asyncio.ensure_future(self.fake._closing.wait())]
+        done, pending = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return bool(done)
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        request_id = f"req_fake{next(self.fake._ids):06d}".encode()
+        headers = [*headers, (b"x-request-id", request_id)]
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def body(self, data: bytes, *, more: bool = False) -> None:
+        await self._send({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def respond(self, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        data = payload if isinstance(payload, bytes) else msgspec.json.encode(payload)
+        content_type = b"text/plain; charset=utf-8" if isinstance(payload, bytes) else b"application/json"
+        length = str(len(data)).encode()
+        await self.start(status, [(b"content-type", content_type), (b"content-length", length), *(headers or [])])
+        self.finished = True
+        await self.body(data)
+
+    async def error(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        kind, code = ERROR_KINDS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
+        envelope = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        await self.respond(status, envelope, headers)
+
+
+class FakeUpstream:
+    """An OpenAI-compatible fake provider on 127.0.0.1:<free port>, run in a background thread."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.base_url = ""
+        self.requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._open_streams = 0
+        self._disconnected = threading.Event()
+        self._fail_counts: dict[str, int] = {}
+        self._ids = itertools.count(1)
+        self._server: ServerThread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> FakeUpstream:
+        if self._server is not None:
+            raise RuntimeError("FakeUpstream already started")
+        # The listening socket remembers accepted connections so that `reset` can drop one.
+        sock = _TrackingSocket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.accepted = weakref.WeakValueDictionary()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        sock.setblocking(False)
+        self._sock = sock
+        self._server = ServerThread(self._app, name="fake-upstream", sock=sock).start()
+        self.url = self._server.url
+        self.base_url = self.url + "/v1"
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def __enter__(self) -> FakeUpstream:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def _closing(self) -> asyncio.Event:
+        assert self._server is not None and self._server.closing is not None
+        return self._server.closing
+
+    # -- state seen by tests -----------------------------------------------------------------
+    @property
+    def open_streams(self) -> int:
+        with self._lock:
+            return self._open_streams
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self._fail_counts.clear()
+            self._open_streams = 0
+            self._disconnected.clear()
+
+    def wait_for_disconnect(self, timeout: float = 5.0) -> bool:
+        return self._disconnected.wait(timeout)
+
+    def _peer_disconnected(self) -> None:
+        self._disconnected.set()
+
+    def _stream_delta(self, delta: int) -> None:
+        with self._lock:
+            self._open_streams = max(self._open_streams + delta, 0)
+
+    def _record(self, scope: Message, body: bytes) -> RecordedRequest:
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        query = scope["query_string"].decode("latin-1")
+        recorded = RecordedRequest(scope["method"], scope["path"], query, headers, body)
+        with self._lock:
+            self.requests.append(recorded)
+        return recorded
+
+    def _scenario(self, request: RecordedRequest) -> Scenario:
+        """The request's scenario, with the fault dropped once its fail-times budget is spent."""
+        header, body = request.headers.get("x-fake-scenario"), request.json
+        model = body.get("model") if isinstance(body, dict) else None
+        if header is not None:
+            scenario = parse_scenario(header)
+        elif isinstance(model, str) and model.lower().startswith("fake-"):
+            scenario = parse_scenario(model[5:], strict=False)
+        else:
+            scenario = Scenario()
+        fail_times = request.headers.get("x-fake-fail-times")
+        if fail_times is not None and scenario.fault is not None:
+            key = request.headers.get("x-fake-fail-key", "")
+            with self._lock:
+                self._fail_counts[key] = seen = self._fail_counts.get(key, 0) + 1
+            if seen > int(fail_times):
+                scenario = replace(scenario, fault=None, arg=0)
+        return scenario
+
+    # -- the ASGI app ------------------------------------------------------------------------
+    async def _app(self, scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        request = self._record(scope, bytes(body))
+        exchange = _Exchange(self, scope, receive, send)
+        try:
+            await self._dispatch(exchange, request)
+        finally:
+            exchange.close()
+
+    async def _dispatch(self, ex: _Exchange, request: RecordedRequest) -> None:
+        try:
+            scenario = self._scenario(request)
+        except ValueError as exc:
+            return await ex.error(400, str(exc))
+        if scenario.first_byte_delay and await ex.pause(scenario.first_byte_delay):
+            return
+        fault, arg = scenario.fault, scenario.arg
+        if fault == "reset":
+            return await self._reset(ex)
+        if fault == "hang":
+            await ex.pause(None)
+            return
+        if fault == "error" or fault == "retry-after":
+            status = 429 if fault == "retry-after" else arg
+            retry = [(b"retry-after", str(arg if fault == "retry-after" else 1).encode())] if status == 429 else []
+            return await ex.error(status, f"fake upstream error {status}", retry)
+        if fault == "error-text":
+            return await ex.respond(arg, f"fake upstream error {arg}".encode())
+
+        route = request.path.removeprefix("/v1")
+        body = request.json
+        if (route, request.method) == ("/models", "GET"):
+            created = 1700000000
+            models = [{"id": m, "object": "model", "created": created, "owned_by": "fake-upstream"} for m in MODELS]
+            return await ex.respond(200, {"object": "list", "data": models})
+        if request.method == "POST" and route in ("/chat/completions", "/embeddings"):
+            if not isinstance(body, dict):
+                return await ex.error(400, "We could not parse the JSON body of your request.")
+            if route == "/embeddings":
+                return await self._embeddings(ex, body)
+            return await self._chat(ex, body, scenario)
+        await ex.error(404, f"Invalid URL ({request.method} {request.path})")
+
+    async def _reset(self, ex: _Exchange) -> None:
+        conn = self._sock.accepted.get(tuple(ex.scope["client"]))
+        ex.finished = True
+        if conn is None:
+            raise RuntimeError("reset: connection not found")
+        conn.shutdown(socket.SHUT_RDWR)  # FIN before any response byte; hypercorn then cleans up
+        await ex.pause(5)
+
+    # -- chat completions --------------------------------------------------------------------
+    async def _chat(self, ex: _Exchange, body: Message, scenario: Scenario) -> None:
+        model = str(body.get("model", "fake-model"))
+        tool_name = _tool_name(body, scenario)
+        pieces = TOOL_ARGUMENT_FRAGMENTS if tool_name else _answer_pieces(scenario.chunks)
+        prompt_tokens = _count_words(body.get("messages"))
+        usage = {
+            "prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
+            "total_tokens": prompt_tokens + len(pieces),
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        }
+        completion_id = f"chatcmpl-fake{next(self._ids):06d}"
+        head = {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model}
+        call_id = f"call_fake{next(self._ids):06d}"
+        if not body.get("stream"):
+            if tool_name:
+                function = {"name": tool_name, "arguments": "".join(pieces)}
+                call = {"id": call_id, "type": "function", "function": function}
+                message, finish = {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+            else:
+                message = {"role": "assistant", "content": "".join(pieces), "refusal": None, "annotations": []}
+                finish = "stop"
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            return await ex.respond(200, {**head, "choices": [choice], "usage": usage,
+                                          "service_tier": "default", "system_fingerprint": "fp_fake"})
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        chunks = _stream_chunks(head, pieces, tool_name, call_id, usage if include_usage else None)
+        await self._stream(ex, [_sse(chunk) for chunk in chunks] + [b"data: [DONE]\n\n"], scenario)
+
+    async def _stream(self, ex: _Exchange, frames: list[bytes], scenario: Scenario) -> None:
+        """Write SSE frames (role chunk first), acting out the streaming faults."""
+        fault, n = scenario.fault, scenario.arg
+        ending = "clean"
+        if fault in ("cut-after", "stall-after"):
+            frames, ending = frames[: 1 + n], fault
+        elif fault == "malformed-after":
+            frames.insert(1 + n, b"data: {not json\n\n")
+        elif fault == "no-done":
+            frames.pop()
+        elif fault == "midstream-error":
+            error = {"message": "fake upstream mid-stream error", "type": "server_error", "param": None,
+                     "code": "internal_error"}
+            frames = frames[:3] + [_sse({"error": error})]
+        self._stream_delta(+1)
+        try:
+            await ex.start(200, SSE_HEADERS)
+            for index, frame in enumerate(frames):
+                if index and scenario.chunk_gap and await ex.pause(scenario.chunk_gap):
+                    return
+                if ex.gone.is_set():
+                    return
+                await ex.body(frame, more=True)
+            if ending == "stall-after":
+                await ex.pause(None)
+                return
+            ex.finished = True
+            if ending == "clean":
+                await ex.body(b"")
+            # cut-after: return with the body still open; hypercorn then closes the connection
+            # without the terminating zero-length chunk, so the client sees a truncated body.
+        finally:
+            self._stream_delta(-1)
+
+    # -- embeddings --------------------------------------------------------------------------
+    async def _embeddings(self, ex: _Exchange, body: Message) -> None:
+        raw = body.get("input")
+        if raw is None or raw == [] or raw == "":
+            return await ex.error(400, "'input' is a required property")
+        items = raw if isinstance(raw, list) and raw and isinstance(raw[0], (str, list)) else [raw]
+        dimensions = int(body.get("dimensions") or 8)
+        as_base64 = body.get("encoding_format") == "base64"
+        data, tokens = [], 0
+        for index, item in enumerate(items):
+            vector = _vector(item, dimensions)
+            encoded: Any = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode() if as_base64 else vector
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+            tokens += len(item) if isinstance(item, list) else len(str(item).split())
+        await ex.respond(200, {"object": "list", "data": data, "model": str(body.get("model", "fake-model")),
+                               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+# -- pure helpers ------------------------------------------------------------------------------
+def _sse(payload: Any) -> bytes:
+    return b"data: " + msgspec.json.encode(payload) + b"\n\n"
+
+
+def _answer_pieces(n: int) -> list[str]:
+    """n pieces of the answer: the sentence split in n groups of words, or its words repeated."""
+    words = ANSWER_WORDS if n <= len(ANSWER_WORDS) else [ANSWER_WORDS[i % len(ANSWER_WORDS)] for i in range(n)]
+    bounds = [round(i * len(words) / n) for i in range(n + 1)]
+    pieces = [" ".join(words[bounds[i]: bounds[i + 1]]) for i in range(n)]
+    return [piece + " " for piece in pieces[:-1]] + pieces[-1:]
+
+
+def _count_words(messages: Any) -> int:
+    total = 0
+    for message in messages if isinstance(messages, list) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        parts = content if isinstance(content, list) else [content]
+        for part in parts:
+            text = part.get("text") if isinstance(part, dict) else part
+            total += len(text.split()) if isinstance(text, str) else 0
+    return total
+
+
+def _tool_name(body: Message, scenario: Scenario) -> str | None:
+    """The tool to call, or None for a text answer."""
+    tools, choice = body.get("tools") or [], body.get("tool_choice")
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        return str(choice["function"].get("name") or "fake_tool")
+    if tools and choice != "none" or scenario.tool_call:
+        first = tools[0].get("function", {}) if tools and isinstance(tools[0], dict) else {}
+        return str(first.get("name") or "fake_tool")
+    return None
+
+
+def _stream_chunks(head: Message, pieces: list[str], tool_name: str | None, call_id: str,
+                   usage: Message | None) -> list[Message]:
+    """The chunk objects of one streamed completion, as in wire-formats 1.5."""
+    if tool_name:
+        first: Message = {"role": "assistant", "content": None, "tool_calls": [
+            {"index": 0, "id": call_id, "type": "function", "function": {"name": tool_name, "arguments": ""}}]}
+        deltas = [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in pieces]
+        finish = "tool_calls"
+    else:
+        first = {"role": "assistant", "content": "", "refusal": None}
+        deltas = [{"content": p} for p in pieces]
+        finish = "stop"
+    extra = {"usage": None} if usage is not None else {}
+    base = {**head, "object": "chat.completion.chunk", "system_fingerprint": "fp_fake"}
+
+    def chunk(delta: Message, finish_reason: str | None = None) -> Message:
+        return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+                **extra}
+
+    chunks = [chunk(first), *(chunk(d) for d in deltas), chunk({}, finish)]
+    if usage is not None:
+        chunks.append({**base, "choices": [], "usage": usage})
+    return chunks
+
+
+def _vector(item: Any, dimensions: int) -> list[float]:
+    """A deterministic vector of exact float32 values in [-1, 1]."""
+    seed = sum(item) if isinstance(item, list) and all(isinstance(x, int) for x in item) else sum(str(item).encode())
+    return [((seed + 37 * j) % 129 - 64) / 64 for j in range(dimensions)]
