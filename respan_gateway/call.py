@@ -152,6 +152,8 @@ class Call(msgspec.Struct, kw_only=True):
     stream: bool = False
     # Set by routing for each attempt; resolved from `model` by the core when nobody set it.
     target: Target | None = None
+    # Routing's ordered candidates (primary first, then fallbacks); reliability walks them.
+    candidates: list[Target] = []
     attempts: list[Attempt] = []
     beta_flags: frozenset[str] = frozenset()
     timings: Timings = msgspec.field(default_factory=Timings)

@@ -63,8 +63,14 @@ class PluginsSettings(Settings):
 
 
 class ProviderKey(Settings):
-    api_key: str
+    """One deployment of a provider: a key, optionally its own endpoint, and its share of traffic."""
+
+    api_key: str = ""
     weight: float = 1.0
+    # Another endpoint of the same provider (a replica, a region); empty = the provider's base_url.
+    base_url: str = ""
+    # Shown as the attempt's `deployment` in logs; default "<provider id>-<position>".
+    name: str = ""
 
 
 class ProviderSettings(Settings):
