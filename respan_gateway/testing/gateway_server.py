@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from typing import Any
+
+import httpx2
 
 from ..app import create_app
 from ..config import Config
@@ -12,15 +21,16 @@ from ._server import ServerThread
 TEST_KEY = "sk-respan-test-key"
 
 
-def test_config(upstream_url: str, extra: str = "") -> str:
+def test_config(upstream_url: str, extra: str = "", *, keys: str = "") -> str:
     """A config (TOML text) with one key, the fake upstream as provider ``fake``, and a small catalog.
 
-    ``extra`` is appended: more sections, or tables that add to the ones here. Slugs: ``gpt-test``
-    (upstream name ``gpt-test-upstream``), ``fake/<anything>``, ``mock/<anything>``.
+    ``extra`` is appended: more sections, or tables that add to the ones here. ``keys``: more inline
+    tables for ``[auth] keys``. Slugs: ``gpt-test`` (upstream name ``gpt-test-upstream``),
+    ``fake/<anything>``, ``mock/<anything>``.
     """
     return f"""
 [auth]
-keys = [{{ key = "{TEST_KEY}", tenant = "acme", name = "test" }}]
+keys = [{{ key = "{TEST_KEY}", tenant = "acme", name = "test" }}, {keys}]
 
 [providers.fake]
 type = "openai_compatible"
@@ -37,6 +47,9 @@ input_cost = 1.0
 output_cost = 2.0
 {extra}
 """
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test, wherever it is imported
 
 
 class GatewayServer:
@@ -79,6 +92,76 @@ class GatewayServer:
 
     def openai(self, **kwargs: Any) -> Any:
         """An ``openai.OpenAI`` client pointed at this gateway (no SDK retries unless asked)."""
+        import openai
+
+        kwargs.setdefault("api_key", TEST_KEY)
+        kwargs.setdefault("max_retries", 0)
+        return openai.OpenAI(base_url=self.base_url, **kwargs)
+
+
+class GatewayProcess:
+    """The real CLI, ``respan-gateway serve``, as a subprocess on a free port (for start-up, signal
+    and multi-worker tests). ``env`` adds to the environment (e.g. ``PYTHONPATH`` for a plugin
+    installed in a folder)."""
+
+    def __init__(self, config_path: str, *, workers: int = 1, env: dict[str, str] | None = None, ready_timeout: float = 30) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_url = self.url + "/api/"
+        self.config_path = config_path
+        self.workers = workers
+        self.env = {**os.environ, **(env or {})}
+        self.ready_timeout = ready_timeout
+        self.command = [sys.executable, "-m", "respan_gateway.cli", "serve", "--config", config_path,
+                        "--port", str(self.port), "--workers", str(workers)]
+        self.process: Any = None
+        self.output = ""
+
+    def start(self) -> GatewayProcess:
+        # Output goes to a file, not a pipe: a pipe nobody reads would block a chatty gateway.
+        self._log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(self.command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self._read_output()
+                raise RuntimeError(f"respan-gateway exited with {self.process.returncode}:\n{self.output}")
+            try:
+                if httpx2.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx2.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        self._read_output()
+        raise RuntimeError(f"respan-gateway did not become healthy in {self.ready_timeout} s:\n{self.output}")
+
+    def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM, then wait: returns the exit code; ``output`` holds what it printed."""
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self._read_output()
+        return code
+
+    def _read_output(self) -> str:
+        self._log.seek(0)
+        self.output = self._log.read().decode(errors="replace")
+        return self.output
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def openai(self, **kwargs: Any) -> Any:
         import openai
 
         kwargs.setdefault("api_key", TEST_KEY)

@@ -1,8 +1,9 @@
 """Pytest fixtures for testing the gateway and its plugins (``-p respan_gateway.testing.pytest_plugin``).
 
 - ``fake_upstream``: one :class:`FakeUpstream` for the session, reset before each test that uses it.
-- ``gateway_factory(extra_toml="", plugins=())``: a :class:`GatewayServer` on the test config
-  (see :func:`test_config`) plus ``extra_toml``; stopped after the test.
+- ``gateway_factory(extra_toml="", plugins=(), config=None, keys="")``: a :class:`GatewayServer` on
+  the test config (see :func:`test_config`) plus ``extra_toml`` (or on ``config``, a whole TOML
+  text); stopped after the test.
 - ``gateway``: the gateway on the plain test config.
 """
 
@@ -33,8 +34,8 @@ def fake_upstream(_session_upstream: FakeUpstream) -> FakeUpstream:
 def gateway_factory(fake_upstream: FakeUpstream) -> Iterator[Callable[..., GatewayServer]]:
     started: list[GatewayServer] = []
 
-    def start(extra_toml: str = "", plugins: tuple[Any, ...] = (), config: str | None = None) -> GatewayServer:
-        server = GatewayServer(config if config is not None else test_config(fake_upstream.url, extra_toml), plugins)
+    def start(extra_toml: str = "", plugins: tuple[Any, ...] = (), config: str | None = None, keys: str = "") -> GatewayServer:
+        server = GatewayServer(config if config is not None else test_config(fake_upstream.url, extra_toml, keys=keys), plugins)
         started.append(server.start())
         return server
 

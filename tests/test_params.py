@@ -1,0 +1,214 @@
+"""Respan params: the three channels, their precedence and merge, legacy names, and bad input.
+
+What the params stage decided is seen two ways: from the upstream's side (`extra_headers` is a Respan
+param whose headers reach the provider), and through a small plugin registered the way a third-party
+plugin would be, which records the typed params it is handed (later stages read them the same way).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+from respan_gateway import Call, CallNext, Result, hookimpl
+from respan_gateway.testing import TEST_KEY, FakeUpstream, GatewayServer
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+class ParamsProbe:
+    """A plugin whose middleware runs after `params` and keeps what it saw."""
+
+    __name__ = "params_probe"
+
+    def __init__(self) -> None:
+        self.seen: list[Call] = []
+
+    @hookimpl
+    def register_middlewares(self, register: Any) -> None:
+        probe = self
+
+        class Middleware:
+            def __init__(self, settings: Any, gateway: Any) -> None:
+                pass
+
+            async def __call__(self, call: Call, call_next: CallNext) -> Result:
+                probe.seen.append(call)
+                return await call_next(call)
+
+        register("params_probe", Middleware, order=250)
+
+
+@pytest.fixture
+def probed(gateway_factory) -> tuple[GatewayServer, ParamsProbe]:
+    probe = ParamsProbe()
+    return gateway_factory(plugins=(probe,)), probe
+
+
+def b64(obj: Any) -> str:
+    return base64.b64encode(json.dumps(obj).encode()).decode()
+
+
+def test_each_channel_alone(probed: tuple[GatewayServer, ParamsProbe]) -> None:
+    gateway, probe = probed
+    client = gateway.openai()
+    client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={"customer_identifier": "top"})
+    client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={"respan_params": {"customer_identifier": "nested"}})
+    client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={"keywordsai_params": {"customer_identifier": "legacy"}})
+    client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_headers={"X-Data-Respan-Params": b64({"customer_identifier": "header"})})
+    client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_headers={"X-Data-Keywordsai-Params": b64({"customer_identifier": "legacy-header"})})
+    client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_headers={"X-Data-Respan-Params": json.dumps({"customer_identifier": "raw-json"})})
+    client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_headers={"X-Respan-Customer-Identifier": "id-header"})
+    assert [c.params.customer_identifier for c in probe.seen] == [
+        "top", "nested", "legacy", "header", "legacy-header", "raw-json", "id-header"]
+
+
+def test_precedence_top_level_over_respan_params_over_header(probed: tuple[GatewayServer, ParamsProbe], fake_upstream: FakeUpstream) -> None:
+    gateway, probe = probed
+    client = gateway.openai()
+    header = {"X-Data-Respan-Params": b64({"extra_headers": {"x-channel": "header"}, "thread_identifier": "h", "custom_identifier": "h"})}
+    client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_headers=header, extra_body={
+        "respan_params": {"extra_headers": {"x-channel": "respan_params"}, "thread_identifier": "rp"},
+        "extra_headers": {"x-channel": "top-level"},
+    })
+    assert fake_upstream.requests[-1].headers["x-channel"] == "top-level"
+    client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_headers=header, extra_body={
+        "respan_params": {"extra_headers": {"x-channel": "respan_params"}}})
+    assert fake_upstream.requests[-1].headers["x-channel"] == "respan_params"
+    client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_headers=header)
+    assert fake_upstream.requests[-1].headers["x-channel"] == "header"
+    first = probe.seen[0].params
+    assert (first.thread_identifier, first.custom_identifier) == ("rp", "h")
+
+
+def test_respan_params_wins_over_keywordsai_params(probed: tuple[GatewayServer, ParamsProbe]) -> None:
+    gateway, probe = probed
+    gateway.openai().chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={
+        "keywordsai_params": {"customer_identifier": "old", "thread_identifier": "only-legacy"},
+        "respan_params": {"customer_identifier": "new"},
+    })
+    assert (probe.seen[0].params.customer_identifier, probe.seen[0].params.thread_identifier) == ("new", "only-legacy")
+
+
+def test_object_params_merge_key_by_key(probed: tuple[GatewayServer, ParamsProbe]) -> None:
+    gateway, probe = probed
+    gateway.openai().chat.completions.create(
+        model="gpt-test",
+        messages=MESSAGES,
+        extra_headers={"X-Data-Respan-Params": b64({"metadata": {"a": "header", "b": "header", "c": "header"},
+                                                     "retry_params": {"num_retries": 5}})},
+        extra_body={
+            "respan_params": {"metadata": {"b": "nested", "c": "nested"}, "retry_params": {"retry_after": 0.5}},
+            "metadata": {"c": "top", "d": 4},
+            # Not an object param: replaced whole by the higher channel.
+            "fallback_models": ["x"],
+        },
+    )
+    params = probe.seen[0].params
+    assert params.metadata == {"a": "header", "b": "nested", "c": "top", "d": 4}
+    assert (params.retry_params.num_retries, params.retry_params.retry_after) == (5, 0.5)
+    assert params.fallback_models == ["x"]
+
+
+def test_customer_identifier_is_cut_and_ints_accepted(probed: tuple[GatewayServer, ParamsProbe]) -> None:
+    gateway, probe = probed
+    client = gateway.openai()
+    client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={"customer_identifier": "x" * 400})
+    client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={"customer_identifier": 42})
+    assert [c.params.customer_identifier for c in probe.seen] == ["x" * 254, "42"]
+
+
+def test_beta_flags_and_route_provider(probed: tuple[GatewayServer, ParamsProbe], fake_upstream: FakeUpstream) -> None:
+    gateway, probe = probed
+    response = gateway.openai().chat.completions.create(
+        model="gpt-test", messages=MESSAGES,
+        extra_headers={"X-Respan-Beta": "token-breakdown-2026-03-26, unknown-flag", "X-Respan-Route-Provider": "MOCK"},
+    )
+    assert probe.seen[0].beta_flags == {"token-breakdown-2026-03-26", "unknown-flag"}
+    assert response.id.startswith("chatcmpl-mock-")  # pinned to the mock provider
+    assert fake_upstream.requests == []
+    with pytest.raises(openai.BadRequestError) as info:
+        gateway.openai().chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={"route_provider_override": "nope"})
+    assert info.value.body["param"] == "route_provider_override"
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("extra_body", "param", "words"),
+    [
+        ({"disable_log": "yes"}, "disable_log", "expected `bool`"),
+        ({"fallback_models": "gpt-4o"}, "fallback_models", "expected `array`"),
+        ({"retry_params": {"num_retries": "three"}}, "retry_params.num_retries", "expected `int`"),
+        ({"customer_params": {"customer_identifier": "c", "budget_duration": "hourly"}}, "customer_params.budget_duration", "invalid enum value"),
+        ({"respan_params": {"metadata": ["not", "an", "object"]}}, "metadata", "expected `object`"),
+        ({"respan_params": "not an object"}, "respan_params", "must be an object"),
+        ({"load_balance_group": {"models": []}}, "load_balance_group.group_id", "required"),
+    ],
+)
+def test_wrong_param_types_are_400_naming_the_param(gateway: GatewayServer, fake_upstream: FakeUpstream, extra_body: dict, param: str, words: str) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        gateway.openai().chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body=extra_body)
+    assert info.value.body["param"] == param
+    assert words in info.value.message
+    assert fake_upstream.requests == []
+
+
+@pytest.mark.parametrize("value", ["%%%not-base64%%%", b64([1, 2]), base64.b64encode(b"{broken json").decode()])
+def test_bad_params_header_is_400(gateway: GatewayServer, value: str) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        gateway.openai().chat.completions.create(model="gpt-test", messages=MESSAGES, extra_headers={"X-Data-Respan-Params": value})
+    assert info.value.body["param"] == "X-Data-Respan-Params"
+    assert "base64" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2, 3]", 400, "must be a JSON object"),
+        (b'"a string"', 400, "must be a JSON object"),
+        (b"", 400, "empty"),
+        (b'{"messages": []}', 400, "no `model`"),
+        (b'{"model": 12, "messages": []}', 400, "`model` must be a str"),
+        (b'{"model": "gpt-test", "stream": "yes", "messages": []}', 400, "`stream` must be a bool"),
+        (b'{"model": "no-such-model", "messages": []}', 404, "not available in the model list"),
+    ],
+)
+def test_bad_bodies_get_clear_errors(gateway: GatewayServer, fake_upstream: FakeUpstream, body: bytes, status: int, words: str) -> None:
+    response = httpx2.post(gateway.base_url + "chat/completions", content=body,
+                           headers={"authorization": f"Bearer {TEST_KEY}", "content-type": "application/json"})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert words in error["message"]
+    assert response.headers["x-respan-gateway-request-id"]
+    assert fake_upstream.requests == []
+
+
+def test_unknown_model_is_404_through_the_sdk(gateway: GatewayServer, fake_upstream: FakeUpstream) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        gateway.openai().chat.completions.create(model="gpt-does-not-exist", messages=MESSAGES)
+    assert info.value.code == "model_not_found"
+    assert fake_upstream.requests == []
+
+
+def test_body_too_large_is_413(gateway_factory) -> None:
+    gateway = gateway_factory("[server]\nmax_body_bytes = 1000\n")
+    with pytest.raises(openai.APIStatusError) as info:
+        gateway.openai().chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "x" * 2000}])
+    assert info.value.status_code == 413
+
+
+def test_unknown_route_and_wrong_method(gateway: GatewayServer) -> None:
+    missing = httpx2.get(gateway.url + "/api/nothing-here")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    wrong = httpx2.get(gateway.base_url + "chat/completions")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json()["error"]["type"] == "invalid_request_error"
+    assert wrong.headers["x-respan-gateway-request-id"]
