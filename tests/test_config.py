@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from respan_gateway import Config, ConfigError, Gateway
@@ -48,3 +51,13 @@ def test_the_default_config_is_valid() -> None:
     gateway = Gateway.build(Config.from_file("config/gateway.toml", env={}))
     assert [name for name, _ in gateway.middlewares][:2] == ["auth", "params"]
     assert {"mock", "openai"} <= set(gateway.providers)
+
+
+def test_example_configs_are_valid() -> None:
+    """Every file in config/examples/ starts (with every ${VAR} it references set)."""
+    examples = sorted(Path("config/examples").glob("*.toml"))
+    assert examples
+    for path in examples:
+        env = {name: "x" * 64 for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", path.read_text())}
+        env = {k: ("a" * 64 if k.endswith("SHA256") else v) for k, v in env.items()}
+        Gateway.build(Config.from_file(path, env=env))
