@@ -57,7 +57,10 @@ def collect(call: Call) -> None:
             if not isinstance(nested, dict):
                 raise BadRequest(f"`{name}` must be an object", param=name)
             layers.append(_known(nested))
-    top = [k for k in call.body if k in PARAM_NAMES]
+    if call.kind == "anthropic_messages":
+        layers += _anthropic_metadata_layers(call)
+    # On the native Anthropic endpoint `metadata` is Anthropic's own (user_id), not the Respan param.
+    top = [k for k in call.body if k in PARAM_NAMES and not (k == "metadata" and call.kind == "anthropic_messages")]
     if top:
         layers.append({k: v for k in top if (v := call.pop(k)) is not None})
 
@@ -69,6 +72,29 @@ def collect(call: Call) -> None:
         call.beta_flags = frozenset(f.strip().lower() for f in beta.split(",") if f.strip())
     if layers:
         call.params = typed(merge(layers))
+
+
+def _anthropic_metadata_layers(call: Call) -> list[dict[str, Any]]:
+    """Native Anthropic endpoint: params in ``metadata.respan_params`` (legacy ``metadata.keywordsai_params``).
+
+    They leave ``metadata``; Anthropic's own keys (``user_id``) stay; an emptied ``metadata`` is dropped.
+    """
+    metadata = call.get("metadata")
+    if not isinstance(metadata, dict) or not any(name in metadata for name in _NESTED):
+        return []
+    layers = []
+    for name in _NESTED:
+        nested = metadata.pop(name, None)
+        if nested is None:
+            continue
+        if not isinstance(nested, dict):
+            raise BadRequest(f"`metadata.{name}` must be an object", param=f"metadata.{name}")
+        layers.append(_known(nested))
+    if metadata:
+        call.set("metadata", metadata)
+    else:
+        call.pop("metadata")
+    return layers
 
 
 def merge(layers: list[dict[str, Any]]) -> dict[str, Any]:

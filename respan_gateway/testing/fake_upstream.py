@@ -17,6 +17,11 @@ Endpoints (with or without the ``/v1`` prefix):
                                    ``encoding_format`` ("float" default, or "base64").
     ``GET  /v1/models``            an OpenAI model list.
 
+The same server also speaks Anthropic's, Gemini's and Azure OpenAI's wire formats on their own paths
+(``/v1/messages``, ``/v1beta/models/{m}:generateContent``, ``/openai/deployments/{d}/...``), with the
+same scenarios and the tokens ``finish-<reason>`` and ``cache-read-<n>``/``cache-write-<n>``: see
+:mod:`respan_gateway.testing.fake_providers`.
+
 Answers are deterministic: the text is "Hello from the fake upstream!" in ``chunks`` pieces (5 by
 default; more pieces repeat its words), ``model`` echoes the request, ``prompt_tokens`` is the number
 of whitespace-separated words in the messages' text (embeddings: in the inputs; a token-id list
@@ -82,6 +87,8 @@ from typing import Any
 import msgspec
 
 from ._server import ServerThread
+from .fake_providers import handle as handle_wire
+from .fake_providers import model_of, send_error, wire_of
 
 __all__ = ["FakeUpstream", "RecordedRequest", "Scenario", "parse_scenario"]
 
@@ -128,10 +135,14 @@ class Scenario:
     chunks: int = 5
     chunk_gap: float = 0.0  # seconds
     first_byte_delay: float = 0.0  # seconds
+    finish: str | None = None  # the provider's own stop reason (fake_providers)
+    cache_read: int = 0  # cached prompt tokens reported in usage
+    cache_write: int = 0
 
 
 _NUMBERED = re.compile(
-    r"(error-text|error|retry-after|slow-first-byte|slow-chunks|chunks|cut-after|stall-after|malformed-after)-(\d+)"
+    r"(error-text|error|retry-after|slow-first-byte|slow-chunks|chunks|cut-after|stall-after|malformed-after"
+    r"|cache-read|cache-write)-(\d+)"
 )
 
 
@@ -151,6 +162,10 @@ def parse_scenario(value: str, *, strict: bool = True) -> Scenario:
             scenario = replace(scenario, chunk_gap=number / 1000)
         elif name == "slow-first-byte":
             scenario = replace(scenario, first_byte_delay=number / 1000)
+        elif name in ("cache-read", "cache-write"):
+            scenario = replace(scenario, **{name.replace("-", "_"): number})
+        elif name.startswith("finish-") and len(name) > 7:
+            scenario = replace(scenario, finish=name[7:])
         elif name in ("error", "error-text") and not 400 <= number <= 599:
             raise ValueError(f"fake scenario {token!r}: the status must be 400-599")
         elif match or name in ("reset", "hang", "no-done", "midstream-error"):
@@ -304,8 +319,7 @@ class FakeUpstream:
 
     def _scenario(self, request: RecordedRequest) -> Scenario:
         """The request's scenario, with the fault dropped once its fail-times budget is spent."""
-        header, body = request.headers.get("x-fake-scenario"), request.json
-        model = body.get("model") if isinstance(body, dict) else None
+        header, model = request.headers.get("x-fake-scenario"), model_of(request)
         if header is not None:
             scenario = parse_scenario(header)
         elif isinstance(model, str) and model.lower().startswith("fake-"):
@@ -356,12 +370,15 @@ class FakeUpstream:
         if fault == "hang":
             await ex.pause(None)
             return
+        wire = wire_of(request.path)
         if fault == "error" or fault == "retry-after":
             status = 429 if fault == "retry-after" else arg
             retry = [(b"retry-after", str(arg if fault == "retry-after" else 1).encode())] if status == 429 else []
-            return await ex.error(status, f"fake upstream error {status}", retry)
+            return await send_error(ex, wire, status, f"fake upstream error {status}", retry)
         if fault == "error-text":
             return await ex.respond(arg, f"fake upstream error {arg}".encode())
+        if wire is not None:
+            return await handle_wire(self, ex, request, scenario, wire)
 
         route = request.path.removeprefix("/v1")
         body = request.json
@@ -386,15 +403,15 @@ class FakeUpstream:
         await ex.pause(5)
 
     # -- chat completions --------------------------------------------------------------------
-    async def _chat(self, ex: _Exchange, body: Message, scenario: Scenario) -> None:
+    async def _chat(self, ex: _Exchange, body: Message, scenario: Scenario, *, preamble: list[bytes] = ()) -> None:
         model = str(body.get("model", "fake-model"))
         tool_name = _tool_name(body, scenario)
         pieces = TOOL_ARGUMENT_FRAGMENTS if tool_name else _answer_pieces(scenario.chunks)
-        prompt_tokens = _count_words(body.get("messages"))
+        prompt_tokens = _count_words(body.get("messages")) + scenario.cache_read
         usage = {
             "prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
             "total_tokens": prompt_tokens + len(pieces),
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": scenario.cache_read, "audio_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
         }
@@ -409,15 +426,19 @@ class FakeUpstream:
             else:
                 message = {"role": "assistant", "content": "".join(pieces), "refusal": None, "annotations": []}
                 finish = "stop"
+            finish = scenario.finish or finish
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
             return await ex.respond(200, {**head, "choices": [choice], "usage": usage,
                                           "service_tier": "default", "system_fingerprint": "fp_fake"})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        chunks = _stream_chunks(head, pieces, tool_name, call_id, usage if include_usage else None)
-        await self._stream(ex, [_sse(chunk) for chunk in chunks] + [b"data: [DONE]\n\n"], scenario)
+        chunks = _stream_chunks(head, pieces, tool_name, call_id, usage if include_usage else None, scenario.finish)
+        await self._stream(ex, [*preamble, *(_sse(chunk) for chunk in chunks), b"data: [DONE]\n\n"], scenario)
 
-    async def _stream(self, ex: _Exchange, frames: list[bytes], scenario: Scenario) -> None:
-        """Write SSE frames (role chunk first), acting out the streaming faults."""
+    async def _stream(self, ex: _Exchange, frames: list[bytes], scenario: Scenario, error_frame: bytes | None = None) -> None:
+        """Write SSE frames (role chunk first), acting out the streaming faults.
+
+        ``error_frame``: what ``midstream-error`` sends (default: OpenAI's ``data: {"error": ...}``).
+        """
         fault, n = scenario.fault, scenario.arg
         ending = "clean"
         if fault in ("cut-after", "stall-after"):
@@ -429,7 +450,7 @@ class FakeUpstream:
         elif fault == "midstream-error":
             error = {"message": "fake upstream mid-stream error", "type": "server_error", "param": None,
                      "code": "internal_error"}
-            frames = frames[:3] + [_sse({"error": error})]
+            frames = frames[:3] + [error_frame or _sse({"error": error})]
         self._stream_delta(+1)
         try:
             await ex.start(200, SSE_HEADERS)
@@ -504,7 +525,7 @@ def _tool_name(body: Message, scenario: Scenario) -> str | None:
 
 
 def _stream_chunks(head: Message, pieces: list[str], tool_name: str | None, call_id: str,
-                   usage: Message | None) -> list[Message]:
+                   usage: Message | None, finish_reason: str | None = None) -> list[Message]:
     """The chunk objects of one streamed completion, as in wire-formats 1.5."""
     if tool_name:
         first: Message = {"role": "assistant", "content": None, "tool_calls": [
@@ -522,7 +543,7 @@ def _stream_chunks(head: Message, pieces: list[str], tool_name: str | None, call
         return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
                 **extra}
 
-    chunks = [chunk(first), *(chunk(d) for d in deltas), chunk({}, finish)]
+    chunks = [chunk(first), *(chunk(d) for d in deltas), chunk({}, finish_reason or finish)]
     if usage is not None:
         chunks.append({**base, "choices": [], "usage": usage})
     return chunks

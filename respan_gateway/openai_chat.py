@@ -1,0 +1,164 @@
+"""Building OpenAI chat answers: the one place a translating provider adapter gets the shapes from.
+
+An adapter that speaks another API (Anthropic, Gemini, a third party's) returns what the OpenAI SDKs
+expect (``wire-formats.md`` sections 1.4-1.5 and 7.3): :func:`completion` for a complete answer, and a
+:class:`ChunkWriter` for a stream, which enforces the rules the SDK's ``.stream()`` helper depends on
+(role only in the first delta, a tool call's id and name only in its first fragment, ``index`` on every
+fragment, the usage chunk with ``choices: []`` last and only when ``include_usage`` was asked).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from .call import Call, Chunk
+
+_encode = msgspec.json.Encoder().encode
+
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+
+
+def parse_data_url(url: str) -> tuple[str, str] | None:
+    """``(media_type, base64 data)`` of a ``data:<mime>;base64,<data>`` URL, else None."""
+    if not url.startswith("data:"):
+        return None
+    head, sep, data = url[5:].partition(",")
+    if not sep or not head.endswith(";base64"):
+        return None
+    return head[: -len(";base64")] or "application/octet-stream", data
+
+
+def text_of(content: Any) -> str:
+    """The text of an OpenAI message ``content``: a string, or the ``text`` parts joined."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") in ("text", None))
+    return str(content)
+
+
+def usage(prompt: int, completion: int, *, cached: int = 0, cache_write: int = 0, reasoning: int = 0) -> dict[str, Any]:
+    """An OpenAI ``usage`` object. ``prompt`` includes cached and cache-write tokens, as OpenAI counts."""
+    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if cached or cache_write:
+        out["prompt_tokens_details"] = {"cached_tokens": cached, "cache_write_tokens": cache_write}
+    if reasoning:
+        out["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return out
+
+
+def include_usage(call: Call) -> bool:
+    """Whether the client asked for the final usage chunk (``stream_options.include_usage``)."""
+    options = call.get("stream_options")
+    return bool(isinstance(options, dict) and options.get("include_usage"))
+
+
+def completion(
+    *,
+    id: str,
+    model: str,
+    content: str | None,
+    finish_reason: str,
+    tool_calls: list[dict[str, Any]] | None = None,
+    usage: dict[str, Any] | None = None,
+    created: int | None = None,
+    extra_message: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A ``chat.completion`` object with one choice. ``tool_calls`` items: ``{id, name, arguments}``."""
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = [
+            {"id": t["id"], "type": "function", "function": {"name": t["name"], "arguments": t["arguments"]}}
+            for t in tool_calls
+        ]
+    if extra_message:
+        message.update(extra_message)
+    body: dict[str, Any] = {
+        "id": id,
+        "object": "chat.completion",
+        "created": created if created is not None else int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+    }
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+class ChunkWriter:
+    """Makes the ``chat.completion.chunk`` events of one streamed answer (one choice).
+
+    Call :meth:`role` once first (``text``/``tool_call``/``reasoning`` send it when it was not sent yet),
+    then :meth:`text`, :meth:`reasoning`, :meth:`tool_call` (a new call) and :meth:`tool_arguments`
+    (a fragment of the call of that index), then :meth:`finish`, then :meth:`usage_chunk` if
+    :attr:`include_usage`.
+    """
+
+    __slots__ = ("id", "model", "created", "include_usage", "_role_sent", "tool_calls")
+
+    def __init__(self, id: str, model: str, *, include_usage: bool = False, created: int | None = None) -> None:
+        self.id = id
+        self.model = model
+        self.created = created if created is not None else int(time.time())
+        self.include_usage = include_usage
+        self._role_sent = False
+        #: number of tool calls opened so far (the next call's ``index``)
+        self.tool_calls = 0
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> Chunk:
+        body: dict[str, Any] = {
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+        if self.include_usage:
+            body["usage"] = None
+        return Chunk(_encode(body))
+
+    def _with_role(self, delta: dict[str, Any]) -> dict[str, Any]:
+        if self._role_sent:
+            return delta
+        self._role_sent = True
+        return {"role": "assistant", **delta}
+
+    def role(self) -> Chunk:
+        self._role_sent = True
+        return self._chunk({"role": "assistant", "content": "", "refusal": None})
+
+    def text(self, text: str) -> Chunk:
+        return self._chunk(self._with_role({"content": text}))
+
+    def reasoning(self, text: str) -> Chunk:
+        """A reasoning (thinking) fragment, as ``delta.reasoning_content`` (LiteLLM's and DeepSeek's field)."""
+        return self._chunk(self._with_role({"reasoning_content": text}))
+
+    def tool_call(self, call_id: str, name: str, arguments: str = "") -> Chunk:
+        """Opens a new tool call (index = running count) with its id and name, and maybe whole arguments."""
+        index = self.tool_calls
+        self.tool_calls += 1
+        call = {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+        delta: dict[str, Any] = {"tool_calls": [call]}
+        if not self._role_sent:
+            delta = self._with_role({"content": None, **delta})
+        return self._chunk(delta)
+
+    def tool_arguments(self, fragment: str, index: int | None = None) -> Chunk:
+        """A fragment of the arguments of tool call ``index`` (default: the last one opened)."""
+        i = self.tool_calls - 1 if index is None else index
+        return self._chunk({"tool_calls": [{"index": i, "function": {"arguments": fragment}}]})
+
+    def finish(self, finish_reason: str) -> Chunk:
+        return self._chunk({}, finish_reason)
+
+    def usage_chunk(self, usage: dict[str, Any]) -> Chunk:
+        return Chunk(_encode({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [], "usage": usage,
+        }))
+
+
+__all__ = ["ChunkWriter", "FINISH_REASONS", "completion", "include_usage", "parse_data_url", "text_of", "usage"]
