@@ -253,11 +253,14 @@ async def plugins(request: Request) -> Response:
 
 
 CHAT_PATHS = ("/api/chat/completions", "/api/v1/chat/completions", "/v1/chat/completions")
+EMBEDDINGS_PATHS = ("/api/embeddings", "/api/v1/embeddings", "/v1/embeddings")
 
 
 def core_routes() -> list[Route]:
     chat = pipeline_endpoint("chat")
     routes = [Route(path, chat, methods=["POST"]) for path in CHAT_PATHS]
+    embeddings = pipeline_endpoint("embeddings")
+    routes += [Route(path, embeddings, methods=["POST"]) for path in EMBEDDINGS_PATHS]
     routes += [Route(path, list_models, methods=["GET"]) for path in ("/api/models", "/api/v1/models", "/v1/models")]
     routes += [
         Route("/healthz", healthz, methods=["GET"]),
