@@ -107,14 +107,30 @@ class ModelEntry(Settings):
     mode: Literal["chat", "embedding", "responses"] = "chat"
 
 
+class DatabaseSettings(Settings):
+    """The one database of a process, shared by the plugins that keep state (see respan_gateway.database)."""
+
+    # "sqlite:///<relative path>", "sqlite:////<absolute path>" (embedded default, WAL mode), or
+    # "postgresql://user@host:5432/db" (shared by replicas).
+    url: str = "sqlite:///data/respan.sqlite3"
+    # PostgreSQL: the schema the tables live in (created if missing); empty = the server's search_path.
+    schema: str = ""
+    # PostgreSQL: connections per worker process.
+    pool_size: int = 10
+    connect_timeout: float = 5.0
+    # Longest any one statement may take before the store counts as unavailable.
+    command_timeout: float = 30.0
+
+
 class CoreSettings(Settings):
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     plugins: PluginsSettings = PluginsSettings()
+    database: DatabaseSettings = DatabaseSettings()
     models: dict[str, ModelEntry] = {}
 
 
-CORE_SECTIONS = frozenset({"server", "upstream", "plugins", "models", "providers"})
+CORE_SECTIONS = frozenset({"server", "upstream", "plugins", "database", "models", "providers"})
 
 
 class Config:
@@ -146,6 +162,10 @@ class Config:
     @property
     def plugins(self) -> PluginsSettings:
         return self.core.plugins
+
+    @property
+    def database(self) -> DatabaseSettings:
+        return self.core.database
 
     @property
     def models(self) -> dict[str, ModelEntry]:

@@ -34,6 +34,14 @@ def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return {k: "[redacted]" if _SECRET_KEYS.search(k) else redact_value(v) for k, v in event.items()}
 
 
+_encode = msgspec.json.Encoder(enc_hook=str).encode
+
+
+def _serialize(event: dict[str, Any], **_: Any) -> bytes:
+    # JSONRenderer passes json.dumps-style keywords (default=...); msgspec's encode takes none.
+    return _encode(event)
+
+
 def configure(level: str = "info") -> None:
     structlog.configure(
         processors=[
@@ -42,7 +50,7 @@ def configure(level: str = "info") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _redact,
-            structlog.processors.JSONRenderer(serializer=msgspec.json.Encoder(enc_hook=str).encode),
+            structlog.processors.JSONRenderer(serializer=_serialize),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=structlog.BytesLoggerFactory(sys.stdout.buffer),
