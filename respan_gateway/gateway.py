@@ -18,6 +18,7 @@ import pluggy
 from . import hookspecs
 from .call import ANONYMOUS, Attempt, Call, CallNext, JSONResult, Principal, Result, StreamResult
 from .config import Config, ConfigError, Settings
+from .database import Database, Migration
 from .errors import BadRequest, GatewayError
 from .providers import Catalog, ProviderAdapter
 from .upstream import create_client
@@ -47,6 +48,9 @@ class Gateway:
         self.adapter_types: dict[str, type[ProviderAdapter]] = {}
         self.middlewares: list[tuple[str, Any]] = []
         self.routes: list[tuple[str, Any, list[str]]] = []
+        # Database schemas declared by plugins (register_stores); the database opens only if there are some.
+        self.stores: dict[str, list[Migration]] = {}
+        self.database: Database | None = None
         self.catalog: Catalog = Catalog({}, {})
         self._http: httpx2.AsyncClient | None = None
         self._authenticator: Any = None
@@ -116,6 +120,19 @@ class Gateway:
             self.routes.append((path, endpoint, methods))
 
         self.pm.hook.register_routes(register=add_route)
+
+        for impl in self.pm.hook.register_stores.get_hookimpls():
+            def add_store(name: str, migrations: list[Migration], _p: str = impl.plugin_name) -> None:
+                if name in self.stores:
+                    raise ConfigError(f"plugin `{_p}` registers store `{name}`, already registered")
+                self.stores[name] = list(migrations)
+
+            impl.function(register=add_store)
+        if self.stores:
+            try:
+                self.database = Database(self.config.database, self.stores)
+            except ValueError as exc:
+                raise ConfigError(f"{self.config.source}: {exc}") from None
         return registrations
 
     def _build_providers(self) -> None:
@@ -188,6 +205,8 @@ class Gateway:
     # -- life cycle -------------------------------------------------------------------------------
     async def startup(self) -> None:
         self._http = create_client(self.config.upstream)
+        if self.database is not None:
+            await self.database.start()
         for component in self._components():
             if hasattr(component, "startup"):
                 await component.startup()
@@ -196,12 +215,16 @@ class Gateway:
         for component in reversed(self._components()):
             if hasattr(component, "shutdown"):
                 await component.shutdown()
+        if self.database is not None:
+            await self.database.close()
         if self._http is not None:
             await self._http.aclose()
             self._http = None
 
     async def ready(self) -> dict[str, bool]:
         checks = {}
+        if self.database is not None:
+            checks["database"] = await self.database.ping()
         for name, component in [*self.middlewares, *self.providers.items()]:
             if hasattr(component, "ready"):
                 try:

@@ -32,7 +32,7 @@ class RegisterMiddleware(Protocol):
         with ``async def __call__(call, call_next) -> Result``, and optionally ``async def startup()``,
         ``async def shutdown()`` and ``async def ready() -> bool`` (for ``/readyz``).
         ``order``: the default position when the config gives no ``pipeline`` (lower runs first;
-        bundled: auth 100, params 200, logging 300, limits 400, prompts 500, cache 600,
+        bundled: metrics 50, auth 100, logging 150, params 200, limits 400, prompts 500, cache 600,
         routing 700, reliability 800).
         ``settings``: a ``respan_gateway.Settings`` subclass; the ``[name]`` section is decoded into it.
         """
@@ -57,6 +57,18 @@ class RegisterRoute(Protocol):
         """
 
 
+class RegisterStore(Protocol):
+    def __call__(self, name: str, migrations: list[Any]) -> None:
+        """Declare the tables a plugin keeps in the gateway's database.
+
+        ``name``: the store's name (e.g. ``"request_logs"``); its schema version is remembered under it.
+        ``migrations``: ordered ``respan_gateway.database.Migration(version, sqlite=..., postgres=...)``
+        steps; at start-up the ones newer than the stored version are applied, in one transaction.
+        The plugin reaches the database through ``gateway.database`` (a ``Database``, or None when no
+        plugin registered a store), from its ``startup()`` on.
+        """
+
+
 @hookspec
 def register_middlewares(register: RegisterMiddleware) -> None:
     """Called once at start-up to collect pipeline middlewares (auth, params, logging, cache...)."""
@@ -70,3 +82,12 @@ def register_providers(register: RegisterProvider) -> None:
 @hookspec
 def register_routes(register: RegisterRoute) -> None:
     """Called once at start-up to collect extra HTTP routes (logs API, prompts API...)."""
+
+
+@hookspec
+def register_stores(register: RegisterStore) -> None:
+    """Called once at start-up to collect the database schemas of plugins (log records, prompts...).
+
+    Every store lives in the one database of ``[database]`` (SQLite file or PostgreSQL), opened once
+    per process before the middlewares' ``startup()`` and closed after their ``shutdown()``.
+    """

@@ -1,0 +1,165 @@
+"""The log record: one per request, with the fields of SPEC section 8, and how it is built.
+
+Field names follow Respan's log schema (``respan-api-notes.md`` 6.1). Times are epoch seconds in the
+record and the store, ISO 8601 in the logs API; durations are seconds; cost is USD.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+# The column kind of every field: text, int, float, bool, time (epoch seconds) or json.
+KINDS: dict[str, str] = {
+    # identity and ownership
+    "unique_id": "text", "gateway_request_id": "text", "tenant": "text", "key_id": "text",
+    "environment": "text", "log_type": "text", "endpoint": "text", "log_method": "text",
+    # timing
+    "start_time": "time", "timestamp": "time", "latency": "float", "time_to_first_token": "float",
+    "routing_time": "float", "gateway_overhead": "float", "tokens_per_second": "float",
+    # model and provider
+    "model": "text", "requested_model": "text", "provider_id": "text", "deployment_name": "text",
+    "load_balance_group_id": "text",
+    # status
+    "status_code": "int", "status": "text", "error_message": "text", "warnings": "json",
+    "upstream_attempts": "int", "stream": "bool",
+    # tokens and cost
+    "prompt_tokens": "int", "completion_tokens": "int", "total_request_tokens": "int",
+    "prompt_cache_hit_tokens": "int", "prompt_cache_creation_tokens": "int", "reasoning_tokens": "int",
+    "usage_estimated": "bool", "cost": "float", "prompt_unit_price": "float", "completion_unit_price": "float",
+    # cache
+    "cache_enabled": "bool", "cache_hit": "bool", "cache_key": "text",
+    # customer and grouping
+    "customer_identifier": "text", "customer_email": "text", "customer_name": "text", "customer_params": "json",
+    "metadata": "json", "properties": "json", "custom_identifier": "text", "thread_identifier": "text",
+    "group_identifier": "text", "span_name": "text", "trace_unique_id": "text", "span_unique_id": "text",
+    "span_parent_id": "text", "span_workflow_name": "text", "trace_group_identifier": "text",
+    "session_identifier": "text",
+    # feedback
+    "positive_feedback": "bool", "note": "text",
+    # prompt management and limits
+    "prompt_id": "text", "prompt_version_number": "int", "limit_info": "json",
+    # content (dropped by disable_log)
+    "disable_log": "bool", "prompt_messages": "json", "completion_message": "json", "tools": "json",
+    "tool_choice": "json", "tool_calls": "json", "variables": "json", "full_request": "json",
+    "full_response": "json",
+}
+
+#: What ``disable_log: true`` keeps out of the record (Respan: messages, prompt, completion, tools, full request/response).
+CONTENT_FIELDS = frozenset({
+    "prompt_messages", "completion_message", "tools", "tool_choice", "tool_calls", "variables",
+    "full_request", "full_response",
+})
+
+#: Fields a PATCH may change; the rest of a record is immutable.
+MUTABLE_FIELDS = frozenset({"metadata", "positive_feedback", "note"})
+
+
+class LogRecord(msgspec.Struct, kw_only=True):
+    """One request. JSON fields may hold ``msgspec.Raw`` (bytes passed through undecoded)."""
+
+    unique_id: str
+    gateway_request_id: str | None = None
+    tenant: str = "default"
+    key_id: str | None = None
+    environment: str | None = None
+    log_type: str = "chat"
+    endpoint: str | None = None
+    log_method: str = "inference"
+    start_time: float = 0.0
+    timestamp: float = 0.0
+    latency: float | None = None
+    time_to_first_token: float | None = None
+    routing_time: float | None = None
+    gateway_overhead: float | None = None
+    tokens_per_second: float | None = None
+    model: str | None = None
+    requested_model: str | None = None
+    provider_id: str | None = None
+    deployment_name: str | None = None
+    load_balance_group_id: str | None = None
+    status_code: int = 200
+    status: str = "success"
+    error_message: str | None = None
+    warnings: Any = None
+    upstream_attempts: int = 0
+    stream: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_request_tokens: int = 0
+    prompt_cache_hit_tokens: int = 0
+    prompt_cache_creation_tokens: int = 0
+    reasoning_tokens: int = 0
+    usage_estimated: bool = False
+    cost: float = 0.0
+    prompt_unit_price: float | None = None
+    completion_unit_price: float | None = None
+    cache_enabled: bool = False
+    cache_hit: bool = False
+    cache_key: str | None = None
+    customer_identifier: str | None = None
+    customer_email: str | None = None
+    customer_name: str | None = None
+    customer_params: Any = None
+    metadata: Any = None
+    properties: Any = None
+    custom_identifier: str | None = None
+    thread_identifier: str | None = None
+    group_identifier: str | None = None
+    span_name: str | None = None
+    trace_unique_id: str | None = None
+    span_unique_id: str | None = None
+    span_parent_id: str | None = None
+    span_workflow_name: str | None = None
+    trace_group_identifier: str | None = None
+    session_identifier: str | None = None
+    positive_feedback: bool | None = None
+    note: str | None = None
+    prompt_id: str | None = None
+    prompt_version_number: int | None = None
+    limit_info: Any = None
+    disable_log: bool = False
+    prompt_messages: Any = None
+    completion_message: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    tool_calls: Any = None
+    variables: Any = None
+    full_request: Any = None
+    full_response: Any = None
+
+
+assert set(LogRecord.__struct_fields__) == set(KINDS), "KINDS must list every LogRecord field"
+
+COLUMNS: tuple[str, ...] = LogRecord.__struct_fields__
+JSON_COLUMNS = frozenset(k for k, v in KINDS.items() if v == "json")
+
+_encode = msgspec.json.Encoder().encode
+
+
+def coerce_metadata(metadata: Any) -> dict[str, str] | None:
+    """Respan stores ``metadata`` values as strings: strings as they are, ``true``/``false`` for
+    booleans, numbers as written, objects and lists as compact JSON, null as ``""``."""
+    if not isinstance(metadata, dict):
+        return None
+    out: dict[str, str] = {}
+    for key, value in metadata.items():
+        if isinstance(value, str):
+            out[str(key)] = value
+        elif value is None:
+            out[str(key)] = ""
+        else:
+            out[str(key)] = _encode(value).decode()
+    return out
+
+
+def to_row(record: LogRecord) -> tuple[Any, ...]:
+    """The record as the parameters of an INSERT, in :data:`COLUMNS` order (JSON columns as text)."""
+    row = []
+    for name in COLUMNS:
+        value = getattr(record, name)
+        if name in JSON_COLUMNS and value is not None:
+            value = bytes(value).decode() if isinstance(value, msgspec.Raw) else _encode(value).decode()
+        row.append(value)
+    return tuple(row)

@@ -1,0 +1,280 @@
+"""The ``request_logs`` table in the gateway's database, and the queries of the logs API.
+
+Inserts are idempotent (``ON CONFLICT (unique_id) DO NOTHING``): a batch that is written again after a
+timeout, or replayed from the spill file, never duplicates a record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import msgspec
+
+from respan_gateway import BadRequest
+from respan_gateway.database import Database, Migration
+
+from .record import COLUMNS, JSON_COLUMNS, KINDS, LogRecord, to_row
+
+TABLE = "request_logs"
+
+_SQL_TYPES = {
+    "sqlite": {"text": "TEXT", "int": "INTEGER", "float": "REAL", "bool": "INTEGER", "time": "REAL", "json": "TEXT"},
+    "postgres": {"text": "TEXT", "int": "BIGINT", "float": "DOUBLE PRECISION", "bool": "BOOLEAN",
+                 "time": "DOUBLE PRECISION", "json": "JSONB"},
+}
+_INDEXES = [("tenant_time", "tenant, start_time"), ("tenant_customer", "tenant, customer_identifier, start_time"),
+            ("tenant_model", "tenant, model, start_time"), ("tenant_thread", "tenant, thread_identifier"),
+            ("trace", "trace_unique_id")]
+
+
+def _create(dialect: str) -> str:
+    types = _SQL_TYPES[dialect]
+    cols = ",\n  ".join(
+        f"{name} {types[KINDS[name]]}" + (" PRIMARY KEY" if name == "unique_id" else "") for name in COLUMNS
+    )
+    indexes = ";\n".join(f"CREATE INDEX IF NOT EXISTS {TABLE}_{n} ON {TABLE} ({c})" for n, c in _INDEXES)
+    return f"CREATE TABLE IF NOT EXISTS {TABLE} (\n  {cols}\n);\n{indexes}"
+
+
+MIGRATIONS = [Migration(1, sqlite=_create("sqlite"), postgres=_create("postgres"))]
+
+_INSERT = (
+    f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(COLUMNS)))}) "
+    "ON CONFLICT (unique_id) DO NOTHING"
+)
+
+# Sort keys the list API accepts besides the columns themselves.
+_SORT_ALIASES = {"id": "start_time", "all_tokens": "total_request_tokens", "ttft": "time_to_first_token",
+                 "generation_time": "latency", "created_at": "start_time"}
+_FILTER_ALIASES = {"all_tokens": "total_request_tokens", "ttft": "time_to_first_token",
+                   "generation_time": "latency", "provider": "provider_id", "customer_user_unique_id": "customer_identifier"}
+OPERATORS = frozenset({"", "eq", "exact", "iexact", "lt", "lte", "gt", "gte", "contains", "icontains",
+                       "startswith", "endswith", "in", "isnull", "not"})
+_decode = msgspec.json.decode
+
+
+class RequestLogStore:
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    async def insert(self, records: list[LogRecord]) -> None:
+        await self.db.executemany(_INSERT, [to_row(r) for r in records])
+
+    # -- reads --------------------------------------------------------------------------------
+    async def get(self, tenant: str, unique_id: str) -> dict[str, Any] | None:
+        rows = await self.db.fetch(f"SELECT * FROM {TABLE} WHERE tenant = $1 AND unique_id = $2", tenant, unique_id)
+        return to_api(rows[0]) if rows else None
+
+    async def list(self, tenant: str, query: LogQuery) -> tuple[int, list[dict[str, Any]]]:
+        where, args = self._where(tenant, query)
+        total = await self.db.fetchval(f"SELECT COUNT(*) FROM {TABLE} WHERE {where}", *args)
+        order = query.order_by()
+        args += [query.page_size, (query.page - 1) * query.page_size]
+        rows = await self.db.fetch(
+            f"SELECT * FROM {TABLE} WHERE {where} ORDER BY {order} LIMIT ${len(args) - 1} OFFSET ${len(args)}", *args
+        )
+        return int(total or 0), [to_api(r) for r in rows]
+
+    async def summary(self, tenant: str, query: LogQuery) -> dict[str, Any]:
+        where, args = self._where(tenant, query)
+        rows = await self.db.fetch(
+            "SELECT COUNT(*) AS number_of_requests, COALESCE(SUM(cost), 0) AS total_cost, "
+            "COALESCE(SUM(total_request_tokens), 0) AS total_tokens, "
+            "COALESCE(SUM(prompt_tokens), 0) AS total_prompt_tokens, "
+            "COALESCE(SUM(completion_tokens), 0) AS total_completion_tokens, "
+            "COALESCE(SUM(CASE WHEN status_code >= 400 THEN 1 ELSE 0 END), 0) AS number_of_errors, "
+            "AVG(latency) AS average_latency, AVG(time_to_first_token) AS average_time_to_first_token "
+            f"FROM {TABLE} WHERE {where}", *args,
+        )
+        row = rows[0]
+        return {
+            "number_of_requests": int(row["number_of_requests"]),
+            "total_cost": float(row["total_cost"]),
+            "total_tokens": int(row["total_tokens"]),
+            "total_prompt_tokens": int(row["total_prompt_tokens"]),
+            "total_completion_tokens": int(row["total_completion_tokens"]),
+            "number_of_errors": int(row["number_of_errors"]),
+            "average_latency": float(row["average_latency"]) if row["average_latency"] is not None else None,
+            "average_time_to_first_token": (float(row["average_time_to_first_token"])
+                                            if row["average_time_to_first_token"] is not None else None),
+        }
+
+    async def patch(self, tenant: str, unique_id: str, changes: dict[str, Any]) -> bool:
+        sets, args = [], [tenant, unique_id]
+        for name, value in changes.items():
+            args.append(msgspec.json.encode(value).decode() if name in JSON_COLUMNS and value is not None else value)
+            sets.append(f"{name} = ${len(args)}")
+        changed = await self.db.execute(
+            f"UPDATE {TABLE} SET {', '.join(sets)} WHERE tenant = $1 AND unique_id = $2", *args
+        )
+        return changed > 0
+
+    # -- filters ------------------------------------------------------------------------------
+    def _where(self, tenant: str, query: LogQuery) -> tuple[str, list[Any]]:
+        args: list[Any] = [tenant]
+        clauses = []
+        for name, op, value in query.filters:
+            clauses.append(self._clause(name, op, value, args))
+        where = "tenant = $1"
+        if query.start_time is not None:
+            args.append(query.start_time)
+            where += f" AND start_time >= ${len(args)}"
+        if query.end_time is not None:
+            args.append(query.end_time)
+            where += f" AND start_time <= ${len(args)}"
+        if clauses:
+            joiner = " OR " if query.connector == "OR" else " AND "
+            where += " AND (" + joiner.join(clauses) + ")"
+        return where, args
+
+    def _clause(self, field: str, op: str, value: Any, args: list[Any]) -> str:
+        pg = self.db.dialect == "postgres"
+        kind, expr = _field_expr(field, pg, args)
+
+        def param(v: Any) -> str:
+            args.append(_coerce(field, kind, v))
+            return f"${len(args)}"
+
+        values = value if isinstance(value, list) else [value]
+        if op == "isnull":
+            flag = values[0] if values else True
+            truthy = flag if isinstance(flag, bool) else str(flag).lower() in ("1", "true", "yes")
+            return f"{expr} IS NULL" if truthy else f"{expr} IS NOT NULL"
+        if not values:
+            raise BadRequest(f"filter `{field}`: no value given", param="filters")
+        if op in ("", "eq", "exact", "in", "not"):
+            if len(values) == 1 and op != "in":
+                test = f"{expr} = {param(values[0])}"
+            else:
+                test = f"{expr} IN ({', '.join(param(v) for v in values)})"
+            return f"NOT ({expr} IS NOT NULL AND {test})" if op == "not" else test
+        if op in ("lt", "lte", "gt", "gte"):
+            sign = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}[op]
+            return f"{expr} {sign} {param(values[0])}"
+        # Text operators: on the text of the value, whatever the column's kind.
+        text = expr if kind in ("text", "meta") else (f"CAST({expr} AS TEXT)" if not pg else f"({expr})::text")
+        args.append(str(values[0]))
+        p = f"${len(args)}"
+        if op == "iexact":
+            return f"LOWER({text}) = LOWER({p})"
+        if op == "contains":
+            return f"strpos({text}, {p}) > 0" if pg else f"instr({text}, {p}) > 0"
+        if op == "icontains":
+            return f"strpos(LOWER({text}), LOWER({p})) > 0" if pg else f"instr(LOWER({text}), LOWER({p})) > 0"
+        if op == "startswith":
+            return f"substr({text}, 1, length({p})) = {p}"
+        if op == "endswith":
+            return f"right({text}, length({p})) = {p}" if pg else f"substr({text}, -length({p})) = {p} AND length({p}) > 0"
+        raise BadRequest(f"filter `{field}`: unknown operator `{op}`", param="filters")
+
+
+def _field_expr(field: str, pg: bool, args: list[Any]) -> tuple[str, str]:
+    """(kind, SQL expression) of a filter field; metadata__<key> / properties__<key> read inside the JSON."""
+    for prefix in ("metadata__", "properties__"):
+        if field.startswith(prefix) and len(field) > len(prefix):
+            column, key = prefix[:-2], field[len(prefix):]
+            if pg:
+                args.append(key)
+                return "meta", f"({column} ->> ${len(args)})"
+            args.append('$."' + key.replace('"', '\\"') + '"')
+            return "meta", f"CAST(json_extract({column}, ${len(args)}) AS TEXT)"
+    name = _FILTER_ALIASES.get(field, field)
+    kind = KINDS.get(name)
+    if kind is None:
+        raise BadRequest(f"unknown filter field `{field}` (custom metadata is filtered as `metadata__<key>`)", param="filters")
+    return kind, name
+
+
+def _coerce(field: str, kind: str, value: Any) -> Any:
+    try:
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "time":
+            return parse_time(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes"):
+                return True
+            if str(value).lower() in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if kind == "json":
+            return value if isinstance(value, str) else msgspec.json.encode(value).decode()
+    except (TypeError, ValueError):
+        raise BadRequest(f"filter `{field}`: {value!r} is not a valid {kind}", param="filters") from None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if value is not None else None
+
+
+def parse_time(value: Any) -> float:
+    """Epoch seconds from a number or an ISO 8601 string (UTC when no zone is given)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed.timestamp()
+
+
+def iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def to_api(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row as the logs API shows it: JSON decoded, booleans as booleans, times ISO 8601."""
+    out: dict[str, Any] = {}
+    for name in COLUMNS:
+        value = row.get(name)
+        kind = KINDS[name]
+        if value is None:
+            out[name] = None
+        elif kind == "json":
+            out[name] = _decode(value) if isinstance(value, (str, bytes)) else value
+        elif kind == "bool":
+            out[name] = bool(value)
+        elif kind == "time":
+            out[name] = iso(float(value))
+        else:
+            out[name] = value
+    out["id"] = out["unique_id"]
+    return out
+
+
+class LogQuery(msgspec.Struct, kw_only=True):
+    filters: list[tuple[str, str, Any]] = []
+    connector: str = "AND"
+    start_time: float | None = None
+    end_time: float | None = None
+    sort_by: str = "-start_time"
+    page: int = 1
+    page_size: int = 100
+
+    def order_by(self) -> str:
+        key = self.sort_by.strip() or "-start_time"
+        desc = key.startswith("-")
+        name = key.lstrip("-+")
+        name = _SORT_ALIASES.get(name, name)
+        if KINDS.get(name) in (None, "json"):
+            raise BadRequest(f"cannot sort by `{key}`", param="sort_by")
+        direction = "DESC" if desc else "ASC"
+        return f"{name} {direction}, unique_id {direction}"
+
+
+def record_to_api(record: LogRecord) -> dict[str, Any]:
+    """A record not yet written (still queued) in the API's shape."""
+    row = dict(zip(COLUMNS, to_row(record)))
+    return to_api(row)

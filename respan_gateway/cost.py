@@ -1,0 +1,126 @@
+"""Token usage and cost: the one cost function of the gateway.
+
+Logs, request_breakdown, budgets and caches all price a request here, so that they agree to the cent.
+
+:func:`usage_from` reads the usage object of any answer or stream chunk the gateway relays, in each
+provider's shape, into one :class:`Usage` where ``prompt_tokens`` counts *every* input token (cache
+reads and writes included) and the cache counts say how many of them were priced as such:
+
+================================  ===============================================================
+shape                             fields read
+================================  ===============================================================
+OpenAI chat (and translations)    ``prompt_tokens`` (cache included), ``completion_tokens``,
+                                  ``prompt_tokens_details.cached_tokens`` / ``cache_write_tokens``,
+                                  ``completion_tokens_details.reasoning_tokens``; top-level
+                                  ``cache_read_input_tokens`` / ``cache_creation_input_tokens``
+                                  (LiteLLM-style translations of Anthropic) are read too
+OpenAI Responses                  ``input_tokens`` (cache included), ``output_tokens``,
+                                  ``input_tokens_details.cached_tokens`` / ``cache_write_tokens``
+Anthropic Messages                ``input_tokens`` (cache *excluded*), ``output_tokens``,
+                                  ``cache_read_input_tokens``, ``cache_creation_input_tokens``
+Gemini ``usageMetadata``          ``promptTokenCount`` (cache included), ``candidatesTokenCount``
+                                  + ``thoughtsTokenCount``, ``cachedContentTokenCount``
+================================  ===============================================================
+
+:func:`cost` prices a :class:`Usage` with a catalog entry's prices (USD per 1M tokens): uncached
+input at ``input_cost``, cache reads at ``cache_read_cost`` and cache writes at ``cache_write_cost``
+(each falling back to the input price when the catalog has none), output at ``output_cost``. The
+request params ``prompt_unit_price`` / ``completion_unit_price`` (USD per 1M) replace the input and
+output prices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .config import ModelEntry
+
+PER_TOKENS = 1_000_000
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    """Tokens of one request. ``prompt_tokens`` includes ``cache_read_tokens`` and ``cache_write_tokens``."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    # True when the provider reported no usage and the gateway counted the tokens itself.
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def usage_from(obj: Any) -> Usage | None:
+    """The :class:`Usage` of a usage object in any supported shape (see the module doc); None if it is not one."""
+    if not isinstance(obj, dict) or not obj:
+        return None
+    if "promptTokenCount" in obj or "candidatesTokenCount" in obj:  # Gemini usageMetadata
+        return Usage(
+            prompt_tokens=_int(obj.get("promptTokenCount")),
+            completion_tokens=_int(obj.get("candidatesTokenCount")) + _int(obj.get("thoughtsTokenCount")),
+            cache_read_tokens=_int(obj.get("cachedContentTokenCount")),
+            reasoning_tokens=_int(obj.get("thoughtsTokenCount")),
+        )
+    if "prompt_tokens" in obj or "completion_tokens" in obj:  # OpenAI chat / embeddings
+        details = obj.get("prompt_tokens_details") or {}
+        out_details = obj.get("completion_tokens_details") or {}
+        read = _int(details.get("cached_tokens")) or _int(obj.get("cache_read_input_tokens"))
+        write = _int(details.get("cache_write_tokens")) or _int(obj.get("cache_creation_input_tokens"))
+        return Usage(
+            prompt_tokens=_int(obj.get("prompt_tokens")),
+            completion_tokens=_int(obj.get("completion_tokens")),
+            cache_read_tokens=read,
+            cache_write_tokens=write,
+            reasoning_tokens=_int(out_details.get("reasoning_tokens")),
+        )
+    if "input_tokens" in obj or "output_tokens" in obj:
+        if "input_tokens_details" in obj or "output_tokens_details" in obj or "total_tokens" in obj:  # Responses
+            details = obj.get("input_tokens_details") or {}
+            out_details = obj.get("output_tokens_details") or {}
+            return Usage(
+                prompt_tokens=_int(obj.get("input_tokens")),
+                completion_tokens=_int(obj.get("output_tokens")),
+                cache_read_tokens=_int(details.get("cached_tokens")),
+                cache_write_tokens=_int(details.get("cache_write_tokens")),
+                reasoning_tokens=_int(out_details.get("reasoning_tokens")),
+            )
+        read, write = _int(obj.get("cache_read_input_tokens")), _int(obj.get("cache_creation_input_tokens"))
+        return Usage(  # Anthropic: input_tokens excludes the cache
+            prompt_tokens=_int(obj.get("input_tokens")) + read + write,
+            completion_tokens=_int(obj.get("output_tokens")),
+            cache_read_tokens=read,
+            cache_write_tokens=write,
+        )
+    return None
+
+
+def cost(
+    entry: ModelEntry | None,
+    usage: Usage,
+    *,
+    prompt_unit_price: float | None = None,
+    completion_unit_price: float | None = None,
+) -> float:
+    """USD for ``usage`` at ``entry``'s prices (USD per 1M tokens); request overrides win. 0 when unpriced."""
+    input_price = prompt_unit_price if prompt_unit_price is not None else (entry.input_cost if entry else 0.0)
+    output_price = completion_unit_price if completion_unit_price is not None else (entry.output_cost if entry else 0.0)
+    read_price = entry.cache_read_cost if entry is not None and entry.cache_read_cost is not None else input_price
+    write_price = entry.cache_write_cost if entry is not None and entry.cache_write_cost is not None else input_price
+    read = min(usage.cache_read_tokens, usage.prompt_tokens)
+    write = min(usage.cache_write_tokens, usage.prompt_tokens - read)
+    uncached = usage.prompt_tokens - read - write
+    total = uncached * input_price + read * read_price + write * write_price + usage.completion_tokens * output_price
+    return total / PER_TOKENS
+
+
+__all__ = ["Usage", "cost", "usage_from"]

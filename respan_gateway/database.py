@@ -1,0 +1,315 @@
+"""The gateway's database: one per process, shared by every plugin that keeps state.
+
+Log records, and later prompts, customers and API keys, live in one database chosen by ``[database]
+url``: a SQLite file (the embedded default; WAL mode, one connection on one thread per process) or
+PostgreSQL (``asyncpg``, one pool per process; several replicas share it).
+
+A plugin declares its tables through the ``register_stores`` hook: a store name and its ordered
+:class:`Migration` list. At start-up the gateway applies the migrations a store has not seen yet
+(``respan_schema_versions`` remembers each store's version; on PostgreSQL under an advisory lock, so
+replicas starting together migrate once). When the database is unreachable at start-up the gateway
+starts anyway and retries on the next use: whoever writes must be ready for
+:class:`StoreUnavailable` (the logging plugin spills to a file).
+
+SQL is written once for both backends with ``$1, $2...`` placeholders (PostgreSQL's; turned into
+SQLite's ``?1, ?2...``). :attr:`Database.dialect` tells the few places that differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import structlog
+
+from .config import DatabaseSettings
+
+log = structlog.get_logger("respan_gateway.database")
+
+Dialect = Literal["sqlite", "postgres"]
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached or did not answer in time."""
+
+
+class Migration(msgspec.Struct, frozen=True):
+    """One schema step of a store: ``version`` (1, 2, ...) and its SQL for each dialect.
+
+    The SQL may hold several statements separated by ``;``.
+    """
+
+    version: int
+    sqlite: str
+    postgres: str
+
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _statements(sql: str) -> list[str]:
+    return [s.strip() for s in sql.split(";") if s.strip()]
+
+
+class Database:
+    """Async access to the database: :meth:`execute`, :meth:`executemany`, :meth:`fetch`, :meth:`fetchval`."""
+
+    def __init__(self, settings: DatabaseSettings, stores: dict[str, list[Migration]]) -> None:
+        self.settings = settings
+        self.stores = stores
+        url = settings.url
+        if url.startswith("sqlite:"):
+            self.dialect: Dialect = "sqlite"
+            # sqlite:///relative/path or sqlite:////absolute/path (SQLAlchemy's convention).
+            self.path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+            if not self.path:
+                raise ValueError("`database.url`: a sqlite URL needs a path, e.g. sqlite:///data/respan.sqlite3")
+        elif url.startswith(("postgresql://", "postgres://")):
+            self.dialect = "postgres"
+            if settings.schema and not _IDENT.match(settings.schema):
+                raise ValueError(f"`database.schema`: {settings.schema!r} is not a plain identifier")
+        else:
+            raise ValueError(f"`database.url`: expected sqlite:///PATH or postgresql://..., got {url.split(':')[0]}:...")
+        self._conn: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._pool: Any = None
+        self._connected = False
+        self._connecting: asyncio.Lock | None = None
+        self._last_attempt = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    # -- life cycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect and migrate; an unreachable database is logged, and retried on the next use."""
+        try:
+            await self._ensure(force=True)
+        except StoreUnavailable as exc:
+            log.warning("database_unavailable", dialect=self.dialect, error=str(exc))
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), 5)
+            except Exception:
+                pool.terminate()
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await self._run(conn.close)
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
+        self._connected = False
+
+    async def ping(self) -> bool:
+        try:
+            await self.fetchval("SELECT 1")
+            return True
+        except StoreUnavailable:
+            return False
+
+    async def _ensure(self, force: bool = False) -> None:
+        if self._connected:
+            return
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._connected:
+                return
+            # At most one connection attempt per second: a down database is not hammered.
+            if not force and time.monotonic() - self._last_attempt < 1.0:
+                raise StoreUnavailable("the database is unavailable (retrying)")
+            self._last_attempt = time.monotonic()
+            try:
+                if self.dialect == "sqlite":
+                    await self._open_sqlite()
+                else:
+                    await self._open_postgres()
+                await self._migrate()
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                await self._drop_pool()
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+            self._connected = True
+
+    # -- SQLite -----------------------------------------------------------------------------------
+    async def _open_sqlite(self) -> None:
+        if self._thread is None:
+            # One connection used from one thread: SQLite serialises writers anyway.
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        if self._conn is None:
+            def connect() -> sqlite3.Connection:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                       timeout=self.settings.command_timeout)
+                conn.row_factory = sqlite3.Row
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(f"PRAGMA busy_timeout={int(self.settings.command_timeout * 1000)}")
+                return conn
+
+            self._conn = await self._run(connect)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        assert self._thread is not None
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def _sqlite_call(self, fn: Any) -> Any:
+        async def run() -> Any:
+            try:
+                return await self._run(fn)
+            except sqlite3.OperationalError as exc:  # locked beyond busy_timeout, disk full, I/O error
+                raise StoreUnavailable(f"sqlite: {exc}") from None
+        return run()
+
+    # -- PostgreSQL -------------------------------------------------------------------------------
+    async def _open_postgres(self) -> None:
+        import asyncpg
+
+        settings = self.settings
+        server_settings = {"application_name": "respan-gateway"}
+        if settings.schema:
+            conn = await asyncpg.connect(settings.url, timeout=settings.connect_timeout)
+            try:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.schema}"')
+            finally:
+                await conn.close()
+            server_settings["search_path"] = settings.schema
+        self._pool = await asyncpg.create_pool(
+            settings.url, min_size=1, max_size=max(1, settings.pool_size), timeout=settings.connect_timeout,
+            command_timeout=settings.command_timeout, server_settings=server_settings,
+        )
+
+    async def _drop_pool(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.terminate()
+
+    async def _pg(self, method: str, sql: str, *args: Any) -> Any:
+        if self._pool is None:
+            raise StoreUnavailable("postgres: not connected")
+        try:
+            async with self._pool.acquire(timeout=self.settings.connect_timeout) as conn:
+                return await getattr(conn, method)(sql, *args)
+        except _pg_unavailable() as exc:
+            self._connected = False
+            raise StoreUnavailable(f"postgres: {type(exc).__name__}: {exc}") from None
+
+    # -- migrations -------------------------------------------------------------------------------
+    async def _migrate(self) -> None:
+        if self.dialect == "sqlite":
+            def migrate() -> None:
+                conn = self._conn
+                assert conn is not None
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute("CREATE TABLE IF NOT EXISTS respan_schema_versions (store TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+                    for store, migrations in self.stores.items():
+                        row = conn.execute("SELECT version FROM respan_schema_versions WHERE store = ?", (store,)).fetchone()
+                        current = row[0] if row else 0
+                        for m in sorted(migrations, key=lambda m: m.version):
+                            if m.version > current:
+                                for statement in _statements(m.sqlite):
+                                    conn.execute(statement)
+                                current = m.version
+                        conn.execute("INSERT INTO respan_schema_versions (store, version) VALUES (?, ?) "
+                                     "ON CONFLICT (store) DO UPDATE SET version = excluded.version", (store, current))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+
+            await self._run(migrate)
+            return
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(7250125001)")  # one migrator at a time
+            await conn.execute("CREATE TABLE IF NOT EXISTS respan_schema_versions (store TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+            for store, migrations in self.stores.items():
+                current = await conn.fetchval("SELECT version FROM respan_schema_versions WHERE store = $1", store) or 0
+                for m in sorted(migrations, key=lambda m: m.version):
+                    if m.version > current:
+                        for statement in _statements(m.postgres):
+                            await conn.execute(statement)
+                        current = m.version
+                await conn.execute("INSERT INTO respan_schema_versions (store, version) VALUES ($1, $2) "
+                                   "ON CONFLICT (store) DO UPDATE SET version = excluded.version", store, current)
+
+    # -- queries ----------------------------------------------------------------------------------
+    def sql(self, sql: str) -> str:
+        """``sql`` in this database's placeholder style."""
+        return _PLACEHOLDER.sub(r"?\1", sql) if self.dialect == "sqlite" else sql
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run one statement; the number of rows it changed."""
+        await self._ensure()
+        if self.dialect == "sqlite":
+            conn, query = self._conn, self.sql(sql)
+            return await self._sqlite_call(lambda: conn.execute(query, args).rowcount)
+        status = await self._pg("execute", sql, *args)
+        tail = status.rsplit(" ", 1)[-1] if isinstance(status, str) else ""
+        return int(tail) if tail.isdigit() else 0
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement for each row, all in one transaction."""
+        await self._ensure()
+        rows = list(rows)
+        if not rows:
+            return
+        if self.dialect == "sqlite":
+            conn, query = self._conn, self.sql(sql)
+
+            def run() -> None:
+                assert conn is not None
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(query, rows)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+
+            return await self._sqlite_call(run)
+        if self._pool is None:
+            raise StoreUnavailable("postgres: not connected")
+        try:
+            async with self._pool.acquire(timeout=self.settings.connect_timeout) as conn, conn.transaction():
+                await conn.executemany(sql, rows)
+        except _pg_unavailable() as exc:
+            self._connected = False
+            raise StoreUnavailable(f"postgres: {type(exc).__name__}: {exc}") from None
+
+    async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        await self._ensure()
+        if self.dialect == "sqlite":
+            conn, query = self._conn, self.sql(sql)
+            return await self._sqlite_call(lambda: [dict(r) for r in conn.execute(query, args).fetchall()])
+        return [dict(r) for r in await self._pg("fetch", sql, *args)]
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        rows = await self.fetch(sql, *args)
+        if not rows:
+            return None
+        return next(iter(rows[0].values()))
+
+
+def _pg_unavailable() -> tuple[type[BaseException], ...]:
+    """asyncpg's errors that mean "the server is not there (now)", not "the SQL is wrong"."""
+    import asyncpg.exceptions as e
+
+    return (OSError, asyncio.TimeoutError, e.PostgresConnectionError, e.InterfaceError, e.CannotConnectNowError,
+            e.QueryCanceledError, e.OperatorInterventionError, e.TooManyConnectionsError)
+
+
+__all__ = ["Database", "Migration", "StoreUnavailable"]

@@ -1,0 +1,109 @@
+"""Offline token estimates: for streams that arrive without usage, and per-part token breakdowns.
+
+The tokenizer is OpenAI's ``o200k_base`` BPE from the ``bpe-openai`` package, whose wheel ships the
+BPE data (``tiktoken`` downloads its files at run time, which a gateway without internet cannot do).
+It is an *estimate* for other providers' models. Loading takes ~0.1-1 s, so :func:`preload` runs it in
+a thread at start-up; until it is loaded (or if the package is missing) a characters/4 heuristic
+answers, so no request ever waits for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import msgspec
+
+ENCODING = "o200k_base"
+# Per-message framing tokens of the chat format (role, separators), as OpenAI's cookbook counts them.
+TOKENS_PER_MESSAGE = 3
+
+_tokenizer: Any = None
+_lock = threading.Lock()
+_encode = msgspec.json.Encoder().encode
+
+
+def _load() -> Any:
+    global _tokenizer
+    with _lock:
+        if _tokenizer is None:
+            try:
+                from bpe_openai import _bindings  # the Rust tokenizer; count() does not build a token list
+
+                _tokenizer = _bindings.tokenizer_for_encoding(ENCODING)
+            except Exception:  # package missing or broken: the heuristic stays
+                _tokenizer = False
+    return _tokenizer
+
+
+def preload() -> threading.Thread:
+    """Load the tokenizer in a daemon thread (idempotent)."""
+    thread = threading.Thread(target=_load, name="tokenizer-load", daemon=True)
+    thread.start()
+    return thread
+
+
+def method() -> str:
+    """What :func:`count` uses right now: the encoding name, or ``"heuristic"``."""
+    return ENCODING if _tokenizer else "heuristic"
+
+
+def count(text: str) -> int:
+    """Tokens in ``text`` (BPE when loaded, else about one token per 4 characters)."""
+    if not text:
+        return 0
+    tokenizer = _tokenizer
+    if tokenizer:
+        return int(tokenizer.count(text))
+    return max(1, (len(text) + 3) // 4)
+
+
+def text_of(content: Any) -> str:
+    """The text of a message ``content``: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def count_message(message: Any) -> int:
+    if not isinstance(message, dict):
+        return 0
+    total = TOKENS_PER_MESSAGE + count(text_of(message.get("content")))
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            total += count(str(function.get("name") or "")) + count(str(function.get("arguments") or ""))
+    return total
+
+
+def count_messages(messages: Any) -> int:
+    """Prompt tokens of a chat ``messages`` list (plus the 3 tokens that prime the answer)."""
+    if not isinstance(messages, list) or not messages:
+        return 0
+    return sum(count_message(m) for m in messages) + 3
+
+
+def count_json(value: Any) -> int:
+    """Tokens of a JSON value (tool definitions...) as its compact JSON text."""
+    if value is None:
+        return 0
+    return count(_encode(value).decode())
+
+
+def breakdown(messages: Any, tools: Any) -> dict[str, int]:
+    """Per-part estimates: ``system_tokens``, ``user_message_tokens``, ``assistant_message_tokens``,
+    ``tool_message_tokens`` and ``tools_tokens`` (the tool definitions)."""
+    parts = {"system_tokens": 0, "user_message_tokens": 0, "assistant_message_tokens": 0, "tool_message_tokens": 0}
+    for message in messages if isinstance(messages, list) else ():
+        role = message.get("role") if isinstance(message, dict) else None
+        key = {"system": "system_tokens", "developer": "system_tokens", "user": "user_message_tokens",
+               "assistant": "assistant_message_tokens", "tool": "tool_message_tokens",
+               "function": "tool_message_tokens"}.get(role or "", "user_message_tokens")
+        parts[key] += count_message(message)
+    parts["tools_tokens"] = count_json(tools) if tools else 0
+    return parts
+
+
+__all__ = ["breakdown", "count", "count_json", "count_message", "count_messages", "method", "preload", "text_of"]
