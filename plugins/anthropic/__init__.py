@@ -139,9 +139,11 @@ class AnthropicAdapter(ProviderAdapter):
                 yield chunk
             if translator.done:
                 return
-        raise StreamInterrupted(f"provider `{self.id}` ended the stream before the answer was complete", provider=self.id)
+        for chunk in translator.close():
+            yield chunk
 
     async def _relay(self, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
+        finished = False  # message_delta seen: complete even without message_stop
         async for chunk, event in self._events(response, target):
             kind = event.get("type")
             if kind == "error":
@@ -149,6 +151,9 @@ class AnthropicAdapter(ProviderAdapter):
             yield Chunk(chunk.data, chunk.event or kind)
             if kind == "message_stop":
                 return
+            finished = finished or kind == "message_delta"
+        if finished:
+            return
         raise StreamInterrupted(f"provider `{self.id}` ended the stream before the answer was complete", provider=self.id)
 
 

@@ -292,6 +292,8 @@ class StreamTranslator:
         self.writer: ChunkWriter | None = None
         self.usage: dict[str, Any] = {}
         self.done = False
+        # message_delta (with the stop reason) seen: the answer is complete even if message_stop never comes.
+        self.finished = False
         self._tool_index: dict[int, int] = {}  # Anthropic block index -> OpenAI tool-call index
 
     def feed(self, event: dict[str, Any]) -> list[Chunk]:
@@ -331,8 +333,17 @@ class StreamTranslator:
         if kind == "message_delta":
             self.usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
             reason = (event.get("delta") or {}).get("stop_reason")
+            self.finished = True
             return [writer.finish(STOP_REASONS.get(reason or "end_turn", "stop"))]
         if kind == "message_stop":
-            self.done = True
-            return [writer.usage_chunk(openai_usage(self.usage))] if self.include_usage else []
+            return self.close()
         return []  # content_block_stop, unknown future events
+
+    def close(self) -> list[Chunk]:
+        """The end of the answer (message_stop, or the body's end): the usage chunk if asked for."""
+        if self.done:
+            return []
+        if not self.finished or self.writer is None:
+            raise StreamInterrupted(f"provider `{self.provider}` ended the stream before the answer was complete", provider=self.provider)
+        self.done = True
+        return [self.writer.usage_chunk(openai_usage(self.usage))] if self.include_usage else []

@@ -256,7 +256,8 @@ async def _gemini(fake: FakeUpstream, ex: _Exchange, request: RecordedRequest, b
         part = call_part if piece is None else {"text": piece}
         candidate = {"content": {"role": "model", "parts": [part]}, "index": 0, **({"finishReason": finish} if last else {})}
         chunks.append({"candidates": [candidate], "usageMetadata": usage if last else partial, **head})
-    frames = [b"data: " + msgspec.json.encode(c) + b"\r\n\r\n" for c in chunks] + [b""]
+    # No terminator in Gemini streams: `no-done` drops the last chunk (the one with finishReason).
+    frames = [b"data: " + msgspec.json.encode(c) + b"\r\n\r\n" for c in chunks]
     error = b"data: " + msgspec.json.encode({"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}) + b"\r\n\r\n"
     await fake._stream(ex, frames, scenario, error_frame=error)
 

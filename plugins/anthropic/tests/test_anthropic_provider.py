@@ -253,3 +253,9 @@ def test_bad_input_is_a_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="claude/claude-sonnet-4-5", messages=[{"role": "user", "content": [
             {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}])
+
+
+def test_stream_without_message_stop_but_finished_ends_cleanly(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(model="claude/fake-no-done", messages=[{"role": "user", "content": "hi"}],
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[-2].choices[0].finish_reason == "stop" and chunks[-1].usage.completion_tokens == 5

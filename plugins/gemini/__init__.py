@@ -1,0 +1,136 @@
+"""Provider ``gemini``: Google's Gemini API (generateContent / streamGenerateContent?alt=sse, embeddings).
+
+OpenAI chat requests are translated to ``generateContent`` and answers back (:mod:`.translate`, mapping
+of ``wire-formats.md`` 5.6); streams use ``streamGenerateContent?alt=sse`` and become OpenAI chunks.
+Embeddings use ``batchEmbedContents``. The key travels in the ``x-goog-api-key`` header, never in
+the URL, so that no error message or log line that shows a URL can carry it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx2
+import msgspec
+
+from respan_gateway import Call, Chunk, JSONResult, ProviderAdapter, ProviderSettings, Result, StreamInterrupted, StreamResult, Target, UpstreamError, hookimpl
+from respan_gateway.openai_chat import include_usage
+from respan_gateway.sse import read_events
+
+from .translate import embeddings_request, embeddings_to_openai, request_to_gemini, response_to_openai, StreamTranslator
+
+_decode = msgspec.json.decode
+_encode = msgspec.json.Encoder().encode
+_FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "authorization", "x-goog-api-key"})
+
+
+class GeminiSettings(ProviderSettings):
+    pass
+
+
+class GeminiAdapter(ProviderAdapter):
+    Settings = GeminiSettings
+    # Override with base_url (e.g. ".../v1" for the stable API version).
+    default_base_url = "https://generativelanguage.googleapis.com/v1beta"
+
+    async def chat(self, call: Call, target: Target) -> Result:
+        body = {k: _decode(v) for k, v in call.body.items()}
+        upstream = _encode(request_to_gemini(body))
+        method = "streamGenerateContent?alt=sse" if call.stream else "generateContent"
+        response = await self._send(call, target, method, upstream)
+        if call.stream:
+            if "text/event-stream" not in response.headers.get("content-type", ""):
+                await response.aclose()
+                raise UpstreamError(f"provider `{self.id}` did not answer with an event stream", status=502, provider=self.id)
+            return StreamResult(self._stream(response, target, include_usage(call)))
+        return JSONResult(200, data=response_to_openai(await self._json(response, target), target.upstream_model))
+
+    async def embeddings(self, call: Call, target: Target) -> Result:
+        body = {k: _decode(v) for k, v in call.body.items()}
+        upstream = _encode(embeddings_request(body, target.upstream_model))
+        response = await self._send(call, target, "batchEmbedContents", upstream, stream=False)
+        answer = await self._json(response, target)
+        return JSONResult(200, data=embeddings_to_openai(answer, target.upstream_model, body.get("encoding_format")))
+
+    # -- the exchange -----------------------------------------------------------------------------
+    def url(self, target: Target, method: str) -> str:
+        model = target.upstream_model.removeprefix("models/")
+        return f"{(target.base_url or self.base_url).rstrip('/')}/models/{quote(model, safe='')}:{method}"
+
+    def headers(self, call: Call, target: Target) -> dict[str, str]:
+        headers = {"content-type": "application/json", **self.settings.headers}
+        if call.params.extra_headers:
+            headers.update({k: v for k, v in call.params.extra_headers.items() if k.lower() not in _FORBIDDEN_HEADERS})
+        key = self.api_key(target)
+        if key:
+            headers["x-goog-api-key"] = key
+        return headers
+
+    async def _send(self, call: Call, target: Target, method: str, body: bytes, stream: bool | None = None) -> httpx2.Response:
+        request = self.http.build_request("POST", self.url(target, method), content=body,
+                                          headers=self.headers(call, target), timeout=self.timeout_for_call(call))
+        try:
+            response = await self.http.send(request, stream=call.stream if stream is None else stream)
+        except httpx2.TransportError as exc:
+            raise self.transport_error(exc, target) from None
+        if response.status_code >= 400:
+            try:
+                error = await self.error_from_response(response, target)
+                status = _gemini_status(response.content)
+                if status:
+                    error.code = status
+                raise error
+            finally:
+                await response.aclose()
+        return response
+
+    async def _json(self, response: httpx2.Response, target: Target) -> dict[str, Any]:
+        try:
+            await response.aread()
+        except httpx2.TransportError as exc:
+            raise self.transport_error(exc, target) from None
+        finally:
+            await response.aclose()
+        try:
+            answer = _decode(response.content)
+        except msgspec.DecodeError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise UpstreamError(f"provider `{self.id}` answered 200 with something that is not JSON", status=502, provider=self.id)
+        return answer
+
+    async def _stream(self, response: httpx2.Response, target: Target, usage: bool) -> AsyncIterator[Chunk]:
+        translator = StreamTranslator(self.id, target.upstream_model, usage)
+        try:
+            async for event in read_events(response.aiter_bytes()):
+                try:
+                    data = _decode(event.data)
+                except msgspec.DecodeError:
+                    raise StreamInterrupted(f"provider `{self.id}` sent a malformed stream chunk", provider=self.id) from None
+                if isinstance(data, dict):
+                    for chunk in translator.feed(data):
+                        yield chunk
+        except httpx2.TransportError as exc:
+            err = self.transport_error(exc, target)
+            raise StreamInterrupted(f"the stream from provider `{self.id}` broke off: {err.message}", provider=self.id) from None
+        finally:
+            await response.aclose()
+        for chunk in translator.close():
+            yield chunk
+
+
+def _gemini_status(content: bytes) -> str | None:
+    try:
+        body = _decode(content)
+    except msgspec.DecodeError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    status = error.get("status") if isinstance(error, dict) else None
+    return status if isinstance(status, str) else None
+
+
+@hookimpl
+def register_providers(register: Any) -> None:
+    register("gemini", GeminiAdapter)
