@@ -15,14 +15,23 @@ from typing import Any
 import msgspec
 import structlog
 
-_SECRET_KEYS = re.compile(r"(api[_-]?key|authorization|secret|password|token|credential)", re.I)
+# Key names whose values are secrets. "token" alone, not token *counts* (prompt_tokens stays readable).
+_SECRET_KEYS = re.compile(
+    r"(api[_-]?key|authorization|secret|password|passwd|credential|private[_-]?key|(^|[_-])token$|"
+    r"(access|refresh|auth|session|bearer)[_-]?token|cookie)", re.I)
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{4,}", re.I)
 _KEYLIKE = re.compile(r"\b(sk|rk|pk)-[A-Za-z0-9_-]{8,}")
+# Google API keys, AWS access key ids, and the password of a URL's userinfo (postgresql://u:pw@host).
+_GOOGLE_KEY = re.compile(r"\bAIza[0-9A-Za-z_-]{30,}")
+_AWS_KEY = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s/]+@")
 
 
 def redact_value(value: Any) -> Any:
     if isinstance(value, str):
-        return _KEYLIKE.sub(r"\1-[redacted]", _BEARER.sub(r"\1[redacted]", value))
+        value = _KEYLIKE.sub(r"\1-[redacted]", _BEARER.sub(r"\1[redacted]", value))
+        value = _AWS_KEY.sub("[redacted]", _GOOGLE_KEY.sub("[redacted]", value))
+        return _URL_PASSWORD.sub(r"\1[redacted]@", value)
     if isinstance(value, dict):
         return {k: "[redacted]" if _SECRET_KEYS.search(str(k)) else redact_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
