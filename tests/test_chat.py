@@ -116,7 +116,7 @@ def test_what_reaches_the_upstream(gateway: GatewayServer, fake_upstream: FakeUp
             "customer_identifier": "cust-1",
             "metadata": {"feature": "chat"},
             "disable_log": False,
-            "fallback_models": ["gpt-4o"],
+            "fallback_models": ["mock/backup"],  # a known slug: an unknown one is a 404 (routing)
             "respan_params": {"thread_identifier": "t-1"},
             "keywordsai_params": {"custom_identifier": "c-1"},
         },

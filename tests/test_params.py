@@ -106,13 +106,13 @@ def test_object_params_merge_key_by_key(probed: tuple[GatewayServer, ParamsProbe
             "respan_params": {"metadata": {"b": "nested", "c": "nested"}, "retry_params": {"retry_after": 0.5}},
             "metadata": {"c": "top", "d": 4},
             # Not an object param: replaced whole by the higher channel.
-            "fallback_models": ["x"],
+            "fallback_models": ["mock/x"],  # a known slug: an unknown one is a 404 (routing)
         },
     )
     params = probe.seen[0].params
     assert params.metadata == {"a": "header", "b": "nested", "c": "top", "d": 4}
     assert (params.retry_params.num_retries, params.retry_params.retry_after) == (5, 0.5)
-    assert params.fallback_models == ["x"]
+    assert params.fallback_models == ["mock/x"]
 
 
 def test_customer_identifier_is_cut_and_ints_accepted(probed: tuple[GatewayServer, ParamsProbe]) -> None:
