@@ -10,6 +10,7 @@ answers, so no request ever waits for it.
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any
 
 import msgspec
@@ -28,9 +29,11 @@ def _load() -> Any:
     with _lock:
         if _tokenizer is None:
             try:
-                from bpe_openai import _bindings  # the Rust tokenizer; count() does not build a token list
+                with warnings.catch_warnings():  # bpe-openai 0.1.4 uses a deprecated importlib.resources call
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    from bpe_openai import _bindings  # the Rust tokenizer; count() builds no token list
 
-                _tokenizer = _bindings.tokenizer_for_encoding(ENCODING)
+                    _tokenizer = _bindings.tokenizer_for_encoding(ENCODING)
             except Exception:  # package missing or broken: the heuristic stays
                 _tokenizer = False
     return _tokenizer

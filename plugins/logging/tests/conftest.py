@@ -1,0 +1,77 @@
+"""Fixtures of the logging plugin's tests: the same record suite runs on SQLite and on PostgreSQL.
+
+``backend`` is parametrized: ``sqlite`` (a file in the test's tmp dir) and ``postgres`` (127.0.0.1:5432,
+database ``test``, one schema per test run, dropped at the end). PostgreSQL tests skip, loudly, when
+the server is not reachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from respan_gateway.testing import GatewayServer
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+RUN_SCHEMA = f"respan_test_{uuid.uuid4().hex[:10]}"
+
+
+def _pg(sql: str) -> Any:
+    import asyncpg
+
+    async def run() -> Any:
+        conn = await asyncpg.connect(PG_URL, timeout=3)
+        try:
+            return await conn.fetch(sql)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def postgres_schema() -> Iterator[str]:
+    try:
+        _pg("SELECT 1")
+    except Exception as exc:  # noqa: BLE001
+        message = f"PostgreSQL on 127.0.0.1:5432 is not reachable ({type(exc).__name__}: {exc}): the PostgreSQL half of the record suite is SKIPPED"
+        warnings.warn(message)
+        pytest.skip(message)
+    yield RUN_SCHEMA
+    try:
+        _pg(f'DROP SCHEMA IF EXISTS "{RUN_SCHEMA}" CASCADE')
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def store_toml(backend: str, tmp_path: Any, request: pytest.FixtureRequest, **logging: Any) -> str:
+    """The [database] and [logging] sections of a test config for ``backend``."""
+    if backend == "sqlite":
+        database = f'url = "sqlite:///{tmp_path}/respan.sqlite3"'
+    else:
+        schema = request.getfixturevalue("postgres_schema")
+        database = f'url = "{PG_URL}"\nschema = "{schema}"\npool_size = 4'
+    settings = {"flush_interval": 0.05, "spill_dir": f"{tmp_path}/spill", **logging}
+    lines = "\n".join(f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in settings.items())
+    return f"\n[database]\n{database}\n\n[logging]\n{lines}\n"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def logged_gateway(backend: str, tmp_path: Any, request: pytest.FixtureRequest,
+                   gateway_factory: Callable[..., GatewayServer]) -> Callable[..., GatewayServer]:
+    """``start(extra_toml="", **logging_settings)``: a gateway storing its records in ``backend``."""
+
+    def start(extra: str = "", **logging: Any) -> GatewayServer:
+        return gateway_factory(store_toml(backend, tmp_path, request, **logging) + extra)
+
+    return start

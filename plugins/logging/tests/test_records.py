@@ -1,0 +1,266 @@
+"""One record per request, checked through the logs API after driving the gateway with the openai SDK.
+
+Every test runs twice: records in SQLite, and in PostgreSQL (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+
+import httpx2
+import openai
+import pytest
+
+from respan_gateway.testing import TEST_KEY
+
+from logs_client import Logs
+
+MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello to Paris"}]
+ANSWER = "Hello from the fake upstream!"
+# The fake counts prompt tokens as words (7 here) and completion tokens as content pieces (5).
+PROMPT_TOKENS, COMPLETION_TOKENS = 7, 5
+# gpt-test costs 1.0 USD / 1M input and 2.0 USD / 1M output tokens.
+COST = (PROMPT_TOKENS * 1.0 + COMPLETION_TOKENS * 2.0) / 1e6
+
+
+def test_success_record_has_ids_tokens_cost_and_the_three_param_channels(logged_gateway) -> None:
+    gw = logged_gateway()
+    header = base64.b64encode(json.dumps({"custom_identifier": "from-header", "metadata": {"channel": "header", "h": 1}}).encode()).decode()
+    raw = gw.openai().chat.completions.with_raw_response.create(
+        model="gpt-test", messages=MESSAGES,
+        extra_headers={"X-Data-Respan-Params": header},
+        extra_body={
+            "customer_identifier": "cust-1",  # top level
+            "metadata": {"channel": "body", "n": 3, "flag": True, "obj": {"a": 1}},
+            "properties": {"n": 3, "flag": True, "obj": {"a": 1}},
+            "respan_params": {"thread_identifier": "thread-9", "metadata": {"channel": "respan_params", "r": "x"}},
+        },
+    )
+    log_id = raw.headers["x-respan-log-id"]
+    assert raw.parse().choices[0].message.content == ANSWER
+    record = Logs(gw.url).get(log_id)
+    assert record["unique_id"] == log_id and record["tenant"] == "acme" and record["key_id"] == "test"
+    assert record["gateway_request_id"] == raw.headers["x-respan-gateway-request-id"]
+    assert (record["model"], record["requested_model"], record["provider_id"]) == ("gpt-test", "gpt-test", "fake")
+    assert (record["status_code"], record["status"], record["stream"]) == (200, "success", False)
+    assert (record["prompt_tokens"], record["completion_tokens"], record["total_request_tokens"]) == (7, 5, 12)
+    assert record["usage_estimated"] is False
+    assert record["cost"] == pytest.approx(COST)
+    assert 0 < record["latency"] < 10 and record["routing_time"] is not None and record["gateway_overhead"] >= 0
+    # The three channels: top level > respan_params > header, metadata merged key by key.
+    assert record["customer_identifier"] == "cust-1"
+    assert record["thread_identifier"] == "thread-9"
+    assert record["custom_identifier"] == "from-header"
+    # metadata values are strings; properties keep their native types.
+    assert record["metadata"] == {"channel": "body", "h": "1", "r": "x", "n": "3", "flag": "true", "obj": '{"a":1}'}
+    assert record["properties"] == {"n": 3, "flag": True, "obj": {"a": 1}}
+    assert record["prompt_messages"] == MESSAGES
+    assert record["completion_message"]["content"] == ANSWER
+    assert record["warnings"][0]["model"] == "gpt-test" and record["upstream_attempts"] == 1
+    # The stored request is what went upstream: no Respan param in it.
+    assert set(record["full_request"]) == {"model", "messages"}
+    assert record["full_response"]["choices"][0]["message"]["content"] == ANSWER
+
+
+def test_upstream_error_is_logged_with_its_status_and_message(logged_gateway) -> None:
+    gw = logged_gateway()
+    with pytest.raises(openai.BadRequestError) as caught:
+        gw.openai().chat.completions.create(model="fake/fake-error-400", messages=MESSAGES)
+    log_id = caught.value.response.headers["x-respan-log-id"]
+    record = Logs(gw.url).get(log_id)
+    assert (record["status_code"], record["status"]) == (400, "error")
+    assert "fake upstream error 400" in record["error_message"]
+    assert record["model"] == "fake/fake-error-400" and record["provider_id"] == "fake"
+    assert record["cost"] == 0 and record["completion_message"] is None
+
+
+def test_rejected_by_params_validation_is_logged(logged_gateway) -> None:
+    gw = logged_gateway()
+    r = httpx2.post(gw.base_url + "chat/completions", headers={"authorization": f"Bearer {TEST_KEY}"},
+                    json={"model": "gpt-test", "messages": MESSAGES, "retry_params": "often"}, timeout=10)
+    assert r.status_code == 400
+    record = Logs(gw.url).get(r.headers["x-respan-log-id"])
+    assert record["status_code"] == 400 and "retry_params" in record["error_message"]
+    assert record["requested_model"] == "gpt-test" and record["upstream_attempts"] == 0
+
+
+def test_fallback_lists_every_attempt_and_the_model_that_answered(logged_gateway) -> None:
+    gw = logged_gateway()
+    raw = gw.openai().chat.completions.with_raw_response.create(
+        model="fake/fake-error-503", messages=MESSAGES, extra_body={"fallback_models": ["gpt-test"]})
+    record = Logs(gw.url).get(raw.headers["x-respan-log-id"])
+    assert record["status_code"] == 200
+    assert record["requested_model"] == "fake/fake-error-503"
+    assert record["model"] == "gpt-test"
+    attempts = [(w["model"], w["status_code"]) for w in record["warnings"]]
+    assert attempts[0] == ("fake/fake-error-503", 503) and attempts[-1] == ("gpt-test", 200)
+    assert record["upstream_attempts"] == len(attempts) >= 2
+    assert record["cost"] == pytest.approx(COST)  # priced as the model that answered
+
+
+def test_stream_record_has_ttft_assembled_text_and_reported_usage(logged_gateway) -> None:
+    gw = logged_gateway()
+    raw = gw.openai().chat.completions.with_raw_response.create(
+        model="gpt-test", messages=MESSAGES, stream=True, stream_options={"include_usage": True},
+        extra_body={"extra_headers": {"x-fake-scenario": "slow-chunks-20"}})
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert text == ANSWER
+    record = Logs(gw.url).wait_for(raw.headers["x-respan-log-id"])
+    assert record["stream"] is True and record["status_code"] == 200
+    assert record["completion_message"] == {"role": "assistant", "content": ANSWER}
+    assert (record["prompt_tokens"], record["completion_tokens"], record["usage_estimated"]) == (7, 5, False)
+    assert record["cost"] == pytest.approx(COST)
+    # Five pieces 20 ms apart: the first token comes well before the end.
+    assert 0 < record["time_to_first_token"] < record["latency"]
+    assert record["latency"] - record["time_to_first_token"] >= 0.06
+
+
+def test_stream_without_usage_is_estimated_and_marked(logged_gateway) -> None:
+    gw = logged_gateway()
+    raw = gw.openai().chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices) == ANSWER
+    record = Logs(gw.url).wait_for(raw.headers["x-respan-log-id"])
+    assert record["usage_estimated"] is True
+    assert record["prompt_tokens"] > 0 and record["completion_tokens"] > 0
+    assert record["cost"] > 0
+
+
+def test_stream_cut_midway_is_an_error_record_with_the_partial_text(logged_gateway) -> None:
+    gw = logged_gateway()
+    raw = gw.openai().chat.completions.with_raw_response.create(model="fake/fake-cut-after-2", messages=MESSAGES, stream=True)
+    pieces = []
+    with pytest.raises(openai.APIError):
+        for chunk in raw.parse():
+            pieces.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+    record = Logs(gw.url).wait_for(raw.headers["x-respan-log-id"])
+    assert record["status"] == "error" and record["status_code"] >= 500
+    assert record["error_message"]
+    assert record["completion_message"]["content"] == "".join(pieces) != ""
+    assert record["usage_estimated"] is True
+
+
+def test_client_disconnect_mid_stream_completes_the_record(logged_gateway, fake_upstream) -> None:
+    gw = logged_gateway()
+    log_ids = []
+    with httpx2.stream("POST", gw.base_url + "chat/completions", headers={"authorization": f"Bearer {TEST_KEY}"},
+                       json={"model": "gpt-test", "messages": MESSAGES, "stream": True,
+                             "extra_headers": {"x-fake-scenario": "slow-chunks-300,chunks-20"}}, timeout=10) as r:
+        log_ids.append(r.headers["x-respan-log-id"])
+        for line in r.iter_lines():
+            if '"content":"Hello' in line:
+                break  # leave after the first words
+    assert fake_upstream.wait_for_disconnect(5), "the gateway must close the upstream when the client leaves"
+    record = Logs(gw.url).wait_for(log_ids[0])
+    assert record["status_code"] == 499 and record["status"] == "error"
+    assert record["completion_message"]["content"].startswith("Hello")
+    assert record["latency"] < 5
+
+
+def test_disable_log_keeps_metrics_and_ids_but_no_content(logged_gateway) -> None:
+    gw = logged_gateway()
+    secret_prompt = "my secret prompt about zanzibar"
+    raw = gw.openai().chat.completions.with_raw_response.create(
+        model="gpt-test", messages=[{"role": "user", "content": secret_prompt}],
+        tools=[{"type": "function", "function": {"name": "lookup_zanzibar", "parameters": {"type": "object"}}}],
+        tool_choice="none",
+        extra_body={"disable_log": True, "metadata": {"team": "a"}, "customer_identifier": "c-2"})
+    record = Logs(gw.url).get(raw.headers["x-respan-log-id"])
+    for field in ("prompt_messages", "completion_message", "tools", "tool_choice", "tool_calls", "full_request", "full_response"):
+        assert record[field] is None, field
+    dumped = json.dumps(record)
+    assert "zanzibar" not in dumped and ANSWER not in dumped
+    assert record["disable_log"] is True and record["prompt_tokens"] == 5 and record["cost"] > 0
+    assert record["metadata"] == {"team": "a"} and record["customer_identifier"] == "c-2"
+
+
+def test_prompt_and_completion_unit_price_override_the_catalog(logged_gateway) -> None:
+    gw = logged_gateway()
+    raw = gw.openai().chat.completions.with_raw_response.create(
+        model="gpt-test", messages=MESSAGES, extra_body={"prompt_unit_price": 10.0, "completion_unit_price": 100.0})
+    record = Logs(gw.url).get(raw.headers["x-respan-log-id"])
+    assert record["cost"] == pytest.approx((7 * 10.0 + 5 * 100.0) / 1e6)
+    assert (record["prompt_unit_price"], record["completion_unit_price"]) == (10.0, 100.0)
+
+
+def test_request_breakdown_in_the_body(logged_gateway) -> None:
+    gw = logged_gateway()
+    raw = gw.openai().chat.completions.with_raw_response.create(
+        model="gpt-test", messages=MESSAGES, extra_body={"request_breakdown": True, "metadata": {"k": 1}})
+    breakdown = raw.parse().model_extra["request_breakdown"]
+    assert breakdown["prompt_tokens"] == 7 and breakdown["completion_tokens"] == 5
+    assert breakdown["cost"] == pytest.approx(COST)
+    assert breakdown["model"] == "gpt-test" and breakdown["cached"] is False and breakdown["stream"] is False
+    assert breakdown["status_code"] == 200 and breakdown["latency"] > 0 and breakdown["routing_time"] >= 0
+    assert breakdown["prompt_messages"] == MESSAGES and breakdown["completion_message"]["content"] == ANSWER
+    assert breakdown["full_request"] == {"model": "gpt-test", "messages": MESSAGES} and breakdown["metadata"] == {"k": "1"}
+    assert breakdown["log_id"] == raw.headers["x-respan-log-id"]
+
+
+def test_request_breakdown_streams_as_a_final_chunk_before_done(logged_gateway) -> None:
+    gw = logged_gateway()
+    with httpx2.stream("POST", gw.base_url + "chat/completions", headers={"authorization": f"Bearer {TEST_KEY}"},
+                       json={"model": "gpt-test", "messages": MESSAGES, "stream": True, "request_breakdown": True,
+                             "stream_options": {"include_usage": True}}, timeout=10) as r:
+        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    last = json.loads(events[-2])
+    assert last["id"] == "request_breakdown" and last["model"] == "extra_parameter"
+    breakdown = last["choices"][0]["request_breakdown"]
+    assert breakdown["stream"] is True and breakdown["completion_tokens"] == 5
+    assert breakdown["completion_message"]["content"] == ANSWER and breakdown["cost"] == pytest.approx(COST)
+    assert all(json.loads(e)["id"] != "request_breakdown" for e in events[:-2])
+    # The openai SDK reads the extra chunk like any other.
+    chunks = list(gw.openai().chat.completions.create(model="gpt-test", messages=MESSAGES, stream=True,
+                                                      extra_body={"request_breakdown": True}))
+    assert chunks[-1].id == "request_breakdown"
+
+
+def test_token_breakdown_beta_puts_per_part_estimates_in_properties(logged_gateway) -> None:
+    from respan_gateway import tokens
+
+    tokens.preload().join(30)
+    gw = logged_gateway()
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    raw = gw.openai().chat.completions.with_raw_response.create(
+        model="gpt-test", messages=MESSAGES, tools=tools, tool_choice="none",
+        extra_headers={"X-Respan-Beta": "token-breakdown-2026-03-26, unknown-flag"}, extra_body={"properties": {"p": 1}})
+    props = Logs(gw.url).get(raw.headers["x-respan-log-id"])["properties"]
+    assert props["p"] == 1 and props["token_breakdown_method"] == "o200k_base"
+    assert props["system_tokens"] == tokens.count_message(MESSAGES[0]) == 3 + tokens.count("You are terse.")
+    assert props["user_message_tokens"] == tokens.count_message(MESSAGES[1]) > 3
+    assert props["tools_tokens"] == tokens.count_json(tools) > 0
+
+
+def test_patch_metadata_feedback_and_note(logged_gateway) -> None:
+    gw = logged_gateway()
+    raw = gw.openai().chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES, extra_body={"metadata": {"a": "1"}})
+    logs, log_id = Logs(gw.url), raw.headers["x-respan-log-id"]
+    r = logs.patch(log_id, {"metadata": {"b": 2}, "positive_feedback": True, "note": "good"})
+    assert r.status_code == 200, r.text
+    record = logs.get(log_id)
+    assert record["metadata"] == {"a": "1", "b": "2"} and record["positive_feedback"] is True and record["note"] == "good"
+    assert logs.patch(log_id, {"positive_feedback": None}).json()["positive_feedback"] is None
+    bad = logs.patch(log_id, {"cost": 0})
+    assert bad.status_code == 400 and "immutable" in bad.json()["error"]["message"]
+    assert logs.patch("no-such-id", {"note": "x"}).status_code == 404
+
+
+def test_records_are_scoped_to_the_callers_tenant(logged_gateway, fake_upstream, backend, tmp_path, request, gateway_factory) -> None:
+    from conftest import store_toml
+
+    from respan_gateway.testing import test_config
+
+    other = "sk-other-tenant-key"
+    config = test_config(fake_upstream.url, store_toml(backend, tmp_path, request),
+                         keys=f'{{ key = "{other}", tenant = "globex", name = "other" }}')
+    gw = gateway_factory(config=config)
+    raw = gw.openai().chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES)
+    log_id = raw.headers["x-respan-log-id"]
+    assert Logs(gw.url).get(log_id)["tenant"] == "acme"
+    theirs = Logs(gw.url, key=other)
+    assert theirs.list()["count"] == 0 and theirs.summary()["number_of_requests"] == 0
+    assert httpx2.get(f"{gw.url}/api/request-logs/{log_id}/", headers=theirs.headers, timeout=10).status_code == 404
+    assert httpx2.get(f"{gw.url}/api/request-logs/{log_id}/", timeout=10).status_code == 401
