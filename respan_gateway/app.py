@@ -27,6 +27,7 @@ from .call import Call, Chunk, JSONResult, Kind, Result, StreamResult
 from .config import Config
 from .errors import BadRequest, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from .gateway import Gateway
+from .model_catalog import public_listing
 from .sse import DONE_FRAME, frame
 
 log = structlog.get_logger("respan_gateway")
@@ -240,6 +241,11 @@ async def readyz(request: Request) -> Response:
     return json_response(200 if ok else 503, _encode({"status": "ready" if ok else "not ready", "checks": checks}))
 
 
+async def public_models(request: Request) -> Response:
+    """The model catalog with prices (no auth, like Respan's: prices and capabilities are public)."""
+    return json_response(200, _encode(public_listing(request.app.state.gateway.catalog)))
+
+
 async def plugins(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     if not gateway.config.server.expose_plugins:
@@ -262,6 +268,7 @@ def core_routes() -> list[Route]:
     embeddings = pipeline_endpoint("embeddings")
     routes += [Route(path, embeddings, methods=["POST"]) for path in EMBEDDINGS_PATHS]
     routes += [Route(path, list_models, methods=["GET"]) for path in ("/api/models", "/api/v1/models", "/v1/models")]
+    routes.append(Route("/api/models/public", public_models, methods=["GET"]))
     routes += [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

@@ -20,6 +20,7 @@ from .call import ANONYMOUS, Attempt, Call, CallNext, JSONResult, Principal, Res
 from .config import Config, ConfigError, Settings
 from .database import Database, Migration
 from .errors import BadRequest, GatewayError
+from .model_catalog import available_models
 from .providers import Catalog, ProviderAdapter
 from .upstream import create_client
 
@@ -146,7 +147,8 @@ class Gateway:
                 )
             settings = self.config.provider_settings(pid, adapter_cls.Settings)
             self.providers[pid] = adapter_cls(pid, settings, self)
-        self.catalog = Catalog(self.config.models, self.providers)
+        # The shipped catalog's entries of configured provider types, under the config's own.
+        self.catalog = Catalog(available_models(self.config.models, self.providers), self.providers)
         self.catalog.check(self.config.source)
 
     def _build_pipeline(self, registrations: dict[str, MiddlewareRegistration]) -> None:
