@@ -221,19 +221,22 @@ class ReliabilityMiddleware:
             what = "no first chunk" if call.stream else "no answer"
             which = "total_timeout" if limit < first_byte else ("timeout" if call.params.timeout is not None else "first_byte_timeout")
             exc = UpstreamTimeout(f"provider `{provider}` sent {what} within {limit:.3g}s ({which})", provider=provider)
-            _record(call, seen, exc)
+            _record(call, seen, exc, started)
             raise exc from None
         except GatewayError as exc:
             if isinstance(result, StreamResult):
                 await _aclose(result.chunks)
-            _record(call, seen, exc)
+            _record(call, seen, exc, started)
             raise
         except BaseException:
             if isinstance(result, StreamResult):
                 await _aclose(result.chunks)
             raise
         attempt = call.attempts[-1] if len(call.attempts) > seen else None
-        relay = self._relay(call, first, result.chunks, idle, deadline, attempt, started)
+        if attempt is not None:
+            # A stream's attempt lasts until its first chunk, as a complete answer's lasts until the answer.
+            attempt.duration = time.perf_counter() - started
+        relay = self._relay(call, first, result.chunks, idle, deadline, attempt)
         return StreamResult(relay, status=result.status, headers=result.headers)
 
     async def _first_chunk(self, chunks: AsyncIterator[Chunk], call: Call) -> Chunk:
@@ -246,8 +249,7 @@ class ReliabilityMiddleware:
         return first
 
     async def _relay(
-        self, call: Call, first: Chunk, chunks: AsyncIterator[Chunk], idle: float, deadline: float,
-        attempt: Attempt | None, started: float,
+        self, call: Call, first: Chunk, chunks: AsyncIterator[Chunk], idle: float, deadline: float, attempt: Attempt | None,
     ) -> AsyncIterator[Chunk]:
         """The stream as the client gets it: the first chunk, then the rest under the idle and total limits."""
         loop = asyncio.get_running_loop()
@@ -275,8 +277,6 @@ class ReliabilityMiddleware:
                 attempt.status, attempt.error = exc.status, exc.message
             raise
         finally:
-            if attempt is not None:
-                attempt.duration = time.perf_counter() - started
             await _aclose(chunks)
 
 
@@ -289,11 +289,12 @@ def _check_chunk(chunk: Chunk, provider: str) -> None:
         ) from None
 
 
-def _record(call: Call, seen: int, exc: GatewayError) -> None:
-    """Put this stage's view of a failed attempt on the attempt the core recorded."""
+def _record(call: Call, seen: int, exc: GatewayError, started: float) -> None:
+    """Put this stage's view of a failed attempt (a stream's first chunk included) on the one the core recorded."""
     if len(call.attempts) > seen:
         attempt = call.attempts[-1]
         attempt.status, attempt.error = exc.status, exc.message
+        attempt.duration = time.perf_counter() - started
 
 
 def _copy(target: Target | None) -> Target | None:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from respan_gateway import ConfigError, GatewayError, Target, UpstreamError
+from respan_gateway import Call, CallNext, Chunk, ConfigError, GatewayError, Result, StreamResult, Target, UpstreamError
 
 if TYPE_CHECKING:
     from respan_gateway import Gateway
@@ -134,7 +135,7 @@ class DeploymentsMiddleware:
     def __init__(self, pool: DeploymentPool) -> None:
         self.pool = pool
 
-    async def __call__(self, call, call_next):  # type: ignore[no-untyped-def]
+    async def __call__(self, call: Call, call_next: CallNext) -> Result:
         target = call.target
         if target is None:
             return await call_next(call)
@@ -149,18 +150,16 @@ class DeploymentsMiddleware:
         try:
             result = await call_next(call)
         except GatewayError as exc:
-            if self._ours(target, chosen):
+            if self._ours(call.target, chosen):
                 self.pool.report(provider, name, model, exc if is_deployment_fault(exc) else None)
             raise
         except BaseException:
             # Cancelled before an answer: reliability's first-byte or total timeout ran out.
-            if self._ours(target, chosen):
+            if self._ours(call.target, chosen):
                 self.pool.report(provider, name, model, _TIMED_OUT)
             raise
-        if not self._ours(target, chosen):
+        if not self._ours(call.target, chosen):
             return result
-        from respan_gateway import StreamResult
-
         if isinstance(result, StreamResult):
             result.chunks = self._watch(result.chunks, provider, name, model)
         else:
@@ -168,11 +167,16 @@ class DeploymentsMiddleware:
         return result
 
     @staticmethod
-    def _ours(target: Target, chosen: Deployment | None) -> bool:
-        """False when a later stage (request credentials) replaced the key we chose."""
-        return chosen is None or target.deployment == chosen.name
+    def _ours(target: Target | None, chosen: Deployment | None) -> bool:
+        """False when a later stage (the request's own credentials) replaced the key or endpoint."""
+        if target is None:
+            return False
+        if chosen is None:
+            return not target.api_key and not target.base_url
+        return (target.deployment == chosen.name and (target.api_key or "") == chosen.api_key
+                and (not chosen.base_url or target.base_url == chosen.base_url))
 
-    async def _watch(self, chunks, provider: str, name: str | None, model: str):  # type: ignore[no-untyped-def]
+    async def _watch(self, chunks: AsyncIterator[Chunk], provider: str, name: str | None, model: str) -> AsyncIterator[Chunk]:
         """Report the stream's health: success at its first chunk, failure if it breaks before that."""
         started = False
         try:

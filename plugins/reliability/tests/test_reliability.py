@@ -354,6 +354,16 @@ def test_stream_that_stalls_is_cut_at_the_idle_timeout(gw: GatewayServer, fake_u
     assert fake_upstream.wait_for_disconnect(5)
 
 
+def test_total_timeout_ends_a_long_stream_with_an_error_event(gateway_factory: Callable[..., GatewayServer], fake_upstream: FakeUpstream) -> None:
+    gw = gateway_factory(CONFIG + "total_timeout = 1.2\n")
+    started = time.monotonic()
+    # Each gap (0.3 s) is within the idle timeout; the whole stream (3 s) is not within the total.
+    text, error = stream_until_error(gw, "fake/fake-slow-chunks-300,chunks-10")
+    assert 0 < len(text) < len(ANSWER * 2)
+    assert "total_timeout" in error.message
+    assert 1.1 <= time.monotonic() - started < 4
+
+
 def test_slow_chunks_within_the_idle_timeout_are_fine(gw: GatewayServer, fake_upstream: FakeUpstream) -> None:
     text, _ = ask(gw, "fake/fake-slow-chunks-200", True)
     assert text == ANSWER

@@ -319,3 +319,27 @@ def test_without_reliability_routing_still_chooses(gateway_factory: Callable[...
     with pytest.raises(openai.InternalServerError):
         ask(gw, "fake/fake-error-503", fallback_models=["gpt-test"])
     assert len(fake_upstream.requests) == 2
+
+
+def test_request_credentials_win_and_do_not_count_against_a_deployment(
+    gateway_factory: Callable[..., GatewayServer], fake_upstream: FakeUpstream
+) -> None:
+    gw = gateway_factory(KEYS_CONFIG.format(url=fake_upstream.url) + "[routing]\nallowed_fails = 1\n")
+    model = "multi/fake-error-401"
+    # The customer's own key is used (the credentials plugin runs after deployments), and its 401
+    # says nothing about the configured keys.
+    with pytest.raises(openai.AuthenticationError):
+        ask(gw, model, customer_credentials={"multi": {"api_key": "sk-customer-key"}})
+    assert fake_upstream.requests[-1].headers["authorization"] == "Bearer sk-customer-key"
+    fake_upstream.reset()
+    # So the configured deployment is still tried first; its own 401 (allowed_fails = 1) cools it down...
+    assert ask(gw, model, fallback_models=["gpt-test"]).model == "gpt-test-upstream"
+    assert upstream_models(fake_upstream) == ["fake-error-401", "gpt-test-upstream"]
+    assert fake_upstream.requests[0].headers["authorization"] in ("Bearer sk-heavy-key", "Bearer sk-light-key")
+    fake_upstream.reset()
+    # ...but only the one deployment that failed: the other is still tried before the fallback.
+    assert ask(gw, model, fallback_models=["gpt-test"]).model == "gpt-test-upstream"
+    assert upstream_models(fake_upstream) == ["fake-error-401", "gpt-test-upstream"]
+    fake_upstream.reset()
+    assert ask(gw, model, fallback_models=["gpt-test"]).model == "gpt-test-upstream"
+    assert upstream_models(fake_upstream) == ["gpt-test-upstream"]
