@@ -8,6 +8,7 @@ the server is not reachable.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from respan_gateway.testing import GatewayServer
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 RUN_SCHEMA = f"respan_test_{uuid.uuid4().hex[:10]}"
+_SCHEMA_IDS = itertools.count(1)
 
 
 def _pg(sql: str) -> Any:
@@ -44,7 +46,8 @@ def postgres_schema() -> Iterator[str]:
         pytest.skip(message)
     yield RUN_SCHEMA
     try:
-        _pg(f'DROP SCHEMA IF EXISTS "{RUN_SCHEMA}" CASCADE')
+        for row in _pg(f"SELECT nspname FROM pg_namespace WHERE nspname LIKE '{RUN_SCHEMA}%'"):
+            _pg(f'DROP SCHEMA IF EXISTS "{row["nspname"]}" CASCADE')
     except Exception:  # noqa: BLE001
         pass
 
@@ -54,7 +57,8 @@ def store_toml(backend: str, tmp_path: Any, request: pytest.FixtureRequest, **lo
     if backend == "sqlite":
         database = f'url = "sqlite:///{tmp_path}/respan.sqlite3"'
     else:
-        schema = request.getfixturevalue("postgres_schema")
+        # One schema per test: records of other tests never show up in a list.
+        schema = f"{request.getfixturevalue('postgres_schema')}_{next(_SCHEMA_IDS)}"
         database = f'url = "{PG_URL}"\nschema = "{schema}"\npool_size = 4'
     settings = {"flush_interval": 0.05, "spill_dir": f"{tmp_path}/spill", **logging}
     lines = "\n".join(f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in settings.items())
