@@ -254,22 +254,27 @@ class ReliabilityMiddleware:
         """The stream as the client gets it: the first chunk, then the rest under the idle and total limits."""
         loop = asyncio.get_running_loop()
         provider = call.target.provider if call.target is not None else "upstream"
+        watchdog = _Watchdog(loop)
         try:
             yield first
             while True:
-                remaining = deadline - loop.time()
-                limit = min(idle, remaining)
+                now = loop.time()
+                until = min(now + idle, deadline)
+                watchdog.arm(until)
                 try:
-                    async with asyncio.timeout(limit):
-                        chunk = await anext(chunks)
+                    chunk = await anext(chunks)
                 except StopAsyncIteration:
                     return
-                except TimeoutError:
-                    which = "total_timeout" if limit >= remaining else "idle_timeout"
+                except asyncio.CancelledError:
+                    if not watchdog.fired():
+                        raise
+                    which = "total_timeout" if until >= deadline else "idle_timeout"
                     raise StreamInterrupted(
-                        f"the stream from provider `{provider}` stalled: nothing for {limit:.3g}s ({which})",
+                        f"the stream from provider `{provider}` stalled: nothing for {until - now:.3g}s ({which})",
                         provider=provider, status=504, code="stream_timeout",
                     ) from None
+                finally:
+                    watchdog.disarm()
                 _check_chunk(chunk, provider)
                 yield chunk
         except GatewayError as exc:
@@ -277,7 +282,61 @@ class ReliabilityMiddleware:
                 attempt.status, attempt.error = exc.status, exc.message
             raise
         finally:
+            watchdog.close()
             await _aclose(chunks)
+
+
+class _Watchdog:
+    """Cancels the task that waits for the next chunk once its time is up.
+
+    What ``asyncio.timeout`` does, without a timer per chunk (that costs ~10 us a chunk): one timer
+    handle, moved only when it would fire too early or too late, and a cancellation only while the
+    task waits on the upstream (never while it writes to the client).
+    """
+
+    __slots__ = ("loop", "task", "until", "handle", "_fired")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.task: asyncio.Task[Any] | None = None
+        self.until: float | None = None
+        self.handle: asyncio.TimerHandle | None = None
+        self._fired = False
+
+    def arm(self, until: float) -> None:
+        self.task = asyncio.current_task()
+        self.until = until
+        if self.handle is None or self.handle.when() > until:
+            if self.handle is not None:
+                self.handle.cancel()
+            self.handle = self.loop.call_at(until, self._check)
+
+    def disarm(self) -> None:
+        self.until = None
+
+    def fired(self) -> bool:
+        """True (once) if the watchdog cancelled the task; the cancellation is then withdrawn."""
+        if not self._fired:
+            return False
+        self._fired = False
+        if self.task is not None:
+            self.task.uncancel()
+        return True
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+    def _check(self) -> None:
+        self.handle = None
+        if self.until is None or self.task is None:
+            return
+        if self.loop.time() >= self.until:
+            self._fired = True
+            self.task.cancel()
+        else:
+            self.handle = self.loop.call_at(self.until, self._check)
 
 
 def _check_chunk(chunk: Chunk, provider: str) -> None:
