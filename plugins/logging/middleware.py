@@ -376,9 +376,9 @@ def build_record(gateway: Any, call: Call, log_id: str, *, status: int, error: s
     if timings.upstream_start is not None:
         record.routing_time = max(0.0, timings.upstream_start - timings.start)
     upstream = sum(a.duration for a in call.attempts)
-    if returned is not None:
-        # Time in the gateway itself: up to the answer (or stream head), less the upstream attempts.
-        record.gateway_overhead = max(0.0, (returned - timings.start) - upstream)
+    # Time in the gateway itself: up to the answer (the stream head, or the error), less the upstream
+    # attempts. Retry back-off waits count as gateway time.
+    record.gateway_overhead = max(0.0, ((returned if returned is not None else now) - timings.start) - upstream)
     if first is not None:
         record.time_to_first_token = first - timings.start
 

@@ -1,0 +1,75 @@
+"""GET /metrics parses as Prometheus text, and its series move with the requests a client makes."""
+
+from __future__ import annotations
+
+import re
+
+import httpx2
+import openai
+import pytest
+
+from respan_gateway.testing import TEST_KEY
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (-?[0-9.e+-]+|\+Inf|-Inf|NaN)$')
+
+
+def parse(text: str) -> dict[str, float]:
+    """Every sample of a Prometheus text exposition, keyed by `name{labels}`; fails on a bad line."""
+    samples: dict[str, float] = {}
+    types: dict[str, str] = {}
+    assert text.endswith("\n")
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            assert kind in ("counter", "gauge", "histogram", "summary", "untyped"), line
+            types[name] = kind
+            continue
+        if line.startswith("#") or not line:
+            continue
+        m = _SAMPLE.match(line)
+        assert m, f"not a Prometheus sample line: {line!r}"
+        base = re.sub(r"_(bucket|sum|count)$", "", m[1])
+        assert m[1] in types or base in types, f"sample without a TYPE: {line!r}"
+        samples[m[1] + (m[2] or "")] = float(m[3])
+    return samples
+
+
+def scrape(url: str) -> dict[str, float]:
+    r = httpx2.get(url + "/metrics", timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return parse(r.text)
+
+
+def test_metrics_parse_and_counters_move(gateway_factory, tmp_path) -> None:
+    gw = gateway_factory(f'[database]\nurl = "sqlite:///{tmp_path}/m.sqlite3"\n[logging]\nspill_dir = "{tmp_path}/spill"\nflush_interval = 0.05\n')
+    before = scrape(gw.url)
+    ok = '{endpoint="chat",model="gpt-test",provider="fake",status_code="200"}'
+    assert before.get("respan_gateway_requests_total" + ok, 0) == 0
+    client = gw.openai()
+    client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    list(client.chat.completions.create(model="gpt-test", messages=MESSAGES, stream=True,
+                                        stream_options={"include_usage": True}))
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="fake/fake-error-400", messages=MESSAGES)
+    after = scrape(gw.url)
+    assert after["respan_gateway_requests_total" + ok] == 2
+    err = '{endpoint="chat",model="fake/fake-error-400",provider="fake",status_code="400"}'
+    assert after["respan_gateway_request_errors_total" + err] == 1
+    assert after['respan_gateway_request_duration_seconds_count{model="gpt-test",provider="fake"}'] == 2
+    assert after['respan_gateway_time_to_first_token_seconds_count{model="gpt-test",provider="fake"}'] == 1
+    assert after['respan_gateway_overhead_seconds_count{endpoint="chat"}'] == 3
+    assert after['respan_gateway_tokens_total{model="gpt-test",provider="fake",type="prompt"}'] == 4
+    assert after['respan_gateway_tokens_total{model="gpt-test",provider="fake",type="completion"}'] == 10
+    assert after['respan_gateway_cost_usd_total{model="gpt-test",provider="fake"}'] == pytest.approx((4 * 1.0 + 10 * 2.0) / 1e6)
+    assert after['respan_gateway_upstream_attempts_total{model="gpt-test",provider="fake",status_code="200"}'] == 2
+    assert after["respan_gateway_requests_in_flight"] == 0
+    assert after["respan_gateway_log_store_up"] == 1
+    assert after["respan_gateway_log_queue_depth"] >= 0 and after["respan_gateway_log_spill_pending"] == 0
+
+
+def test_metrics_can_require_a_key(gateway_factory, tmp_path) -> None:
+    gw = gateway_factory(f'[database]\nurl = "sqlite:///{tmp_path}/m.sqlite3"\n[logging]\nspill_dir = "{tmp_path}/spill"\n[metrics]\nrequire_auth = true\n')
+    assert httpx2.get(gw.url + "/metrics", timeout=10).status_code == 401
+    r = httpx2.get(gw.url + "/metrics", headers={"authorization": f"Bearer {TEST_KEY}"}, timeout=10)
+    assert r.status_code == 200 and parse(r.text)
