@@ -19,8 +19,10 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+$(VENV)/.installed-test: pyproject.toml examples/respan-provider-example/pyproject.toml $(VENV)/.installed
 	$(PIP) install -q -e '.[test]'
+	# The example third-party provider, installed by pip as a user would: proves the plugin path end to end.
+	$(PIP) install -q --no-build-isolation -e examples/respan-provider-example
 	$(PIP) install -q --upgrade --target $(OPENAI1) 'openai>=1.100,<2'
 	touch $@
 

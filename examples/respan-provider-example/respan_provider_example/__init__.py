@@ -1,0 +1,94 @@
+"""ExampleAI: an example third-party provider plugin for respan-gateway.
+
+ExampleAI (a made-up provider) speaks OpenAI's chat format at ``<base_url>/chat/completions`` with two
+differences a real adapter often meets: the key goes in an ``X-Example-Key`` header, and the API
+rejects fields it does not know (here ``parallel_tool_calls`` and ``user``), so the adapter drops them.
+Everything an adapter must do is here, in the smallest form: build the upstream request with the
+gateway's shared client, report failures as ``UpstreamError`` with the provider's status, and return a
+``JSONResult`` for a complete answer or a ``StreamResult`` of ``Chunk`` for a stream that ends with an
+error if the provider breaks off. See docs/providers.md in respan-gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+import msgspec
+
+from respan_gateway import (
+    Call, Chunk, JSONResult, ProviderAdapter, ProviderSettings, Result, StreamInterrupted, StreamResult, Target,
+    UpstreamError, hookimpl,
+)
+from respan_gateway.sse import DONE, read_events
+
+_decode = msgspec.json.decode
+UNSUPPORTED = ("parallel_tool_calls", "user")
+
+
+class ExampleSettings(ProviderSettings):
+    """The ``[providers.<id>]`` table: the common keys plus ExampleAI's own."""
+
+    # ExampleAI's API region, sent as a header (an example of an adapter-specific setting).
+    region: str = "eu"
+
+
+class ExampleAdapter(ProviderAdapter):
+    Settings = ExampleSettings
+    default_base_url = "https://api.example.ai/v1"
+    settings: ExampleSettings
+
+    async def chat(self, call: Call, target: Target) -> Result:
+        for field in UNSUPPORTED:  # ExampleAI answers 400 to fields it does not know
+            call.pop(field)
+        body = call.encoded_body(model=target.upstream_model)
+        headers = {"content-type": "application/json", "x-example-region": self.settings.region}
+        key = self.api_key(target)  # the request's credentials, else a configured key by weight
+        if key:
+            headers["x-example-key"] = key
+        url = (target.base_url or self.base_url).rstrip("/") + "/chat/completions"
+        request = self.http.build_request("POST", url, content=body, headers=headers, timeout=self.timeout_for_call(call))
+        try:
+            response = await self.http.send(request, stream=call.stream)
+        except httpx2.TransportError as exc:
+            raise self.transport_error(exc, target) from None  # 502 / 504, no secret in the message
+        if response.status_code >= 400:
+            try:
+                raise await self.error_from_response(response, target)  # keeps status and message
+            finally:
+                await response.aclose()
+        if call.stream:
+            return StreamResult(self._chunks(response, target))
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        if "json" not in response.headers.get("content-type", ""):
+            raise UpstreamError(f"provider `{self.id}` did not answer JSON", status=502, provider=self.id)
+        return JSONResult(200, response.content)  # already OpenAI's shape, usage included
+
+    async def _chunks(self, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
+        finished = False
+        try:
+            async for event in read_events(response.aiter_bytes()):
+                if event.data == DONE:
+                    break
+                data = _decode(event.data)
+                if isinstance(data, dict) and data.get("error"):
+                    message = data["error"].get("message") if isinstance(data["error"], dict) else data["error"]
+                    raise StreamInterrupted(f"provider `{self.id}` failed mid-stream: {message}", provider=self.id)
+                finished = finished or any(c.get("finish_reason") for c in data.get("choices") or [])
+                yield Chunk(event.data)
+        except httpx2.TransportError as exc:
+            raise StreamInterrupted(f"the stream from `{self.id}` broke off: {self.transport_error(exc, target).message}",
+                                    provider=self.id) from None
+        finally:
+            await response.aclose()
+        if not finished:  # never present a truncated answer as a complete one
+            raise StreamInterrupted(f"provider `{self.id}` ended the stream early", provider=self.id)
+
+
+@hookimpl
+def register_providers(register: Any) -> None:
+    register("example", ExampleAdapter)
