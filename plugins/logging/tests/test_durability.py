@@ -1,0 +1,235 @@
+"""No record is lost: with the store stopped and restarted under load, and on SIGTERM with requests in flight.
+
+The outage is real: PostgreSQL is reached through a TCP proxy that the test shuts (every connection
+cut, new ones refused) and reopens; SQLite is held under an exclusive lock by another connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from conftest import PG_URL
+from respan_gateway.testing import TEST_KEY, test_config
+from respan_gateway.testing.gateway_server import GatewayProcess
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+OUTAGE = {"write_timeout": 0.5, "retry_interval": 0.3, "batch_size": 5}
+
+
+class TcpProxy:
+    """127.0.0.1:<port> -> target, that can be shut (all connections cut) and reopened on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def shut(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            sockets, self._sockets = self._sockets, []
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked in the other thread
+            listener.close()
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=3)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+
+def _pg_ids(schema: str) -> list[str]:
+    import asyncpg
+
+    async def run() -> list[str]:
+        conn = await asyncpg.connect(PG_URL, timeout=3)
+        try:
+            rows = await conn.fetch(f'SELECT unique_id FROM "{schema}".request_logs')
+            return [r["unique_id"] for r in rows]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def _sqlite_ids(path: Path) -> list[str]:
+    conn = sqlite3.connect(path, timeout=10)
+    try:
+        return [r[0] for r in conn.execute("SELECT unique_id FROM request_logs")]
+    finally:
+        conn.close()
+
+
+def _one_request(base_url: str, n: int) -> str:
+    r = httpx2.post(base_url + "chat/completions", headers={"authorization": f"Bearer {TEST_KEY}"}, timeout=30,
+                    json={"model": "gpt-test", "messages": MESSAGES, "metadata": {"n": n}})
+    assert r.status_code == 200, r.text
+    return r.headers["x-respan-log-id"]
+
+
+def _load(base_url: str, count: int, outage: Any) -> list[str]:
+    """``count`` requests from 4 clients; the outage starts after a third of them and lasts ~1 s."""
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(_one_request, base_url, i) for i in range(count // 3)]
+        with outage():
+            futures += [pool.submit(_one_request, base_url, i) for i in range(count // 3, 2 * count // 3)]
+            time.sleep(1.0)
+        futures += [pool.submit(_one_request, base_url, i) for i in range(2 * count // 3, count)]
+        return [f.result() for f in futures]
+
+
+def _wait_until(check: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def _all_stored(read: Any, expected: int, timeout: float = 15) -> list[str]:
+    """The stored ids, once there are ``expected`` of them (or the timeout passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = read()
+        if len(ids) >= expected or time.monotonic() > deadline:
+            return ids
+        time.sleep(0.1)
+
+
+def test_postgres_stopped_and_restarted_under_load_loses_nothing(gateway_factory, postgres_schema, tmp_path) -> None:
+    proxy = TcpProxy(("127.0.0.1", 5432))
+    proxy.open()
+    schema = f"{postgres_schema}_outage"
+    try:
+        lines = "\n".join(f"{k} = {v}" for k, v in OUTAGE.items())
+        gw = gateway_factory(
+            f'[database]\nurl = "postgresql://postgres@127.0.0.1:{proxy.port}/test"\nschema = "{schema}"\n'
+            f'connect_timeout = 0.5\ncommand_timeout = 1.0\npool_size = 2\n'
+            f'[logging]\nspill_dir = "{tmp_path}/spill"\nflush_interval = 0.05\n{lines}\n')
+
+        @contextlib.contextmanager
+        def outage() -> Iterator[None]:
+            proxy.shut()
+            try:
+                yield
+            finally:
+                proxy.open()
+
+        ids = _load(gw.base_url, 45, outage)
+        writer = dict(gw.gateway.middlewares)["logging"].writer
+        assert writer.spilled > 0, "the outage must have sent records to the spill file"
+        stored = _all_stored(lambda: _pg_ids(schema), len(ids))
+        assert sorted(stored) == sorted(ids)  # every record, once
+        assert _wait_until(lambda: writer.spill.pending == 0 and writer.store_up, 5)
+        assert not list((tmp_path / "spill").glob("*.jsonl")), "replayed spill files are deleted"
+    finally:
+        proxy.shut()
+
+
+def test_sqlite_locked_under_load_loses_nothing(gateway_factory, tmp_path) -> None:
+    db = tmp_path / "respan.sqlite3"
+    lines = "\n".join(f"{k} = {v}" for k, v in OUTAGE.items())
+    gw = gateway_factory(f'[database]\nurl = "sqlite:///{db}"\ncommand_timeout = 0.3\n'
+                         f'[logging]\nspill_dir = "{tmp_path}/spill"\nflush_interval = 0.05\n{lines}\n')
+
+    @contextlib.contextmanager
+    def outage() -> Iterator[None]:
+        blocker = sqlite3.connect(db, timeout=5, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+
+    ids = _load(gw.base_url, 30, outage)
+    writer = dict(gw.gateway.middlewares)["logging"].writer
+    assert writer.spilled > 0
+    stored = _all_stored(lambda: _sqlite_ids(db), len(ids))
+    assert sorted(stored) == sorted(ids)
+
+
+def test_sigterm_with_requests_in_flight_loses_no_record(fake_upstream, tmp_path) -> None:
+    db = tmp_path / "respan.sqlite3"
+    config = tmp_path / "gateway.toml"
+    # A long flush interval: records are still in memory when SIGTERM comes; shutdown must write them.
+    config.write_text(test_config(fake_upstream.url, f'[database]\nurl = "sqlite:///{db}"\n'
+                                                     f'[logging]\nspill_dir = "{tmp_path}/spill"\nflush_interval = 30\n'))
+    with GatewayProcess(str(config)) as proc:
+        started = threading.Barrier(9)
+        results: list[str] = []
+
+        def stream(i: int) -> None:
+            with httpx2.stream("POST", proc.base_url + "chat/completions", timeout=30,
+                               headers={"authorization": f"Bearer {TEST_KEY}"},
+                               json={"model": "gpt-test", "messages": MESSAGES, "stream": True,
+                                     "extra_headers": {"x-fake-scenario": "slow-chunks-150"}}) as r:
+                log_id = r.headers["x-respan-log-id"]
+                started.wait(10)
+                body = "".join(r.iter_text())
+            assert body.endswith("data: [DONE]\n\n"), body[-200:]
+            results.append(log_id)
+
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        done_before = [_one_request(proc.base_url, i) for i in range(4)]
+        started.wait(10)
+        assert proc.terminate(timeout=30) == 0, proc.output
+        for t in threads:
+            t.join(10)
+    assert len(results) == 8, "every in-flight stream finishes during the graceful shutdown"
+    assert sorted(_sqlite_ids(db)) == sorted(results + done_before)
