@@ -29,7 +29,13 @@ def _httpx2_transport(settings: UpstreamSettings) -> httpx2.AsyncBaseTransport:
     return httpx2.AsyncHTTPTransport(limits=limits, retries=0)
 
 
-TRANSPORTS: dict[str, TransportFactory] = {"httpx2": _httpx2_transport}
+def _aiohttp_transport(settings: UpstreamSettings) -> httpx2.AsyncBaseTransport:
+    from .aiohttp_transport import AiohttpTransport  # imported only when chosen
+
+    return AiohttpTransport(settings)
+
+
+TRANSPORTS: dict[str, TransportFactory] = {"httpx2": _httpx2_transport, "aiohttp": _aiohttp_transport}
 
 
 def timeout_for(settings: UpstreamSettings, connect: float | None = None, read: float | None = None) -> httpx2.Timeout:
