@@ -144,7 +144,12 @@ class Config:
     def __init__(self, data: dict[str, Any], source: str = "<config>") -> None:
         self.source = source
         self.raw = data
-        core = {k: v for k, v in data.items() if k in CORE_SECTIONS and k != "providers"}
+        core = {k: v for k, v in data.items() if k in CORE_SECTIONS and k not in ("providers", "models")}
+        models = data.get("models", {})
+        if not isinstance(models, dict):
+            raise ConfigError(f"{source}: `models`: expected a table of [models.\"<slug>\"] tables")
+        # Entry by entry, so that an error names the slug (msgspec says `models[...]`).
+        core["models"] = {slug: _convert(entry, ModelEntry, source, prefix=f"models.{slug}") for slug, entry in models.items()}
         self.core: CoreSettings = _convert(core, CoreSettings, source)
         providers = data.get("providers", {})
         if not isinstance(providers, dict) or not all(isinstance(v, dict) for v in providers.values()):
@@ -265,6 +270,7 @@ def describe_validation_error(exc: msgspec.ValidationError, prefix: str = "") ->
         key = f"{key}.{field}" if key else field
         message = "required key is missing"
     else:
-        message = message[:1].lower() + message[1:]
+        # "null" is accepted wherever it means "not set": naming it only confuses the reader.
+        message = (message[:1].lower() + message[1:]).replace(" | null`", "`")
     full = ".".join(p for p in (prefix, key) if p)
     return f"`{full}`: {message}" if full else message
