@@ -49,7 +49,9 @@ def test_errors_name_the_key(text: str, message: str) -> None:
 
 def test_the_default_config_is_valid() -> None:
     gateway = Gateway.build(Config.from_file("config/gateway.toml", env={}))
-    assert [name for name, _ in gateway.middlewares][:2] == ["auth", "params"]
+    names = [name for name, _ in gateway.middlewares]
+    # metrics counts everything; logging sits between auth (a record needs a tenant) and params (a 400 is logged).
+    assert names[:4] == ["metrics", "auth", "logging", "params"]
     assert {"mock", "openai"} <= set(gateway.providers)
 
 

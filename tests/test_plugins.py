@@ -74,7 +74,7 @@ def test_disabling_a_bundled_plugin(gateway_factory) -> None:
     gateway = gateway_factory('[plugins]\ndisabled = ["auth"]\n')
     info = httpx2.get(gateway.url + "/-/plugins").json()
     assert "auth" not in {p["name"] for p in info["plugins"]}
-    assert info["pipeline"] == ["params"]
+    assert "auth" not in info["pipeline"] and "params" in info["pipeline"]
     # Without auth, requests need no key (and the [auth] section of the config is ignored).
     response = httpx2.post(gateway.base_url + "chat/completions", json={"model": "mock/m", "messages": []})
     assert response.status_code == 200
