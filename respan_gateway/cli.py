@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import sys
 
 from .config import Config, ConfigError, ServerSettings, find_config_file
@@ -67,6 +68,9 @@ def _serve_uvicorn(server: ServerSettings, host: str, port: int, workers: int) -
     # docs/performance.md. It reports client disconnects as `http.disconnect`, as streams need.
     import uvicorn
 
+    # uvicorn re-raises SIGTERM/SIGINT once it has drained; end with 0 then, as hypercorn does.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
     uvicorn.run(
         "respan_gateway.asgi:app", host=host, port=port, workers=max(workers, 1),
         loop="uvloop" if _has_uvloop() else "asyncio", http="auto", lifespan="on", access_log=False,
@@ -86,6 +90,10 @@ def _serve_granian(server: ServerSettings, host: str, port: int, workers: int) -
         workers_kill_timeout=int(server.graceful_timeout) or None,
     ).serve()
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 SERVERS = {"hypercorn": _serve_hypercorn, "uvicorn": _serve_uvicorn, "granian": _serve_granian}

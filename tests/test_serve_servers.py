@@ -1,0 +1,92 @@
+"""`respan-gateway serve --server hypercorn|uvicorn|granian`: the same gateway on each ASGI server.
+
+The CLI runs as a user runs it (a subprocess on a real socket); the openai SDK drives it; the fake
+upstream records what reached it. uvicorn and granian are optional packages (`pip install
+'respan-gateway[servers]'`): their cases are skipped, with the reason, when they are not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from respan_gateway.testing import FakeUpstream, GatewayProcess, test_config
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+SERVERS = ["hypercorn", "uvicorn", "granian"]
+
+
+@pytest.fixture(params=SERVERS)
+def server(request: pytest.FixtureRequest) -> str:
+    if importlib.util.find_spec(request.param) is None:
+        pytest.skip(f"{request.param} is not installed (pip install 'respan-gateway[servers]')")
+    return request.param
+
+
+def start(tmp_path: Path, upstream: FakeUpstream, server: str) -> GatewayProcess:
+    path = tmp_path / "gateway.toml"
+    path.write_text(test_config(upstream.url))
+    gateway = GatewayProcess(str(path))
+    gateway.command += ["--server", server]
+    return gateway.start()
+
+
+def test_answers_streams_and_stops_reading_when_the_client_leaves(tmp_path: Path, fake_upstream: FakeUpstream, server: str) -> None:
+    gateway = start(tmp_path, fake_upstream, server)
+    try:
+        client = gateway.openai()
+        raw = client.chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES)
+        assert raw.parse().choices[0].message.content == "Hello from the fake upstream!"
+        assert len(raw.headers["x-respan-gateway-request-id"]) == 24
+        chunks = list(client.chat.completions.create(model="gpt-test", messages=MESSAGES, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from the fake upstream!"
+
+        fake_upstream.reset()
+        stream = client.chat.completions.create(
+            model="gpt-test", messages=MESSAGES, stream=True,
+            extra_body={"extra_headers": {"x-fake-scenario": "slow-chunks-100,chunks-100"}})
+        for i, _ in enumerate(stream):
+            if i == 2:
+                break
+        stream.close()
+        assert fake_upstream.wait_for_disconnect(timeout=10), f"{server}: the gateway kept reading from the upstream"
+        deadline = time.monotonic() + 5
+        while fake_upstream.open_streams and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert fake_upstream.open_streams == 0
+    finally:
+        gateway.stop()
+
+
+def test_sigterm_finishes_the_stream_in_flight(tmp_path: Path, fake_upstream: FakeUpstream, server: str) -> None:
+    gateway = start(tmp_path, fake_upstream, server)
+    try:
+        stream = gateway.openai().chat.completions.create(
+            model="gpt-test", messages=MESSAGES, stream=True,
+            extra_body={"extra_headers": {"x-fake-scenario": "slow-chunks-100,chunks-8"}})
+        chunks = [next(stream)]
+        code: list[int] = []
+        stopper = threading.Thread(target=lambda: code.append(gateway.terminate()))
+        stopper.start()
+        chunks += list(stream)
+        stopper.join(30)
+    finally:
+        gateway.stop()
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).count(" ") == 7
+    assert code == [0], gateway.output
+
+
+def test_unknown_server_is_refused_by_name(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(test_config(fake_upstream.url))
+    done = subprocess.run([sys.executable, "-m", "respan_gateway.cli", "serve", "--config", str(path), "--server", "gunicorn"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "invalid choice: 'gunicorn'" in done.stderr
