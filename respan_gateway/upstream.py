@@ -8,6 +8,7 @@ so that the benchmark can compare transports without touching an adapter.
 from __future__ import annotations
 
 import email.utils
+import functools
 import time
 from collections.abc import Callable
 
@@ -57,6 +58,12 @@ def create_client(settings: UpstreamSettings) -> httpx2.AsyncClient:
             f"`upstream.transport`: unknown transport {settings.transport!r} (known: {', '.join(sorted(TRANSPORTS))})"
         ) from None
     return httpx2.AsyncClient(transport=factory(settings), timeout=timeout_for(settings), follow_redirects=False)
+
+
+@functools.lru_cache(maxsize=1024)
+def parsed_url(url: str) -> httpx2.URL:
+    """``url`` parsed once: given a string, httpx2 parses it again on every request (about 20 us)."""
+    return httpx2.URL(url)
 
 
 def transport_error(exc: httpx2.TransportError, provider: str, secrets: tuple[str, ...] = ()) -> UpstreamError:

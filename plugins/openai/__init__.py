@@ -18,6 +18,7 @@ import msgspec
 from respan_gateway import Call, Chunk, JSONResult, ProviderAdapter, Result, StreamInterrupted, StreamResult, Target, UpstreamError, hookimpl
 from respan_gateway.config import ConfigError
 from respan_gateway.sse import DONE, read_events
+from respan_gateway.upstream import parsed_url
 
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
 # Headers a client may not set upstream through `extra_headers`.
@@ -48,7 +49,7 @@ class OpenAIAdapter(ProviderAdapter):
     async def forward(self, call: Call, target: Target, path: str) -> Result:
         body = call.encoded_body(model=target.upstream_model) if target.upstream_model != call.model else call.encoded_body()
         request = self.http.build_request(
-            "POST", self.url(target, path), content=body, headers=self.headers(call, target), timeout=self.timeout_for_call(call)
+            "POST", parsed_url(self.url(target, path)), content=body, headers=self.headers(call, target), timeout=self.timeout_for_call(call)
         )
         try:
             response = await self.http.send(request, stream=call.stream)
