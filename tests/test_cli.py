@@ -60,7 +60,8 @@ def test_serve_refuses_a_broken_config(tmp_path: Path, fake_upstream: FakeUpstre
 
 def test_the_default_config_serves_the_readme_request(tmp_path: Path) -> None:
     """README's first request: the default config, the mock provider, the local development key."""
-    with GatewayProcess("config/gateway.toml", env={"RESPAN_API_KEY": "sk-readme"}) as gateway:
+    env = {"RESPAN_API_KEY": "sk-readme", "DATABASE_URL": f"sqlite:///{tmp_path}/respan.sqlite3"}
+    with GatewayProcess("config/gateway.toml", env=env) as gateway:
         client = openai.OpenAI(base_url=gateway.base_url, api_key="sk-readme", max_retries=0)
         answer = client.chat.completions.create(model="mock/gpt-4o-mini", messages=MESSAGES,
                                                 extra_body={"customer_identifier": "user_123"})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,8 +28,12 @@ def test_config(upstream_url: str, extra: str = "", *, keys: str = "") -> str:
 
     ``extra`` is appended: more sections, or tables that add to the ones here. ``keys``: more inline
     tables for ``[auth] keys``. Slugs: ``gpt-test`` (upstream name ``gpt-test-upstream``),
-    ``fake/<anything>``, ``mock/<anything>``.
+    ``fake/<anything>``, ``mock/<anything>``. Unless ``extra`` has its own ``[database]``, the
+    gateway's database is a fresh SQLite file in a temporary folder (removed when the process exits).
     """
+    if "[database]" not in extra:
+        extra = f'{extra}\n[database]\nurl = "sqlite:///{_scratch_dir()}/respan.sqlite3"\n'
+
     return f"""
 [auth]
 keys = [{{ key = "{TEST_KEY}", tenant = "acme", name = "test" }}, {keys}]
@@ -47,6 +53,12 @@ input_cost = 1.0
 output_cost = 2.0
 {extra}
 """
+
+
+def _scratch_dir() -> str:
+    path = tempfile.mkdtemp(prefix="respan-test-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 test_config.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test, wherever it is imported
