@@ -66,16 +66,18 @@ class ProviderConformance:
 
     # -- fixtures ---------------------------------------------------------------------------------
     @pytest.fixture(scope="class")
-    def conformance_upstream(self) -> Iterator[Any]:
+    @classmethod
+    def conformance_upstream(cls) -> Iterator[Any]:
         with FakeUpstream() as upstream:
             yield upstream
 
     @pytest.fixture(scope="class")
-    def conformance_gateway(self, conformance_upstream: Any) -> Iterator[GatewayServer]:
-        if not self.provider_id or not self.provider_toml:
-            pytest.fail(f"{type(self).__name__}: set provider_id and provider_toml")
-        extra = self.provider_toml.replace("{upstream}", conformance_upstream.url)
-        with GatewayServer(test_config(conformance_upstream.url, extra), self.plugins) as server:
+    @classmethod
+    def conformance_gateway(cls, conformance_upstream: Any) -> Iterator[GatewayServer]:
+        if not cls.provider_id or not cls.provider_toml:
+            pytest.fail(f"{cls.__name__}: set provider_id and provider_toml")
+        extra = cls.provider_toml.replace("{upstream}", conformance_upstream.url)
+        with GatewayServer(test_config(conformance_upstream.url, extra), cls.plugins) as server:
             yield server
 
     @pytest.fixture
