@@ -8,6 +8,7 @@ so that the benchmark can compare transports without touching an adapter.
 from __future__ import annotations
 
 import email.utils
+import http.cookiejar
 import functools
 import time
 from collections.abc import Callable
@@ -57,7 +58,12 @@ def create_client(settings: UpstreamSettings) -> httpx2.AsyncClient:
         raise ConfigError(
             f"`upstream.transport`: unknown transport {settings.transport!r} (known: {', '.join(sorted(TRANSPORTS))})"
         ) from None
-    return httpx2.AsyncClient(transport=factory(settings), timeout=timeout_for(settings), follow_redirects=False)
+    # One client serves every tenant: a cookie a provider sets must never ride along on another
+    # tenant's request, so the client's jar accepts none.
+    no_cookies = http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return httpx2.AsyncClient(
+        transport=factory(settings), timeout=timeout_for(settings), follow_redirects=False, cookies=no_cookies
+    )
 
 
 @functools.lru_cache(maxsize=1024)

@@ -135,6 +135,16 @@ def test_what_reaches_the_upstream(gateway: GatewayServer, fake_upstream: FakeUp
     assert TEST_KEY not in str(received.headers)
 
 
+@pytest.mark.parametrize("transport", ["httpx2", "aiohttp"])
+def test_provider_cookies_are_never_sent_back(gateway_factory, fake_upstream: FakeUpstream, transport: str) -> None:
+    """One upstream client serves every tenant: a provider's Set-Cookie must not ride on later requests."""
+    client = gateway_factory(f'[upstream]\ntransport = "{transport}"\n').openai()
+    for _ in range(2):
+        client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    assert "fake_session" not in fake_upstream.requests[-1].headers.get("cookie", "")
+    assert len(fake_upstream.requests) == 2
+
+
 def test_unchanged_body_is_forwarded_byte_for_byte(gateway: GatewayServer, fake_upstream: FakeUpstream) -> None:
     """With no Respan param and the model name unchanged, the client's bytes go upstream as they are."""
     body = b'{"model": "m",  "messages": [{"role": "user", "content": "hi"}],\n "n": 1}'

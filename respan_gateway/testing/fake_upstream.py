@@ -216,7 +216,8 @@ class _Exchange:
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         request_id = f"req_fake{next(self.fake._ids):06d}".encode()
-        headers = [*headers, (b"x-request-id", request_id)]
+        # A cookie on every answer, so that tests can check none is ever sent back (tenants share a client).
+        headers = [*headers, (b"x-request-id", request_id), (b"set-cookie", b"fake_session=" + request_id + b"; Path=/")]
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def body(self, data: bytes, *, more: bool = False) -> None:
