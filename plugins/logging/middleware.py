@@ -193,7 +193,6 @@ class LoggingMiddleware:
         if self.gateway.database is None:
             raise RuntimeError("the logging plugin needs the gateway's database (register_stores did not run)")
         self.store = RequestLogStore(self.gateway.database)
-        tokens.preload()
         self.writer.start()
 
     async def shutdown(self) -> None:
