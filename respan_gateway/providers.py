@@ -20,7 +20,15 @@ import msgspec
 from .call import Call, Result, Target
 from .config import ConfigError, ModelEntry, ProviderSettings
 from .errors import BadRequest, ModelNotFound, UpstreamError
-from .upstream import parse_retry_after, redact, timeout_for, transport_error
+from .upstream import parse_retry_after, parsed_url, redact, timeout_for, transport_error
+
+#: Headers a client may not set upstream through the `extra_headers` param: hop-by-hop ones and every
+#: provider's credential header (credentials come from the gateway's credential rules only).
+FORBIDDEN_EXTRA_HEADERS = frozenset({
+    "host", "content-length", "transfer-encoding", "connection",
+    "authorization", "api-key", "x-api-key", "x-goog-api-key",
+})
+_decode = msgspec.json.decode
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -83,6 +91,61 @@ class ProviderAdapter:
             write=self.timeout.write,
             pool=self.timeout.pool,
         )
+
+    def request_headers(self, call: Call, own: dict[str, str]) -> dict[str, str]:
+        """JSON content type, this provider's configured headers, the client's ``extra_headers`` (less
+        :data:`FORBIDDEN_EXTRA_HEADERS`), then ``own``: what the adapter sets itself, credentials and API
+        version (e.g. ``{"authorization": "Bearer ..."}``)."""
+        headers = {"content-type": "application/json", **self.settings.headers}
+        if call.params.extra_headers:
+            headers.update({k: v for k, v in call.params.extra_headers.items() if k.lower() not in FORBIDDEN_EXTRA_HEADERS})
+        headers.update(own)
+        return headers
+
+    async def send(
+        self, call: Call, target: Target, url: str, body: bytes, headers: dict[str, str], *, stream: bool | None = None
+    ) -> httpx2.Response:
+        """POST ``body`` to the provider with the call's timeouts and return the response.
+
+        Transport failures raise 502/504, an error status raises :meth:`error_from_response`'s error
+        (the response closed), and a streaming request answered with anything but an event stream is
+        a 502. ``stream`` defaults to the call's; a streamed response must be closed by the caller.
+        """
+        stream = call.stream if stream is None else stream
+        request = self.http.build_request("POST", parsed_url(url), content=body, headers=headers, timeout=self.timeout_for_call(call))
+        try:
+            response = await self.http.send(request, stream=stream)
+        except httpx2.TransportError as exc:
+            raise self.transport_error(exc, target) from None
+        if response.status_code >= 400:
+            try:
+                raise await self.error_from_response(response, target)
+            finally:
+                await response.aclose()
+        if stream and "text/event-stream" not in response.headers.get("content-type", ""):
+            await response.aclose()
+            raise UpstreamError(f"provider `{self.id}` did not answer the streaming request with an event stream", status=502, provider=self.id)
+        return response
+
+    async def read_body(self, response: httpx2.Response, target: Target) -> bytes:
+        """The whole body of a (non-streamed) answer; a transport failure while reading raises 502/504."""
+        try:
+            await response.aread()
+        except httpx2.TransportError as exc:
+            raise self.transport_error(exc, target) from None
+        finally:
+            await response.aclose()
+        return response.content
+
+    async def read_json(self, response: httpx2.Response, target: Target) -> dict[str, Any]:
+        """The answer decoded; anything but a JSON object is a 502."""
+        try:
+            answer = _decode(await self.read_body(response, target))
+        except msgspec.DecodeError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise UpstreamError(f"provider `{self.id}` answered {response.status_code} with something that is not a JSON object", status=502, provider=self.id)
+        return answer
 
     def secrets(self, target: Target) -> tuple[str, ...]:
         return (target.api_key or "", *self._keys)

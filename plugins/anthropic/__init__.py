@@ -32,7 +32,6 @@ _decode = msgspec.json.decode
 _encode = msgspec.json.Encoder().encode
 
 # Headers a client may not set upstream through `extra_headers`.
-_FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "authorization", "api-key", "x-api-key"})
 NATIVE_PATH = "/api/anthropic/v1/messages"
 
 
@@ -71,48 +70,22 @@ class AnthropicAdapter(ProviderAdapter):
 
     # -- the exchange -----------------------------------------------------------------------------
     def headers(self, call: Call, target: Target, client_beta: str | None = None) -> dict[str, str]:
-        headers = {"content-type": "application/json", "anthropic-version": self.settings.anthropic_version, **self.settings.headers}
+        own = {"anthropic-version": self.settings.anthropic_version}
         betas = [*self.settings.beta, *(b.strip() for b in (client_beta or "").split(",") if b.strip())]
         if betas:
-            headers["anthropic-beta"] = ",".join(dict.fromkeys(betas))
-        if call.params.extra_headers:
-            headers.update({k: v for k, v in call.params.extra_headers.items() if k.lower() not in _FORBIDDEN_HEADERS})
+            own["anthropic-beta"] = ",".join(dict.fromkeys(betas))
         key = self.api_key(target)
         if key:
-            headers["x-api-key"] = key
-        return headers
+            own["x-api-key"] = key
+        return self.request_headers(call, own)
 
     async def _send(self, call: Call, target: Target, body: bytes, client_beta: str | None = None) -> httpx2.Response:
         url = (target.base_url or self.base_url).rstrip("/") + "/v1/messages"
-        request = self.http.build_request(
-            "POST", url, content=body, headers=self.headers(call, target, client_beta), timeout=self.timeout_for_call(call)
-        )
-        try:
-            response = await self.http.send(request, stream=call.stream)
-        except httpx2.TransportError as exc:
-            raise self.transport_error(exc, target) from None
-        if response.status_code >= 400:
-            try:
-                raise await self.error_from_response(response, target)
-            finally:
-                await response.aclose()
-        if call.stream and "text/event-stream" not in response.headers.get("content-type", ""):
-            await response.aclose()
-            raise UpstreamError(f"provider `{self.id}` did not answer with an event stream", status=502, provider=self.id)
-        return response
+        return await self.send(call, target, url, body, self.headers(call, target, client_beta))
 
     async def _json(self, response: httpx2.Response, target: Target) -> dict[str, Any]:
-        try:
-            await response.aread()
-        except httpx2.TransportError as exc:
-            raise self.transport_error(exc, target) from None
-        finally:
-            await response.aclose()
-        try:
-            message = _decode(response.content)
-        except msgspec.DecodeError:
-            message = None
-        if not isinstance(message, dict) or message.get("type") != "message":
+        message = await self.read_json(response, target)
+        if message.get("type") != "message":
             raise UpstreamError(f"provider `{self.id}` answered 200 with something that is not a Message", status=502, provider=self.id)
         return message
 

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from respan_gateway import BadRequest, Chunk, StreamInterrupted
-from respan_gateway.openai_chat import ChunkWriter, completion, parse_data_url, text_of, usage
+from respan_gateway.openai_chat import ChunkWriter, completion, parse_data_url, usage
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.Encoder().encode

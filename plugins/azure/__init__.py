@@ -19,7 +19,7 @@ import msgspec
 from respan_gateway import Call, Chunk, Settings, Target, hookimpl
 from respan_gateway.config import ConfigError, ProviderSettings
 from respan_gateway.providers import ProviderAdapter
-from respan_plugins.openai import _FORBIDDEN_HEADERS, OpenAIAdapter
+from respan_plugins.openai import OpenAIAdapter
 
 _decode = msgspec.json.decode
 
@@ -73,13 +73,8 @@ class AzureAdapter(OpenAIAdapter):
         return f"{base}/openai/deployments/{name}{path}?api-version={version}"
 
     def headers(self, call: Call, target: Target) -> dict[str, str]:
-        headers = {"content-type": "application/json", **self.settings.headers}
-        if call.params.extra_headers:
-            headers.update({k: v for k, v in call.params.extra_headers.items() if k.lower() not in _FORBIDDEN_HEADERS})
         key = self.api_key(target)
-        if key:
-            headers["api-key"] = key
-        return headers
+        return self.request_headers(call, {"api-key": key} if key else {})
 
     async def relay(self, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
         async for chunk in super().relay(response, target):

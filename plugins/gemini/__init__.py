@@ -23,7 +23,6 @@ from .translate import embeddings_request, embeddings_to_openai, request_to_gemi
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.Encoder().encode
-_FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "authorization", "x-goog-api-key"})
 
 
 class GeminiSettings(ProviderSettings):
@@ -60,46 +59,22 @@ class GeminiAdapter(ProviderAdapter):
         return f"{(target.base_url or self.base_url).rstrip('/')}/models/{quote(model, safe='')}:{method}"
 
     def headers(self, call: Call, target: Target) -> dict[str, str]:
-        headers = {"content-type": "application/json", **self.settings.headers}
-        if call.params.extra_headers:
-            headers.update({k: v for k, v in call.params.extra_headers.items() if k.lower() not in _FORBIDDEN_HEADERS})
+        # The key goes in a header, never in the URL, so that no error message can carry it.
         key = self.api_key(target)
-        if key:
-            headers["x-goog-api-key"] = key
-        return headers
+        return self.request_headers(call, {"x-goog-api-key": key} if key else {})
 
     async def _send(self, call: Call, target: Target, method: str, body: bytes, stream: bool | None = None) -> httpx2.Response:
-        request = self.http.build_request("POST", self.url(target, method), content=body,
-                                          headers=self.headers(call, target), timeout=self.timeout_for_call(call))
-        try:
-            response = await self.http.send(request, stream=call.stream if stream is None else stream)
-        except httpx2.TransportError as exc:
-            raise self.transport_error(exc, target) from None
-        if response.status_code >= 400:
-            try:
-                error = await self.error_from_response(response, target)
-                status = _gemini_status(response.content)
-                if status:
-                    error.code = status
-                raise error
-            finally:
-                await response.aclose()
-        return response
+        return await self.send(call, target, self.url(target, method), body, self.headers(call, target), stream=stream)
+
+    async def error_from_response(self, response: httpx2.Response, target: Target) -> UpstreamError:
+        error = await super().error_from_response(response, target)
+        status = _gemini_status(response.content)
+        if status:
+            error.code = status
+        return error
 
     async def _json(self, response: httpx2.Response, target: Target) -> dict[str, Any]:
-        try:
-            await response.aread()
-        except httpx2.TransportError as exc:
-            raise self.transport_error(exc, target) from None
-        finally:
-            await response.aclose()
-        try:
-            answer = _decode(response.content)
-        except msgspec.DecodeError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise UpstreamError(f"provider `{self.id}` answered 200 with something that is not JSON", status=502, provider=self.id)
-        return answer
+        return await self.read_json(response, target)
 
     async def _stream(self, response: httpx2.Response, target: Target, usage: bool) -> AsyncIterator[Chunk]:
         translator = StreamTranslator(self.id, target.upstream_model, usage)

@@ -18,11 +18,8 @@ import msgspec
 from respan_gateway import Call, Chunk, JSONResult, ProviderAdapter, Result, StreamInterrupted, StreamResult, Target, UpstreamError, hookimpl
 from respan_gateway.config import ConfigError
 from respan_gateway.sse import DONE, read_events
-from respan_gateway.upstream import parsed_url
 
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
-# Headers a client may not set upstream through `extra_headers`.
-_FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "authorization", "api-key", "x-api-key"})
 
 
 class OpenAIAdapter(ProviderAdapter):
@@ -35,47 +32,25 @@ class OpenAIAdapter(ProviderAdapter):
         return await self.forward(call, target, "/embeddings")
 
     def headers(self, call: Call, target: Target) -> dict[str, str]:
-        headers = {"content-type": "application/json", **self.settings.headers}
-        if call.params.extra_headers:
-            headers.update({k: v for k, v in call.params.extra_headers.items() if k.lower() not in _FORBIDDEN_HEADERS})
         key = self.api_key(target)
-        if key:
-            headers["authorization"] = f"Bearer {key}"
-        return headers
+        return self.request_headers(call, {"authorization": f"Bearer {key}"} if key else {})
 
     def url(self, target: Target, path: str) -> str:
         return (target.base_url or self.base_url).rstrip("/") + path
 
     async def forward(self, call: Call, target: Target, path: str) -> Result:
         body = call.encoded_body(model=target.upstream_model) if target.upstream_model != call.model else call.encoded_body()
-        request = self.http.build_request(
-            "POST", parsed_url(self.url(target, path)), content=body, headers=self.headers(call, target), timeout=self.timeout_for_call(call)
-        )
-        try:
-            response = await self.http.send(request, stream=call.stream)
-        except httpx2.TransportError as exc:
-            raise self.transport_error(exc, target) from None
-        if response.status_code >= 400:
-            try:
-                raise await self.error_from_response(response, target)
-            finally:
-                await response.aclose()
-        content_type = response.headers.get("content-type", "")
-        if call.stream and "text/event-stream" in content_type:
+        response = await self.send(call, target, self.url(target, path), body, self.headers(call, target))
+        if call.stream:
             return StreamResult(self.relay(response, target))
-        try:
-            await response.aread()
-        except httpx2.TransportError as exc:
-            raise self.transport_error(exc, target) from None
-        finally:
-            await response.aclose()
-        if call.stream or "json" not in content_type:
+        content = await self.read_body(response, target)
+        content_type = response.headers.get("content-type", "")
+        if "json" not in content_type:  # e.g. an HTML page from a wrong base_url: the SDK would choke on it
             raise UpstreamError(
-                f"provider `{self.id}` answered {response.status_code} with {content_type or 'no content type'}, "
-                f"not {'an event stream' if call.stream else 'JSON'}",
+                f"provider `{self.id}` answered {response.status_code} with {content_type or 'no content type'}, not JSON",
                 status=502, provider=self.id,
             )
-        return JSONResult(response.status_code, response.content)
+        return JSONResult(response.status_code, content)
 
     async def relay(self, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
         """The provider's SSE stream as chunks; a cut, an error event or an early end raise."""

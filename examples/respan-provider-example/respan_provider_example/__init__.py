@@ -43,30 +43,18 @@ class ExampleAdapter(ProviderAdapter):
         for field in UNSUPPORTED:  # ExampleAI answers 400 to fields it does not know
             call.pop(field)
         body = call.encoded_body(model=target.upstream_model)
-        headers = {"content-type": "application/json", "x-example-region": self.settings.region}
         key = self.api_key(target)  # the request's credentials, else a configured key by weight
-        if key:
-            headers["x-example-key"] = key
+        own = {"x-example-region": self.settings.region, **({"x-example-key": key} if key else {})}
         url = (target.base_url or self.base_url).rstrip("/") + "/chat/completions"
-        request = self.http.build_request("POST", url, content=body, headers=headers, timeout=self.timeout_for_call(call))
-        try:
-            response = await self.http.send(request, stream=call.stream)
-        except httpx2.TransportError as exc:
-            raise self.transport_error(exc, target) from None  # 502 / 504, no secret in the message
-        if response.status_code >= 400:
-            try:
-                raise await self.error_from_response(response, target)  # keeps status and message
-            finally:
-                await response.aclose()
+        # send(): the call's timeouts; 502/504 on transport failures and errors keeping the provider's
+        # status and message, with no secret in them; a stream that is not an event stream is a 502.
+        response = await self.send(call, target, url, body, self.request_headers(call, own))
         if call.stream:
             return StreamResult(self._chunks(response, target))
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
+        content = await self.read_body(response, target)
         if "json" not in response.headers.get("content-type", ""):
             raise UpstreamError(f"provider `{self.id}` did not answer JSON", status=502, provider=self.id)
-        return JSONResult(200, response.content)  # already OpenAI's shape, usage included
+        return JSONResult(200, content)  # already OpenAI's shape, usage included
 
     async def _chunks(self, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
         finished = False

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-import pytest
 
 from conftest import PG_URL
 from respan_gateway.testing import TEST_KEY, test_config

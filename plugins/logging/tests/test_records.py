@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
-import time
 
 import httpx2
 import openai
