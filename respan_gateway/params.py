@@ -79,6 +79,8 @@ class RespanParams(Params):
     fallback_models: list[str] | None = None
     disable_fallback: bool = False
     retry_params: RetryParams | None = None
+    # Shortcut for retry_params.num_retries (Respan's API reference lists it top-level).
+    retries: int | None = None
     load_balance_group: LoadBalanceGroup | None = None
     loadbalance_models: list[LoadBalanceModel] | None = None
     load_balance_models: list[LoadBalanceModel] | None = None

@@ -115,6 +115,15 @@ def test_object_params_merge_key_by_key(probed: tuple[GatewayServer, ParamsProbe
     assert params.fallback_models == ["mock/x"]
 
 
+def test_retries_shortcut_fills_retry_params(probed: tuple[GatewayServer, ParamsProbe], fake_upstream: FakeUpstream) -> None:
+    gateway, probe = probed
+    client = gateway.openai()
+    client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={"retries": 2})
+    client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={"retries": 2, "retry_params": {"num_retries": 5}})
+    assert [c.params.retry_params.num_retries for c in probe.seen] == [2, 5]
+    assert "retries" not in fake_upstream.requests[-1].json
+
+
 def test_customer_identifier_is_cut_and_ints_accepted(probed: tuple[GatewayServer, ParamsProbe]) -> None:
     gateway, probe = probed
     client = gateway.openai()

@@ -22,7 +22,7 @@ import msgspec
 
 from respan_gateway import BadRequest, Call, CallNext, RespanParams, Result, hookimpl
 from respan_gateway.config import describe_validation_error
-from respan_gateway.params import MAX_IDENTIFIER_LENGTH, MERGED_OBJECT_PARAMS, PARAM_NAMES
+from respan_gateway.params import MAX_IDENTIFIER_LENGTH, MERGED_OBJECT_PARAMS, PARAM_NAMES, RetryParams
 
 _decode = msgspec.json.decode
 _NESTED = ("keywordsai_params", "respan_params")  # lower precedence first
@@ -117,6 +117,10 @@ def typed(merged: dict[str, Any]) -> RespanParams:
         text = describe_validation_error(exc)
         param = text[1:text.index("`", 1)] if text.startswith("`") else None
         raise BadRequest(f"invalid Respan param {text}", param=param) from None
+    if params.retries is not None:
+        retry = params.retry_params or RetryParams()
+        if retry.num_retries is None:
+            params.retry_params = msgspec.structs.replace(retry, num_retries=params.retries)
     if params.customer_identifier is not None:
         params.customer_identifier = str(params.customer_identifier)[:MAX_IDENTIFIER_LENGTH]
     return params
