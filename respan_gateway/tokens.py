@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+#: The BPE encoding used; :func:`use` changes it ("heuristic" = never load a tokenizer).
 ENCODING = "o200k_base"
 # Per-message framing tokens of the chat format (role, separators), as OpenAI's cookbook counts them.
 TOKENS_PER_MESSAGE = 3
@@ -23,6 +24,19 @@ _tokenizer: Any = None
 _lock = threading.Lock()
 _loading: threading.Thread | None = None
 _encode = msgspec.json.Encoder().encode
+
+
+def use(encoding: str) -> None:
+    """Choose the encoding before first use: "o200k_base", "cl100k_base" (about half the memory), or
+    "heuristic" (characters/4, no tokenizer in memory at all)."""
+    global ENCODING, _tokenizer, _loading
+    with _lock:
+        if encoding == ENCODING and _tokenizer is not False:
+            return
+        ENCODING = encoding
+        # The process's last choice wins (one gateway per process outside of tests).
+        _tokenizer = False if encoding == "heuristic" else None
+        _loading = None
 
 
 def _load() -> Any:
@@ -62,7 +76,7 @@ def count(text: str) -> int:
     tokenizer = _tokenizer
     if tokenizer:
         return int(tokenizer.count(text))
-    if _loading is None:
+    if tokenizer is None and _loading is None:  # False = heuristic chosen, or the package is missing
         preload()
     return max(1, (len(text) + 3) // 4)
 

@@ -5,7 +5,7 @@ See README.md beside this file for the record's fields, the config section ``[lo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from respan_gateway import Settings, hookimpl
 
@@ -29,6 +29,10 @@ class LoggingSettings(Settings):
     retry_interval: float = 2.0
     # Graceful shutdown: how long the last writes may take before the rest is spilled.
     shutdown_timeout: float = 10.0
+    # Token estimates (streams without usage, X-Respan-Beta token-breakdown): the BPE encoding, loaded
+    # on first need (o200k_base adds ~60-130 MB per worker, cl100k_base about half), or "heuristic"
+    # (characters/4, nothing loaded).
+    tokenizer: Literal["o200k_base", "cl100k_base", "heuristic"] = "o200k_base"
 
 
 @hookimpl

@@ -180,6 +180,7 @@ class LoggingMiddleware:
         self.gateway = gateway
         self.store: RequestLogStore | None = None
         self.writer = RecordWriter(self, settings)
+        tokens.use(settings.tokenizer)
         # Callbacks ``fn(record, call)`` run for every finished request (metrics), omitted ones included.
         self.subscribers: list[Callable[[LogRecord, Call], None]] = []
 

@@ -219,8 +219,8 @@ def test_request_breakdown_streams_as_a_final_chunk_before_done(logged_gateway) 
 def test_token_breakdown_beta_puts_per_part_estimates_in_properties(logged_gateway) -> None:
     from respan_gateway import tokens
 
-    tokens.preload().join(30)
     gw = logged_gateway()
+    tokens.preload().join(30)  # loaded on first need; wait for it here so the counts are BPE's
     tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
     raw = gw.openai().chat.completions.with_raw_response.create(
         model="gpt-test", messages=MESSAGES, tools=tools, tool_choice="none",
@@ -230,6 +230,17 @@ def test_token_breakdown_beta_puts_per_part_estimates_in_properties(logged_gatew
     assert props["system_tokens"] == tokens.count_message(MESSAGES[0]) == 3 + tokens.count("You are terse.")
     assert props["user_message_tokens"] == tokens.count_message(MESSAGES[1]) > 3
     assert props["tools_tokens"] == tokens.count_json(tools) > 0
+
+
+def test_heuristic_tokenizer_setting_loads_nothing(logged_gateway) -> None:
+    from respan_gateway import tokens
+
+    gw = logged_gateway(tokenizer="heuristic")
+    raw = gw.openai().chat.completions.with_raw_response.create(
+        model="gpt-test", messages=MESSAGES, extra_headers={"X-Respan-Beta": "token-breakdown-2026-03-26"})
+    props = Logs(gw.url).get(raw.headers["x-respan-log-id"])["properties"]
+    assert props["token_breakdown_method"] == "heuristic"
+    assert tokens._loading is None  # no tokenizer thread was started
 
 
 def test_patch_metadata_feedback_and_note(logged_gateway) -> None:
