@@ -163,8 +163,8 @@ def wait_http(url: str, service: Service, timeout: float = 30.0) -> None:
 
 
 def settle(service: Service, timeout: float = 30.0) -> None:
-    """Wait until the started process is idle: start-up work in threads (the logging plugin preloads a
-    tokenizer, about 1 s of CPU) would otherwise land in the first scenario's figures."""
+    """Wait until the started process is idle: start-up work (migrations, imports, a tokenizer loaded
+    in a thread) would otherwise land in the first scenario's figures."""
     deadline = time.monotonic() + timeout
     before = service.cpu()
     while time.monotonic() < deadline:
