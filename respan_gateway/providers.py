@@ -40,10 +40,14 @@ class ProviderAdapter:
     Class attributes:
       ``Settings``: the struct of this adapter's ``[providers.<id>]`` table (a ``ProviderSettings`` subclass).
       ``default_base_url``: used when the table has no ``base_url``.
+      ``requires_key``: without a key (configured or from the request) the call is refused before
+      anything is sent: 401 ``missing_provider_key``, which falls back like the provider's own 401.
     """
 
     Settings: ClassVar[type[ProviderSettings]] = ProviderSettings
     default_base_url: ClassVar[str] = ""
+    # True for hosted APIs that refuse every request without a key (a local vLLM or Ollama needs none).
+    requires_key: ClassVar[bool] = False
 
     def __init__(self, provider_id: str, settings: ProviderSettings, gateway: Gateway) -> None:
         self.id = provider_id
@@ -80,6 +84,17 @@ class ProviderAdapter:
         if len(self._keys) > 1:
             return random.choices(self._keys, self._weights)[0]
         return self._keys[0] if self._keys else None
+
+    def key_for(self, target: Target) -> str | None:
+        """:meth:`api_key`, refused with a clear 401 when this provider needs one and has none."""
+        key = self.api_key(target)
+        if not key and self.requires_key:
+            raise UpstreamError(
+                f"provider `{self.id}` has no API key: set `api_key` in [providers.{self.id}] (or its ${{ENV}} "
+                "variable), or send credentials with the request",
+                status=401, provider=self.id, type="invalid_request_error", code="missing_provider_key",
+            )
+        return key
 
     def timeout_for_call(self, call: Call) -> httpx2.Timeout:
         """The request's ``timeout`` param bounds every read (first byte and gaps between chunks)."""

@@ -238,3 +238,15 @@ def test_client_disconnect_closes_the_upstream_request(gateway: GatewayServer, f
     while fake_upstream.open_streams and time.monotonic() < deadline:
         time.sleep(0.02)
     assert fake_upstream.open_streams == 0
+
+
+def test_hosted_provider_without_key_is_refused_before_sending(gateway_factory, fake_upstream: FakeUpstream) -> None:
+    gateway = gateway_factory(f'[providers.keyless]\ntype = "openai"\nbase_url = "{fake_upstream.url}/v1"\n')
+    with pytest.raises(openai.AuthenticationError) as info:
+        gateway.openai().chat.completions.create(model="keyless/gpt-4o-mini", messages=MESSAGES)
+    assert info.value.code == "missing_provider_key" and "[providers.keyless]" in info.value.message
+    assert fake_upstream.requests == []
+    # A request that brings its own key goes through (credentials plugin).
+    gateway.openai().chat.completions.create(model="keyless/gpt-4o-mini", messages=MESSAGES,
+                                             extra_body={"credential_override": {"keyless/gpt-4o-mini": {"api_key": "sk-own"}}})
+    assert fake_upstream.requests[-1].headers["authorization"] == "Bearer sk-own"

@@ -45,6 +45,7 @@ class AnthropicSettings(ProviderSettings):
 
 
 class AnthropicAdapter(ProviderAdapter):
+    requires_key = True
     Settings = AnthropicSettings
     default_base_url = "https://api.anthropic.com"
     settings: AnthropicSettings
@@ -74,7 +75,7 @@ class AnthropicAdapter(ProviderAdapter):
         betas = [*self.settings.beta, *(b.strip() for b in (client_beta or "").split(",") if b.strip())]
         if betas:
             own["anthropic-beta"] = ",".join(dict.fromkeys(betas))
-        key = self.api_key(target)
+        key = self.key_for(target)
         if key:
             own["x-api-key"] = key
         return self.request_headers(call, own)

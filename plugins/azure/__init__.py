@@ -73,7 +73,7 @@ class AzureAdapter(OpenAIAdapter):
         return f"{base}/openai/deployments/{name}{path}?api-version={version}"
 
     def headers(self, call: Call, target: Target) -> dict[str, str]:
-        key = self.api_key(target)
+        key = self.key_for(target)
         return self.request_headers(call, {"api-key": key} if key else {})
 
     async def relay(self, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:

@@ -30,6 +30,7 @@ class GeminiSettings(ProviderSettings):
 
 
 class GeminiAdapter(ProviderAdapter):
+    requires_key = True
     Settings = GeminiSettings
     # Override with base_url (e.g. ".../v1" for the stable API version).
     default_base_url = "https://generativelanguage.googleapis.com/v1beta"
@@ -60,7 +61,7 @@ class GeminiAdapter(ProviderAdapter):
 
     def headers(self, call: Call, target: Target) -> dict[str, str]:
         # The key goes in a header, never in the URL, so that no error message can carry it.
-        key = self.api_key(target)
+        key = self.key_for(target)
         return self.request_headers(call, {"x-goog-api-key": key} if key else {})
 
     async def _send(self, call: Call, target: Target, method: str, body: bytes, stream: bool | None = None) -> httpx2.Response:

@@ -24,6 +24,7 @@ _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
 
 class OpenAIAdapter(ProviderAdapter):
     default_base_url = "https://api.openai.com/v1"
+    requires_key = True
 
     async def chat(self, call: Call, target: Target) -> Result:
         return await self.forward(call, target, "/chat/completions")
@@ -32,7 +33,7 @@ class OpenAIAdapter(ProviderAdapter):
         return await self.forward(call, target, "/embeddings")
 
     def headers(self, call: Call, target: Target) -> dict[str, str]:
-        key = self.api_key(target)
+        key = self.key_for(target)
         return self.request_headers(call, {"authorization": f"Bearer {key}"} if key else {})
 
     def url(self, target: Target, path: str) -> str:
@@ -91,6 +92,7 @@ def _raise_stream_error(data: bytes, provider: str) -> None:
 
 class OpenAICompatibleAdapter(OpenAIAdapter):
     default_base_url = ""
+    requires_key = False  # local servers (vLLM, Ollama) take none
 
     def __init__(self, provider_id: str, settings: Any, gateway: Any) -> None:
         super().__init__(provider_id, settings, gateway)
