@@ -175,17 +175,25 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def build_call(request: Request, kind: Kind, gateway: Gateway, *, needs_model: bool = True) -> Call:
+    """The call for this request. A body that is not a JSON object (or has a mistyped ``model`` or
+    ``stream``) does not stop here: the call carries the error as ``rejection``, raised by the first
+    stage that reads the body, so that the stages before it (auth, logging) still see the request."""
     raw = await read_body(request, gateway.config.server.max_body_bytes)
-    if not raw.strip():
-        raise BadRequest("the request body is empty: send a JSON object")
+    body: dict[str, msgspec.Raw] = {}
+    model, stream, rejection = None, False, None
     try:
-        body = _decode_body(raw)
-    except msgspec.ValidationError:
-        raise BadRequest("the request body must be a JSON object") from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON ({exc})") from None
-    model = _field(body, "model", str)
-    stream = _field(body, "stream", bool) or False
+        if not raw.strip():
+            raise BadRequest("the request body is empty: send a JSON object")
+        try:
+            body = _decode_body(raw)
+        except msgspec.ValidationError:
+            raise BadRequest("the request body must be a JSON object") from None
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"the request body is not valid JSON ({exc})") from None
+        model = _field(body, "model", str)
+        stream = _field(body, "stream", bool) or False
+    except BadRequest as exc:
+        body, rejection = {}, exc
     return Call(
         kind=kind,
         request_id=request.scope["state"]["request_id"],
@@ -194,6 +202,7 @@ async def build_call(request: Request, kind: Kind, gateway: Gateway, *, needs_mo
         body=body,
         model=model,
         stream=stream,
+        rejection=rejection,
     )
 
 

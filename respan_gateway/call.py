@@ -159,6 +159,10 @@ class Call(msgspec.Struct, kw_only=True):
     timings: Timings = msgspec.field(default_factory=Timings)
     # Headers to add to the client's response (x-respan-log-id, x-respan-cache, ...).
     response_headers: dict[str, str] = {}
+    # A request the gateway cannot read (body not a JSON object, mistyped `model`): a GatewayError raised
+    # by the first stage that reads the body (params, else the core's dispatch), so that earlier stages
+    # (auth, logging) still run and a rejected request is logged like any other.
+    rejection: Any = None
     # Free-form notes between plugins that have no typed field yet.
     state: dict[str, Any] = {}
 

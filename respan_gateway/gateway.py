@@ -241,6 +241,8 @@ class Gateway:
     # -- the terminal stage -----------------------------------------------------------------------
     async def dispatch(self, call: Call) -> Result:
         """Resolve the target when no stage did, then run one upstream attempt and record it."""
+        if call.rejection is not None:
+            raise call.rejection
         target = call.target
         if target is None:
             if not call.model:

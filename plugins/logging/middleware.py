@@ -486,6 +486,8 @@ def _decode_raw(value: Any) -> Any:
 
 def _full_request(call: Call) -> Any:
     """The request body without any Respan param (credentials never reach the store)."""
+    if call.rejection is not None:  # unreadable, so its params (credentials too) cannot be stripped
+        return None
     if not any(k in PARAM_NAMES or k in _NESTED_PARAMS for k in call.body):
         return msgspec.Raw(call.encoded_body())
     return msgspec.Raw(_encode({k: v for k, v in call.body.items() if k not in PARAM_NAMES and k not in _NESTED_PARAMS}))

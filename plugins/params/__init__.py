@@ -40,6 +40,8 @@ class ParamsMiddleware:
 
 def collect(call: Call) -> None:
     """Fill ``call.params`` (and ``beta_flags``) from the request; strip the params from the body."""
+    if call.rejection is not None:  # the body could not be read at all: this is where that surfaces
+        raise call.rejection
     headers = call.headers
     layers: list[dict[str, Any]] = []
     customer_header = headers.get("x-respan-customer-identifier")

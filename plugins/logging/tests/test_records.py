@@ -85,6 +85,17 @@ def test_rejected_by_params_validation_is_logged(logged_gateway) -> None:
     assert record["requested_model"] == "gpt-test" and record["upstream_attempts"] == 0
 
 
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'{"model": 5, "messages": []}'])
+def test_unreadable_body_is_logged(logged_gateway, body: bytes) -> None:
+    gw = logged_gateway()
+    r = httpx2.post(gw.base_url + "chat/completions", content=body, timeout=10,
+                    headers={"authorization": f"Bearer {TEST_KEY}", "content-type": "application/json"})
+    assert r.status_code == 400
+    record = Logs(gw.url).get(r.headers["x-respan-log-id"])
+    assert record["status_code"] == 400 and record["error_message"] == r.json()["error"]["message"]
+    assert record["upstream_attempts"] == 0
+
+
 def test_fallback_lists_every_attempt_and_the_model_that_answered(logged_gateway) -> None:
     gw = logged_gateway()
     raw = gw.openai().chat.completions.with_raw_response.create(
