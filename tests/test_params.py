@@ -1,8 +1,9 @@
 """Respan params: the three channels, their precedence and merge, legacy names, and bad input.
 
 What the params stage decided is seen two ways: from the upstream's side (`extra_headers` is a Respan
-param whose headers reach the provider), and through a small plugin registered the way a third-party
-plugin would be, which records the typed params it is handed (later stages read them the same way).
+param whose headers reach the provider), and through the testing kit's CallRecorder, a plugin
+registered the way a third-party plugin would be, which keeps the call whose typed params later
+stages read.
 """
 
 from __future__ import annotations
@@ -15,38 +16,14 @@ import httpx2
 import openai
 import pytest
 
-from respan_gateway import Call, CallNext, Result, hookimpl
-from respan_gateway.testing import TEST_KEY, FakeUpstream, GatewayServer
+from respan_gateway.testing import TEST_KEY, CallRecorder, FakeUpstream, GatewayServer
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
-class ParamsProbe:
-    """A plugin whose middleware runs after `params` and keeps what it saw."""
-
-    __name__ = "params_probe"
-
-    def __init__(self) -> None:
-        self.seen: list[Call] = []
-
-    @hookimpl
-    def register_middlewares(self, register: Any) -> None:
-        probe = self
-
-        class Middleware:
-            def __init__(self, settings: Any, gateway: Any) -> None:
-                pass
-
-            async def __call__(self, call: Call, call_next: CallNext) -> Result:
-                probe.seen.append(call)
-                return await call_next(call)
-
-        register("params_probe", Middleware, order=250)
-
-
 @pytest.fixture
-def probed(gateway_factory) -> tuple[GatewayServer, ParamsProbe]:
-    probe = ParamsProbe()
+def probed(gateway_factory) -> tuple[GatewayServer, CallRecorder]:
+    probe = CallRecorder()
     return gateway_factory(plugins=(probe,)), probe
 
 
@@ -54,7 +31,7 @@ def b64(obj: Any) -> str:
     return base64.b64encode(json.dumps(obj).encode()).decode()
 
 
-def test_each_channel_alone(probed: tuple[GatewayServer, ParamsProbe]) -> None:
+def test_each_channel_alone(probed: tuple[GatewayServer, CallRecorder]) -> None:
     gateway, probe = probed
     client = gateway.openai()
     client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={"customer_identifier": "top"})
@@ -64,11 +41,11 @@ def test_each_channel_alone(probed: tuple[GatewayServer, ParamsProbe]) -> None:
     client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_headers={"X-Data-Keywordsai-Params": b64({"customer_identifier": "legacy-header"})})
     client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_headers={"X-Data-Respan-Params": json.dumps({"customer_identifier": "raw-json"})})
     client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_headers={"X-Respan-Customer-Identifier": "id-header"})
-    assert [c.params.customer_identifier for c in probe.seen] == [
+    assert [c.params.customer_identifier for c in probe.calls] == [
         "top", "nested", "legacy", "header", "legacy-header", "raw-json", "id-header"]
 
 
-def test_precedence_top_level_over_respan_params_over_header(probed: tuple[GatewayServer, ParamsProbe], fake_upstream: FakeUpstream) -> None:
+def test_precedence_top_level_over_respan_params_over_header(probed: tuple[GatewayServer, CallRecorder], fake_upstream: FakeUpstream) -> None:
     gateway, probe = probed
     client = gateway.openai()
     header = {"X-Data-Respan-Params": b64({"extra_headers": {"x-channel": "header"}, "thread_identifier": "h", "custom_identifier": "h"})}
@@ -82,20 +59,20 @@ def test_precedence_top_level_over_respan_params_over_header(probed: tuple[Gatew
     assert fake_upstream.requests[-1].headers["x-channel"] == "respan_params"
     client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_headers=header)
     assert fake_upstream.requests[-1].headers["x-channel"] == "header"
-    first = probe.seen[0].params
+    first = probe.calls[0].params
     assert (first.thread_identifier, first.custom_identifier) == ("rp", "h")
 
 
-def test_respan_params_wins_over_keywordsai_params(probed: tuple[GatewayServer, ParamsProbe]) -> None:
+def test_respan_params_wins_over_keywordsai_params(probed: tuple[GatewayServer, CallRecorder]) -> None:
     gateway, probe = probed
     gateway.openai().chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={
         "keywordsai_params": {"customer_identifier": "old", "thread_identifier": "only-legacy"},
         "respan_params": {"customer_identifier": "new"},
     })
-    assert (probe.seen[0].params.customer_identifier, probe.seen[0].params.thread_identifier) == ("new", "only-legacy")
+    assert (probe.calls[0].params.customer_identifier, probe.calls[0].params.thread_identifier) == ("new", "only-legacy")
 
 
-def test_object_params_merge_key_by_key(probed: tuple[GatewayServer, ParamsProbe]) -> None:
+def test_object_params_merge_key_by_key(probed: tuple[GatewayServer, CallRecorder]) -> None:
     gateway, probe = probed
     gateway.openai().chat.completions.create(
         model="gpt-test",
@@ -109,36 +86,36 @@ def test_object_params_merge_key_by_key(probed: tuple[GatewayServer, ParamsProbe
             "fallback_models": ["mock/x"],  # a known slug: an unknown one is a 404 (routing)
         },
     )
-    params = probe.seen[0].params
+    params = probe.calls[0].params
     assert params.metadata == {"a": "header", "b": "nested", "c": "top", "d": 4}
     assert (params.retry_params.num_retries, params.retry_params.retry_after) == (5, 0.5)
     assert params.fallback_models == ["mock/x"]
 
 
-def test_retries_shortcut_fills_retry_params(probed: tuple[GatewayServer, ParamsProbe], fake_upstream: FakeUpstream) -> None:
+def test_retries_shortcut_fills_retry_params(probed: tuple[GatewayServer, CallRecorder], fake_upstream: FakeUpstream) -> None:
     gateway, probe = probed
     client = gateway.openai()
     client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={"retries": 2})
     client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={"retries": 2, "retry_params": {"num_retries": 5}})
-    assert [c.params.retry_params.num_retries for c in probe.seen] == [2, 5]
+    assert [c.params.retry_params.num_retries for c in probe.calls] == [2, 5]
     assert "retries" not in fake_upstream.requests[-1].json
 
 
-def test_customer_identifier_is_cut_and_ints_accepted(probed: tuple[GatewayServer, ParamsProbe]) -> None:
+def test_customer_identifier_is_cut_and_ints_accepted(probed: tuple[GatewayServer, CallRecorder]) -> None:
     gateway, probe = probed
     client = gateway.openai()
     client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={"customer_identifier": "x" * 400})
     client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={"customer_identifier": 42})
-    assert [c.params.customer_identifier for c in probe.seen] == ["x" * 254, "42"]
+    assert [c.params.customer_identifier for c in probe.calls] == ["x" * 254, "42"]
 
 
-def test_beta_flags_and_route_provider(probed: tuple[GatewayServer, ParamsProbe], fake_upstream: FakeUpstream) -> None:
+def test_beta_flags_and_route_provider(probed: tuple[GatewayServer, CallRecorder], fake_upstream: FakeUpstream) -> None:
     gateway, probe = probed
     response = gateway.openai().chat.completions.create(
         model="gpt-test", messages=MESSAGES,
         extra_headers={"X-Respan-Beta": "token-breakdown-2026-03-26, unknown-flag", "X-Respan-Route-Provider": "MOCK"},
     )
-    assert probe.seen[0].beta_flags == {"token-breakdown-2026-03-26", "unknown-flag"}
+    assert probe.calls[0].beta_flags == {"token-breakdown-2026-03-26", "unknown-flag"}
     assert response.id.startswith("chatcmpl-mock-")  # pinned to the mock provider
     assert fake_upstream.requests == []
     with pytest.raises(openai.BadRequestError) as info:

@@ -17,8 +17,7 @@ import httpx2
 import openai
 import pytest
 
-from respan_gateway import Call, hookimpl
-from respan_gateway.testing import TEST_KEY, FakeUpstream, GatewayServer
+from respan_gateway.testing import TEST_KEY, CallRecorder, FakeUpstream, GatewayServer
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 ANSWER = "Hello from the fake upstream!"
@@ -30,33 +29,6 @@ idle_timeout = 0.6
 rate_limit_backoff = 0.3
 retry_after = 0.05
 """
-
-
-class CallRecorder:
-    """A test plugin: an outer middleware that keeps every Call, to read its attempts afterwards."""
-
-    __name__ = "call_recorder"
-
-    def __init__(self) -> None:
-        self.calls: list[Call] = []
-
-    @hookimpl
-    def register_middlewares(self, register: Any) -> None:
-        def factory(settings: Any, gateway: Any) -> Any:
-            async def record(call: Call, call_next: Any) -> Any:
-                self.calls.append(call)
-                return await call_next(call)
-
-            return record
-
-        register("call_recorder", factory, order=150)
-
-    @property
-    def last(self) -> Call:
-        return self.calls[-1]
-
-    def attempts(self) -> list[tuple[str, int | None]]:
-        return [(a.model, a.status) for a in self.last.attempts]
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ import httpx2
 import openai
 import pytest
 
-from respan_gateway import Call, hookimpl
-from respan_gateway.testing import TEST_KEY, FakeUpstream, GatewayServer
+from respan_gateway.testing import TEST_KEY, CallRecorder, FakeUpstream, GatewayServer
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 ANSWER = "Hello from the fake upstream!"
@@ -26,26 +25,6 @@ LB_CONFIG = """
 [routing.load_balance_groups.main]
 models = [{ model = "fake/lb-heavy", weight = 3 }, { model = "fake/lb-light", weight = 1 }]
 """
-
-
-class CallRecorder:
-    """A test plugin: an outer middleware that keeps every Call, to read its attempts afterwards."""
-
-    __name__ = "call_recorder"
-
-    def __init__(self) -> None:
-        self.calls: list[Call] = []
-
-    @hookimpl
-    def register_middlewares(self, register: Any) -> None:
-        def factory(settings: Any, gateway: Any) -> Any:
-            async def record(call: Call, call_next: Any) -> Any:
-                self.calls.append(call)
-                return await call_next(call)
-
-            return record
-
-        register("call_recorder", factory, order=150)
 
 
 def upstream_models(fake: FakeUpstream) -> list[str]:
