@@ -5,9 +5,9 @@ How the container is run here (docs/deploy.md): buildah's chroot isolation share
 so the image's command is started on a free loopback port. `buildah run` does not pass SIGTERM on to
 its command (buildah 1.28 kills it), so the test mounts the image's root filesystem (`buildah mount`)
 and starts the image's CMD itself, as the image's USER, with its ENV and WORKDIR, in a private mount
-namespace (`unshare --mount`) where the config folder is bind-mounted on /config and a data folder on
-/data, then `chroot`: the gateway is then the test's own child, and SIGTERM reaches it as it would
-from a container engine. Needs root, buildah, unshare and chroot; skipped, with the reason, without.
+namespace (`unshare --mount`) where the root filesystem is read-only (as deploy/k8s runs it), the
+config folder is bind-mounted on /config, a data folder on /data and a tmpfs on /tmp, then `chroot`:
+the gateway is then the test's own child, and SIGTERM reaches it as it would from a container engine. Needs root, buildah, unshare and chroot; skipped, with the reason, without.
 Select it with `-m image`, leave it out with `-m "not image"`. The first build makes the Debian base
 and downloads the wheels (a few minutes); later builds come from buildah's layer cache.
 """
@@ -45,6 +45,10 @@ def _why_not_runnable() -> str | None:
     for tool in ("buildah", "unshare", "chroot", "mount"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed (apt-get install buildah debootstrap; .ci/run does it)"
+    base = subprocess.run(["buildah", "inspect", "--type", "image", "localhost/respan-base-debian:bookworm"],
+                          capture_output=True, timeout=60)
+    if base.returncode != 0 and shutil.which("debootstrap") is None:
+        return "`debootstrap` is not installed and the Debian base is not built yet (apt-get install debootstrap)"
     probe = subprocess.run(["buildah", "info"], capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
         return f"buildah cannot run here: {probe.stderr.strip()[-300:]}"
@@ -85,9 +89,12 @@ def container(image: dict[str, Any]) -> Iterator[Container]:
 
 
 def container_command(image: dict[str, Any], rootfs: Path, config_dir: Path, data_dir: Path, port: int) -> list[str]:
-    """The image's CMD as its USER, with its ENV and WORKDIR, on /config and /data, on 127.0.0.1:port."""
+    """The image's CMD as its USER, with its ENV and WORKDIR, on /config and /data, on 127.0.0.1:port,
+    its root filesystem read-only."""
     cmd = [*image["Cmd"], "--host", "127.0.0.1", "--port", str(port)]  # the last --host/--port wins
     mounts = " && ".join([
+        # The root filesystem read-only, as deploy/k8s runs it (readOnlyRootFilesystem), /tmp a tmpfs.
+        f"mount --bind {rootfs} {rootfs}", f"mount -o remount,bind,ro {rootfs}", f"mount -t tmpfs tmpfs {rootfs}/tmp",
         f"mount --bind {config_dir} {rootfs}/config", f"mount -o remount,bind,ro {rootfs}/config",
         f"mount --bind {data_dir} {rootfs}/data",
         f"mount -t proc proc {rootfs}/proc", f"mount --rbind /dev {rootfs}/dev",
