@@ -56,8 +56,10 @@ def test_the_default_config_is_valid() -> None:
 
 
 def test_example_configs_are_valid() -> None:
-    """Every file in config/examples/ starts (with every ${VAR} it references set)."""
-    examples = sorted(Path("config/examples").glob("*.toml"))
+    """Every file in config/examples/, and the config of deploy/ (compose, Kubernetes), starts (with every
+    ${VAR} it references set)."""
+    examples = sorted(Path("config/examples").glob("*.toml")) + sorted(Path("deploy").glob("*.toml"))
+    assert Path("deploy/gateway.toml") in examples
     assert examples
     for path in examples:
         env = {name: "x" * 64 for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", path.read_text())}
