@@ -64,4 +64,5 @@ def test_example_configs_are_valid() -> None:
     for path in examples:
         env = {name: "x" * 64 for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", path.read_text())}
         env = {k: ("a" * 64 if k.endswith("SHA256") else v) for k, v in env.items()}
+        env = {k: ("postgresql://respan@db.invalid:5432/respan" if k == "DATABASE_URL" else v) for k, v in env.items()}
         Gateway.build(Config.from_file(path, env=env))
