@@ -7,8 +7,10 @@ model does not cool down the provider's other models.
 
 Cooldown works like a circuit breaker: after ``allowed_fails`` consecutive failures a deployment is
 skipped for ``cooldown_seconds`` (at least the provider's ``Retry-After``); when that time is over it
-is tried again, and one more failure cools it down again at once, while a success clears it. The
-state lives in the process: each replica (and each worker) keeps its own.
+is tried again, and one more failure cools it down again at once, while a success clears it
+(``[deployments] allowed_fails`` and ``cooldown_seconds``). The state lives in the process: each
+replica (and each worker) keeps its own, and each gateway built in it too (one pool per gateway,
+see :class:`PoolSlot`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ import msgspec
 
 from respan_gateway import Call, CallNext, Chunk, ConfigError, GatewayError, Result, StreamResult, Target, UpstreamError
 
+from .settings import DeploymentsSettings
+
 if TYPE_CHECKING:
     from respan_gateway import Gateway
+
+__all__ = ["Deployment", "DeploymentPool", "DeploymentsMiddleware", "PoolSlot", "is_deployment_fault"]
 
 # Upstream statuses that say something about the deployment (not about the client's payload).
 _DEPLOYMENT_FAULTS = frozenset({401, 403, 404, 408, 409, 429})
@@ -53,24 +59,26 @@ def is_deployment_fault(exc: BaseException) -> bool:
 
 
 class DeploymentPool:
-    """The deployments of every configured provider and their health, shared by the process."""
+    """The deployments of every configured provider of one gateway, and their health."""
 
-    def __init__(self, gateway: Gateway, allowed_fails: int, cooldown_seconds: float) -> None:
-        self.allowed_fails = max(1, allowed_fails)
-        self.cooldown_seconds = cooldown_seconds
+    def __init__(self, gateway: Gateway, settings: DeploymentsSettings) -> None:
+        self.allowed_fails = settings.allowed_fails
+        self.cooldown_seconds = settings.cooldown_seconds
         self.by_provider: dict[str, list[Deployment]] = {}
+        source = gateway.config.source
         for pid, adapter in gateway.providers.items():
             keys = adapter.settings.keys
             if not keys:
                 continue
             deployments = []
             for i, key in enumerate(keys):
+                # The keys are the core's `[providers.<id>]` table, not this plugin's settings: checked here.
                 if key.weight <= 0:
-                    raise ConfigError(f"`providers.{pid}.keys[{i}].weight`: must be greater than 0")
+                    raise ConfigError(f"{source}: `providers.{pid}.keys[{i}].weight`: must be greater than 0")
                 deployments.append(Deployment(key.name or f"{pid}-{i + 1}", key.api_key, key.base_url.rstrip("/"), key.weight))
             names = [d.name for d in deployments]
             if len(set(names)) != len(names):
-                raise ConfigError(f"`providers.{pid}.keys`: two deployments have the same name")
+                raise ConfigError(f"{source}: `providers.{pid}.keys`: two deployments have the same name")
             self.by_provider[pid] = deployments
         self._health: dict[tuple[str, str | None, str], _Health] = {}
 
@@ -123,6 +131,20 @@ class DeploymentPool:
             health.until = time.monotonic() + max(self.cooldown_seconds, retry_after)
             health.tripped = True
             health.fails = 0
+
+
+class PoolSlot:
+    """Where the ``deployments`` middleware of a gateway leaves its pool for that gateway's routing.
+
+    The plugin makes one per gateway (its hook runs once per build) and hands it to both
+    middleware factories; routing reads ``pool`` per request, None while no ``deployments``
+    middleware exists.
+    """
+
+    __slots__ = ("pool",)
+
+    def __init__(self) -> None:
+        self.pool: DeploymentPool | None = None
 
 
 class DeploymentsMiddleware:

@@ -293,6 +293,21 @@ def test_bad_reliability_params_are_400(gw: GatewayServer, fake_upstream: FakeUp
     assert fake_upstream.requests == []
 
 
+@pytest.mark.parametrize(("section", "error"), [
+    ("first_byte_timeout = 0", r"`reliability\.first_byte_timeout`: expected `float` > 0"),
+    ("total_timeout = -1", r"`reliability\.total_timeout`: expected `float` > 0"),
+    ("jitter = -0.1", r"`reliability\.jitter`: expected `float` >= 0"),
+    ("num_retries = -1", r"`reliability\.num_retries`: expected `int` >= 0"),
+    ("[reliability.providers.fake]\nidle_timeout = 0", r"`reliability\.providers\.fake\.idle_timeout`: must be greater than 0"),
+    ("[reliability.providers.nope]\nidle_timeout = 1", r"`reliability\.providers\.nope`: no provider `nope` is configured"),
+], ids=["first_byte", "total", "jitter", "num_retries", "provider_idle", "unknown_provider"])
+def test_bad_settings_stop_the_start_naming_the_key(gateway_factory: Callable[..., GatewayServer], section: str, error: str) -> None:
+    from respan_gateway import ConfigError
+
+    with pytest.raises(ConfigError, match=error):
+        gateway_factory(f"[reliability]\n{section}\n" if not section.startswith("[") else section + "\n")
+
+
 # -- streams after the first chunk -------------------------------------------------------------------
 
 def stream_until_error(gw: GatewayServer, model: str, **params: Any) -> tuple[str, openai.APIError]:

@@ -184,6 +184,22 @@ def test_config_errors_name_the_key(gateway_factory: Callable[..., GatewayServer
         gateway_factory('[routing]\nfallback_models = ["nope"]\n')
 
 
+@pytest.mark.parametrize(("toml", "error"), [
+    ('[routing.load_balance_groups.g]\nmodels = [{ model = "gpt-test", weight = 0 }]',
+     r"`routing\.load_balance_groups\.g\.models\[0\]\.weight`: must be greater than 0"),
+    ("[routing.load_balance_groups.g]\nmodels = []", r"`routing\.load_balance_groups\.g\.models`: the group is empty"),
+    ("[deployments]\nallowed_fails = 0", r"`deployments\.allowed_fails`: expected `int` >= 1"),
+    ("[deployments]\ncooldown_seconds = -1", r"`deployments\.cooldown_seconds`: expected `float` >= 0"),
+    # The cooldown settings are the deployments middleware's: routing's section no longer has them.
+    ("[routing]\nallowed_fails = 3", r"`routing\.allowed_fails`: unknown key"),
+], ids=["weight", "empty_group", "allowed_fails", "cooldown_seconds", "moved_key"])
+def test_bad_settings_stop_the_start_naming_the_key(gateway_factory: Callable[..., GatewayServer], toml: str, error: str) -> None:
+    from respan_gateway import ConfigError
+
+    with pytest.raises(ConfigError, match=error):
+        gateway_factory(toml + "\n")
+
+
 # -- deployments and cooldown -------------------------------------------------------------------------
 
 KEYS_CONFIG = """
@@ -226,7 +242,7 @@ type = "openai_compatible"
 base_url = "{fake_upstream.url}/v1"
 keys = [{{ name = "up", base_url = "{fake_upstream.url}/v1" }}, {{ name = "down", base_url = "{dead_url}/v1" }}]
 
-[routing]
+[deployments]
 allowed_fails = 1
 cooldown_seconds = 1.0
 """, plugins=(recorder,))
@@ -266,7 +282,7 @@ headers = {{ x-fake-scenario = "error-503", x-fake-fail-times = "3", x-fake-fail
 provider = "flaky"
 upstream_model = "primary-upstream"
 
-[routing]
+[deployments]
 allowed_fails = 2
 cooldown_seconds = 1.0
 """)
@@ -292,6 +308,21 @@ cooldown_seconds = 1.0
     assert primary_requests() == 6
 
 
+def test_each_gateway_keeps_its_own_cooldowns(gateway_factory: Callable[..., GatewayServer], fake_upstream: FakeUpstream) -> None:
+    config = "[deployments]\nallowed_fails = 1\ncooldown_seconds = 30\n"
+    first, second = gateway_factory(config), gateway_factory(config)
+
+    def answered_by(gw: GatewayServer) -> list[str]:
+        fake_upstream.reset()
+        assert ask(gw, "fake/fake-error-503", fallback_models=["gpt-test"]).model == "gpt-test-upstream"
+        return upstream_models(fake_upstream)
+
+    assert answered_by(first) == ["fake-error-503", "gpt-test-upstream"]
+    # Cooled down in the first gateway only: the second (same process) still tries it first.
+    assert answered_by(first) == ["gpt-test-upstream"]
+    assert answered_by(second) == ["fake-error-503", "gpt-test-upstream"]
+
+
 def test_without_reliability_routing_still_chooses(gateway_factory: Callable[..., GatewayServer], fake_upstream: FakeUpstream) -> None:
     gw = gateway_factory(LB_CONFIG + '[plugins]\ndisabled = ["reliability"]\n')
     assert ask(gw, "ignored", load_balance_group={"group_id": "main"}).model in ("lb-heavy", "lb-light")
@@ -303,7 +334,7 @@ def test_without_reliability_routing_still_chooses(gateway_factory: Callable[...
 def test_request_credentials_win_and_do_not_count_against_a_deployment(
     gateway_factory: Callable[..., GatewayServer], fake_upstream: FakeUpstream
 ) -> None:
-    gw = gateway_factory(KEYS_CONFIG.format(url=fake_upstream.url) + "[routing]\nallowed_fails = 1\n")
+    gw = gateway_factory(KEYS_CONFIG.format(url=fake_upstream.url) + "[deployments]\nallowed_fails = 1\n")
     model = "multi/fake-error-401"
     # The customer's own key is used (the credentials plugin runs after deployments), and its 401
     # says nothing about the configured keys.
