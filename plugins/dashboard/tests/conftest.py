@@ -1,0 +1,96 @@
+"""Fixtures of the dashboard's tests: a gateway with an admin key, on SQLite or PostgreSQL.
+
+``backend`` is ``sqlite`` by default; tests that take ``any_backend`` run on both (PostgreSQL at
+127.0.0.1:5432, database ``test``, one schema per test, dropped at the end; skipped loudly when the
+server is not reachable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx2
+import pytest
+
+from respan_gateway.testing import GatewayServer
+
+ADMIN_KEY = "sk-respan-admin-key"
+OTHER_ADMIN_KEY = "sk-respan-other-tenant-admin"
+KEYS = (f'{{ key = "{ADMIN_KEY}", tenant = "acme", name = "ops", admin = true }}, '
+        f'{{ key = "{OTHER_ADMIN_KEY}", tenant = "globex", name = "globex-ops", admin = true }}, '
+        '{ key = "sk-globex-app", tenant = "globex", name = "globex-app" }')
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+RUN_SCHEMA = f"respan_dash_{uuid.uuid4().hex[:10]}"
+_IDS = itertools.count(1)
+
+
+def _pg(sql: str) -> Any:
+    import asyncpg
+
+    async def run() -> Any:
+        conn = await asyncpg.connect(PG_URL, timeout=3)
+        try:
+            return await conn.fetch(sql)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def postgres_schema() -> Iterator[str]:
+    try:
+        _pg("SELECT 1")
+    except Exception as exc:  # noqa: BLE001
+        message = f"PostgreSQL on 127.0.0.1:5432 is not reachable ({type(exc).__name__}: {exc}): the dashboard's PostgreSQL tests are SKIPPED"
+        warnings.warn(message)
+        pytest.skip(message)
+    yield RUN_SCHEMA
+    for row in _pg(f"SELECT nspname FROM pg_namespace WHERE nspname LIKE '{RUN_SCHEMA}%'"):
+        _pg(f'DROP SCHEMA IF EXISTS "{row["nspname"]}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"
+
+
+@pytest.fixture
+def dashboard_gateway(backend: str, tmp_path: Any, request: pytest.FixtureRequest,
+                      gateway_factory: Callable[..., GatewayServer]) -> Callable[..., GatewayServer]:
+    """``start(extra_toml="")``: a gateway with the dashboard, logging on ``backend`` and admin keys."""
+
+    def start(extra: str = "") -> GatewayServer:
+        if backend == "sqlite":
+            database = f'url = "sqlite:///{tmp_path}/respan.sqlite3"'
+        else:
+            database = f'url = "{PG_URL}"\nschema = "{request.getfixturevalue("postgres_schema")}_{next(_IDS)}"\npool_size = 4'
+        toml = f'\n[database]\n{database}\n\n[logging]\nflush_interval = 0.05\nspill_dir = "{tmp_path}/spill"\n{extra}'
+        return gateway_factory(toml, keys=KEYS)
+
+    return start
+
+
+def sign_in(gw: GatewayServer, key: str = ADMIN_KEY) -> httpx2.Client:
+    """An HTTP client holding a dashboard session (as a browser would after the sign-in form)."""
+    client = httpx2.Client(base_url=gw.url, timeout=10)
+    page = client.get("/ui/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)[1]
+    answer = client.post("/ui/login", data={"key": key, "csrf_token": token, "next": "/ui/logs"})
+    assert answer.status_code == 303, answer.text
+    return client
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html)[1]
