@@ -6,7 +6,7 @@
   "use strict";
   var SVG = "http://www.w3.org/2000/svg";
   var COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04"];
-  var W = 560, H = 200, L = 56, R = 12, T = 12, B = 28;
+  var H = 200, L = 56, R = 12, T = 12, B = 28;
 
   function el(name, attrs, parent) {
     var node = document.createElementNS(SVG, name);
@@ -29,6 +29,7 @@
   }
 
   function draw(div, buckets, lines) {
+    var W = Math.max(360, Math.round(div.clientWidth) || 560);  // the plot's own width: text keeps its size
     var max = 0;
     lines.forEach(function (line) {
       line.values.forEach(function (v) { if (v !== null && v > max) max = v; });

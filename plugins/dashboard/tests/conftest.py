@@ -1,6 +1,6 @@
 """Fixtures of the dashboard's tests: a gateway with an admin key, on SQLite or PostgreSQL.
 
-``backend`` is ``sqlite`` by default; tests that take ``any_backend`` run on both (PostgreSQL at
+``backend`` is ``sqlite`` by default; tests that parametrize ``backend`` run on both (PostgreSQL at
 127.0.0.1:5432, database ``test``, one schema per test, dropped at the end; skipped loudly when the
 server is not reachable).
 """
@@ -56,14 +56,10 @@ def postgres_schema() -> Iterator[str]:
         _pg(f'DROP SCHEMA IF EXISTS "{row["nspname"]}" CASCADE')
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def any_backend(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
 @pytest.fixture
-def backend() -> str:
-    return "sqlite"
+def backend(request: pytest.FixtureRequest) -> str:
+    """``sqlite``; a test marked ``@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)`` runs on both."""
+    return getattr(request, "param", "sqlite")
 
 
 @pytest.fixture
