@@ -168,6 +168,7 @@ class RequestLogReader(Protocol):
         """The logs API's summary (totals of requests, errors, tokens, cost; mean latencies)."""
 
     async def usage(self, tenant: str, query: LogQuery, *, bucket: Literal["hour", "day"] | None,
-                    group_by: UsageGroup | None = None) -> list[UsageBucket]:
+                    group_by: UsageGroup | None = None, percentiles: bool = True) -> list[UsageBucket]:
         """Aggregates per time bucket (``None``: the whole range in one) and per group, computed in
-        the database (GROUP BY), ordered by bucket then group. ``query``'s paging and order are ignored."""
+        the database (GROUP BY), ordered by bucket then group. ``query``'s paging and order are ignored.
+        ``percentiles=False`` leaves the latency percentiles None (they cost a sort; the rest a scan)."""

@@ -49,6 +49,6 @@ class LogReader:
         return await self._store.summary(tenant, query)
 
     async def usage(self, tenant: str, query: LogQuery, *, bucket: Literal["hour", "day"] | None,
-                    group_by: UsageGroup | None = None) -> list[UsageBucket]:
+                    group_by: UsageGroup | None = None, percentiles: bool = True) -> list[UsageBucket]:
         await self._flush()
-        return await self._store.usage(tenant, query, bucket=bucket, group_by=group_by)
+        return await self._store.usage(tenant, query, bucket=bucket, group_by=group_by, percentiles=percentiles)

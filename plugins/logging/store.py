@@ -38,7 +38,16 @@ def _create(dialect: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {TABLE} (\n  {cols}\n);\n{indexes}"
 
 
-MIGRATIONS = [Migration(1, sqlite=_create("sqlite"), postgres=_create("postgres"))]
+# The usage aggregates (GROUP BY time bucket, by model/provider/customer) read only this index, not the
+# wide rows: 5x faster on SQLite over 1M records (plugins/dashboard/README.md, bench/dashboard_1m.py).
+_USAGE_INDEX = (f"CREATE INDEX IF NOT EXISTS {TABLE}_usage ON {TABLE} (tenant, start_time, model, provider_id, "
+                "customer_identifier, status_code, latency, prompt_tokens, completion_tokens, total_request_tokens, "
+                "cost, cache_hit)")
+
+MIGRATIONS = [
+    Migration(1, sqlite=_create("sqlite"), postgres=_create("postgres")),
+    Migration(2, sqlite=_USAGE_INDEX, postgres=_USAGE_INDEX),
+]
 
 _INSERT = (
     f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(COLUMNS)))}) "
@@ -104,7 +113,7 @@ class RequestLogStore:
         }
 
     async def usage(self, tenant: str, query: LogQuery, *, bucket: str | None,
-                    group_by: str | None = None) -> list[UsageBucket]:
+                    group_by: str | None = None, percentiles: bool = True) -> list[UsageBucket]:
         """Aggregates per time bucket and group, in one statement (see RequestLogReader.usage)."""
         where, args = self._where(tenant, query)
         pg = self.db.dialect == "postgres"
@@ -123,7 +132,10 @@ class RequestLogStore:
             "COALESCE(SUM(total_request_tokens), 0) AS total_tokens, COALESCE(SUM(cost), 0) AS cost, "
             "SUM(CASE WHEN cache_hit THEN 1 ELSE 0 END) AS cache_hits"
         )
-        if pg:
+        if not percentiles:
+            sql = (f"SELECT {bucket_expr} AS bucket, {group_expr} AS grp, {totals}, NULL AS p50, NULL AS p95 "
+                   f"FROM {TABLE} WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2")
+        elif pg:
             # percentile_disc is nearest-rank, as the SQLite form below: both databases give the same figures.
             sql = (
                 f"SELECT {bucket_expr} AS bucket, {group_expr} AS grp, {totals}, "

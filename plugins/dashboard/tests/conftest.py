@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import re
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx2
 import pytest
+
+from dashboard_kit import KEYS
 
 from respan_gateway.testing import GatewayServer
 
-ADMIN_KEY = "sk-respan-admin-key"
-OTHER_ADMIN_KEY = "sk-respan-other-tenant-admin"
-KEYS = (f'{{ key = "{ADMIN_KEY}", tenant = "acme", name = "ops", admin = true }}, '
-        f'{{ key = "{OTHER_ADMIN_KEY}", tenant = "globex", name = "globex-ops", admin = true }}, '
-        '{ key = "sk-globex-app", tenant = "globex", name = "globex-app" }')
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 RUN_SCHEMA = f"respan_dash_{uuid.uuid4().hex[:10]}"
 _IDS = itertools.count(1)
@@ -76,17 +71,3 @@ def dashboard_gateway(backend: str, tmp_path: Any, request: pytest.FixtureReques
         return gateway_factory(toml, keys=KEYS)
 
     return start
-
-
-def sign_in(gw: GatewayServer, key: str = ADMIN_KEY) -> httpx2.Client:
-    """An HTTP client holding a dashboard session (as a browser would after the sign-in form)."""
-    client = httpx2.Client(base_url=gw.url, timeout=10)
-    page = client.get("/ui/login")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)[1]
-    answer = client.post("/ui/login", data={"key": key, "csrf_token": token, "next": "/ui/logs"})
-    assert answer.status_code == 303, answer.text
-    return client
-
-
-def csrf_of(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html)[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ADMIN_KEY
+from dashboard_kit import ADMIN_KEY
 
 CHROMIUM = os.environ.get("RESPAN_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 XSS_SCRIPT = "<script>alert(1)</script>"

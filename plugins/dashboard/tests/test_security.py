@@ -9,7 +9,7 @@ import re
 
 import httpx2
 import pytest
-from conftest import ADMIN_KEY, OTHER_ADMIN_KEY, csrf_of, sign_in
+from dashboard_kit import ADMIN_KEY, OTHER_ADMIN_KEY, csrf_of, sign_in
 
 from respan_gateway.testing import TEST_KEY
 

@@ -7,7 +7,7 @@ import math
 
 import httpx2
 import pytest
-from conftest import sign_in
+from dashboard_kit import sign_in
 
 from respan_gateway.hookspecs import LogQuery, RequestLogReader
 from respan_gateway.testing import TEST_KEY
