@@ -44,7 +44,7 @@ class RegisterMiddleware(Protocol):
         ``async def shutdown()`` and ``async def ready() -> bool`` (for ``/readyz``).
         ``order``: the default position when the config gives no ``pipeline`` (lower runs first;
         bundled: metrics 50, auth 100, logging 150, params 200, limits 400, prompts 500, cache 600,
-        routing 700, reliability 800).
+        routing 700, reliability 800, dashboard 1000).
         ``settings``: a ``respan_gateway.Settings`` subclass; the ``[name]`` section is decoded into it.
         """
 

@@ -29,8 +29,8 @@ class DashboardSettings(Settings):
 
 @hookimpl
 def register_middlewares(register: Any) -> None:
-    # A pass-through stage: it owns the [dashboard] section and the pages' state (it never touches a call).
-    register("dashboard", Dashboard, order=10, settings=DashboardSettings)
+    # A pass-through stage (last): it owns the [dashboard] section and the pages' state (it never touches a call).
+    register("dashboard", Dashboard, order=1000, settings=DashboardSettings)
 
 
 @hookimpl

@@ -141,8 +141,20 @@ def _signed_in(request: Request) -> tuple[Dashboard | None, Session | None, Resp
     return dash, session, None
 
 
-def _reader(dash: Dashboard) -> RequestLogReader | None:
-    return dash.gateway.service(RequestLogReader)
+def _reading(handler: Any) -> Any:
+    """A page that reads the log records: signed in, and the logging plugin's reader running."""
+
+    async def endpoint(request: Request) -> Response:
+        dash, session, denied = _signed_in(request)
+        if denied is not None:
+            return denied
+        assert dash is not None and session is not None
+        reader = dash.gateway.service(RequestLogReader)
+        if reader is None:
+            return _unavailable(dash, request, session)
+        return await handler(request, dash, session, reader)
+
+    return endpoint
 
 
 def _pretty(value: Any) -> str:
@@ -277,14 +289,8 @@ def _log_query(params: Any, page_size: int) -> tuple[LogQuery, dict[str, str]]:
     return query, form
 
 
-async def logs(request: Request) -> Response:
-    dash, session, denied = _signed_in(request)
-    if denied is not None:
-        return denied
-    assert dash is not None and session is not None
-    reader = _reader(dash)
-    if reader is None:
-        return _unavailable(dash, request, session)
+@_reading
+async def logs(request: Request, dash: Dashboard, session: Session, reader: RequestLogReader) -> Response:
     count, records, error, status = 0, [], None, 200
     form = {name: (request.query_params.get(name) or "").strip() for name in LOG_FIELDS}
     page = 1
@@ -308,14 +314,8 @@ async def logs(request: Request) -> Response:
                        next_url=page_url(page + 1) if page < pages else None)
 
 
-async def log_detail(request: Request) -> Response:
-    dash, session, denied = _signed_in(request)
-    if denied is not None:
-        return denied
-    assert dash is not None and session is not None
-    reader = _reader(dash)
-    if reader is None:
-        return _unavailable(dash, request, session)
+@_reading
+async def log_detail(request: Request, dash: Dashboard, session: Session, reader: RequestLogReader) -> Response:
     unique_id = request.path_params["unique_id"]
     try:
         record = await reader.get(session.tenant, unique_id)
@@ -335,14 +335,8 @@ def _unavailable(dash: Dashboard, request: Request, session: Session) -> Respons
 
 # -- usage --------------------------------------------------------------------------------------------
 
-async def usage(request: Request) -> Response:
-    dash, session, denied = _signed_in(request)
-    if denied is not None:
-        return denied
-    assert dash is not None and session is not None
-    reader = _reader(dash)
-    if reader is None:
-        return _unavailable(dash, request, session)
+@_reading
+async def usage(request: Request, dash: Dashboard, session: Session, reader: RequestLogReader) -> Response:
     params = request.query_params
     span = params.get("range") if params.get("range") in RANGES else "24h"
     bucket = params.get("bucket") if params.get("bucket") in ("hour", "day") else ("hour" if span == "24h" else "day")

@@ -7,11 +7,8 @@ server is not reachable).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import uuid
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,36 +16,9 @@ import pytest
 from dashboard_kit import KEYS
 
 from respan_gateway.testing import GatewayServer
+from respan_gateway.testing.pytest_plugin import PG_URL
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-RUN_SCHEMA = f"respan_dash_{uuid.uuid4().hex[:10]}"
 _IDS = itertools.count(1)
-
-
-def _pg(sql: str) -> Any:
-    import asyncpg
-
-    async def run() -> Any:
-        conn = await asyncpg.connect(PG_URL, timeout=3)
-        try:
-            return await conn.fetch(sql)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
-
-
-@pytest.fixture(scope="session")
-def postgres_schema() -> Iterator[str]:
-    try:
-        _pg("SELECT 1")
-    except Exception as exc:  # noqa: BLE001
-        message = f"PostgreSQL on 127.0.0.1:5432 is not reachable ({type(exc).__name__}: {exc}): the dashboard's PostgreSQL tests are SKIPPED"
-        warnings.warn(message)
-        pytest.skip(message)
-    yield RUN_SCHEMA
-    for row in _pg(f"SELECT nspname FROM pg_namespace WHERE nspname LIKE '{RUN_SCHEMA}%'"):
-        _pg(f'DROP SCHEMA IF EXISTS "{row["nspname"]}" CASCADE')
 
 
 @pytest.fixture
@@ -66,7 +36,7 @@ def dashboard_gateway(backend: str, tmp_path: Any, request: pytest.FixtureReques
         if backend == "sqlite":
             database = f'url = "sqlite:///{tmp_path}/respan.sqlite3"'
         else:
-            database = f'url = "{PG_URL}"\nschema = "{request.getfixturevalue("postgres_schema")}_{next(_IDS)}"\npool_size = 4'
+            database = f'url = "{PG_URL}"\nschema = "{request.getfixturevalue("postgres_schema")}_dash{next(_IDS)}"\npool_size = 4'
         toml = f'\n[database]\n{database}\n\n[logging]\nflush_interval = 0.05\nspill_dir = "{tmp_path}/spill"\n{extra}'
         return gateway_factory(toml, keys=KEYS)
 
