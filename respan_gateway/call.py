@@ -32,6 +32,8 @@ class Principal(msgspec.Struct, kw_only=True, frozen=True):
     tenant: str = "default"
     key_id: str | None = None
     environment: Literal["production", "test"] = "production"
+    # A key flagged ``admin = true`` in [auth]: may sign in to the dashboard (of its tenant only).
+    admin: bool = False
 
 
 ANONYMOUS = Principal()

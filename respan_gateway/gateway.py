@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
 import pluggy
@@ -25,6 +25,7 @@ from .providers import Catalog, ProviderAdapter
 from .upstream import create_client
 
 ENTRY_POINT_GROUP = "respan_gateway"
+T = TypeVar("T")
 
 
 class NoSettings(Settings):
@@ -55,6 +56,7 @@ class Gateway:
         self.catalog: Catalog = Catalog({}, {})
         self._http: httpx2.AsyncClient | None = None
         self._authenticator: Any = None
+        self._services: dict[type, Any] = {}
         self.handle: CallNext = self.dispatch
 
     # -- start-up ---------------------------------------------------------------------------------
@@ -188,6 +190,18 @@ class Gateway:
         if self._authenticator is None:
             return ANONYMOUS
         return await self._authenticator(headers)
+
+    def provide(self, protocol: type[T], implementation: T) -> None:
+        """Offer ``implementation`` to other plugins as the ``protocol`` service (hookspecs.py, Services)."""
+        if protocol in self._services:
+            raise ConfigError(f"two plugins provide the service `{protocol.__name__}`: only one may")
+        if getattr(protocol, "_is_runtime_protocol", False) and not isinstance(implementation, protocol):
+            raise ConfigError(f"{type(implementation).__name__} does not implement `{protocol.__name__}`")
+        self._services[protocol] = implementation
+
+    def service(self, protocol: type[T]) -> T | None:
+        """The running plugin's implementation of ``protocol``, or None when no plugin provides it."""
+        return self._services.get(protocol)
 
     def plugin_info(self) -> list[dict[str, Any]]:
         info = []

@@ -11,12 +11,23 @@ middleware chain is compiled once and runs as plain ``await``s.
 Start-up order (as in pytest/tox): the bundled and installed plugins load from entry points, except
 those the config names in ``[plugins] disabled``, which are never imported; then every hook
 implementation is checked against these specs, so a misspelt hook fails the start by name.
+
+Services (one plugin offering typed operations to others, without importing it): a plugin declares
+nothing here but implements a Protocol declared below, and hands its object to the gateway with
+``gateway.provide(Protocol, obj)`` from its middleware factory; a consumer asks for it with
+``gateway.service(Protocol)`` from its ``startup()`` on (``None`` when no running plugin provides it,
+e.g. the providing plugin is disabled or left out of the pipeline). One provider per Protocol: a
+second ``provide`` of the same Protocol fails the start. The services:
+
+- :class:`RequestLogReader`: the log records of the ``request_logs`` store (the ``logging`` plugin),
+  read with the logs API's filters; used by the logs API itself and the dashboard.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
+import msgspec
 import pluggy
 
 hookspec = pluggy.HookspecMarker("respan_gateway")
@@ -33,7 +44,7 @@ class RegisterMiddleware(Protocol):
         ``async def shutdown()`` and ``async def ready() -> bool`` (for ``/readyz``).
         ``order``: the default position when the config gives no ``pipeline`` (lower runs first;
         bundled: metrics 50, auth 100, logging 150, params 200, limits 400, prompts 500, cache 600,
-        routing 700, reliability 800).
+        routing 700, reliability 800, dashboard 1000).
         ``settings``: a ``respan_gateway.Settings`` subclass; the ``[name]`` section is decoded into it.
         """
 
@@ -91,3 +102,73 @@ def register_stores(register: RegisterStore) -> None:
     Every store lives in the one database of ``[database]`` (SQLite file or PostgreSQL), opened once
     per process before the middlewares' ``startup()`` and closed after their ``shutdown()``.
     """
+
+
+# -- services -----------------------------------------------------------------------------------------
+
+class LogQuery(msgspec.Struct, kw_only=True):
+    """Which log records to read: the logs API's filters, time range, order and page.
+
+    ``filters``: ``(field, operator, value)`` triples; a field is a record column (``model``,
+    ``status_code``, ``customer_identifier``...), an alias of the logs API (``provider``, ``ttft``,
+    ``all_tokens``) or ``metadata__<key>``; operators as in the logs API ("" = equals, ``gte``,
+    ``icontains``, ``in``...; ``value`` a list for ``in``). ``connector`` joins them (AND or OR).
+    ``start_time``/``end_time``: epoch seconds, inclusive. ``sort_by``: a column, ``-`` for descending.
+    """
+
+    filters: list[tuple[str, str, Any]] = []
+    connector: str = "AND"
+    start_time: float | None = None
+    end_time: float | None = None
+    sort_by: str = "-start_time"
+    page: int = 1
+    page_size: int = 100
+
+
+class UsageBucket(msgspec.Struct, kw_only=True, frozen=True):
+    """Aggregates of the records of one time bucket (and one group, when grouped).
+
+    ``bucket``: the bucket's start, epoch seconds (UTC hours or days; 0 when not bucketed).
+    ``group``: the model, provider or customer (``""`` for records without one; ``""`` when not
+    grouped). Latency percentiles are nearest-rank over the records with a latency (None if none).
+    """
+
+    bucket: float
+    group: str
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost: float
+    cache_hits: int
+    p50_latency: float | None
+    p95_latency: float | None
+
+
+UsageGroup = Literal["model", "provider", "customer"]
+
+
+@runtime_checkable
+class RequestLogReader(Protocol):
+    """Reads the stored log records of one tenant (provided by the ``logging`` plugin).
+
+    Every method reads what this process has answered so far (queued records are written first) and
+    raises ``respan_gateway.BadRequest`` for a bad filter, ``respan_gateway.database.StoreUnavailable``
+    when the store cannot be reached.
+    """
+
+    async def list(self, tenant: str, query: LogQuery) -> tuple[int, list[dict[str, Any]]]:
+        """(count of matching records, the page's records in the logs API's shape)."""
+
+    async def get(self, tenant: str, unique_id: str) -> dict[str, Any] | None:
+        """One record in the logs API's shape, or None."""
+
+    async def summary(self, tenant: str, query: LogQuery) -> dict[str, Any]:
+        """The logs API's summary (totals of requests, errors, tokens, cost; mean latencies)."""
+
+    async def usage(self, tenant: str, query: LogQuery, *, bucket: Literal["hour", "day"] | None,
+                    group_by: UsageGroup | None = None, percentiles: bool = True) -> list[UsageBucket]:
+        """Aggregates per time bucket (``None``: the whole range in one) and per group, computed in
+        the database (GROUP BY), ordered by bucket then group. ``query``'s paging and order are ignored.
+        ``percentiles=False`` leaves the latency percentiles None (they cost a sort; the rest a scan)."""

@@ -29,6 +29,8 @@ class KeySettings(Settings):
     environment: Literal["production", "test"] = "production"
     # ISO 8601 date or date-time (UTC when no zone); after it the key is refused.
     expires_at: str | None = None
+    # May sign in to the dashboard (/ui/), which then shows this key's tenant only.
+    admin: bool = False
 
 
 class AuthSettings(Settings):
@@ -53,7 +55,8 @@ class Auth:
             digest = entry.key_sha256.lower() or (hash_key(entry.key) if entry.key else "")
             if len(digest) != 64:
                 raise ConfigError(f"`auth.keys[{i}]`: give `key` or a 64-hex-digit `key_sha256`")
-            principal = Principal(tenant=entry.tenant, key_id=entry.name or digest[:8], environment=entry.environment)
+            principal = Principal(tenant=entry.tenant, key_id=entry.name or digest[:8], environment=entry.environment,
+                                  admin=entry.admin)
             self.keys[digest] = _Key(principal, _parse_expiry(entry.expires_at, i))
         if not self.keys:
             log.warning("auth_no_keys", message="the auth plugin has no keys configured: every request will get 401")

@@ -11,7 +11,6 @@ records of other replicas appear within their ``flush_interval``.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 from urllib.parse import urlencode
@@ -23,8 +22,10 @@ from starlette.responses import Response
 from respan_gateway import BadRequest, GatewayError, NotFound
 from respan_gateway.database import StoreUnavailable
 
+from respan_gateway.hookspecs import LogQuery, RequestLogReader
+
 from .record import MUTABLE_FIELDS, coerce_metadata
-from .store import OPERATORS, LogQuery, parse_time
+from .store import OPERATORS, parse_time
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
@@ -33,7 +34,6 @@ _RESERVED = {"start_time", "end_time", "sort_by", "page", "page_size", "is_test"
              "include_fields", "environment", "operator"}
 _KNOWN_OPERATORS = ", ".join(sorted(o or '""' for o in OPERATORS))
 MAX_PAGE_SIZE = 1000
-READ_FLUSH_TIMEOUT = 2.0
 
 
 class StoreDown(GatewayError):
@@ -46,21 +46,14 @@ def _json(status: int, body: Any) -> Response:
     return Response(_encode(body), status_code=status, media_type="application/json")
 
 
-async def _context(request: Request) -> tuple[Any, str]:
+async def _context(request: Request) -> tuple[Any, RequestLogReader, str]:
     gateway = request.app.state.gateway
     principal = await gateway.authenticate(request.headers)
     middleware = dict(gateway.middlewares).get("logging")
-    if middleware is None or middleware.store is None:
+    reader = gateway.service(RequestLogReader)
+    if middleware is None or reader is None:
         raise NotFound("the logs API needs the `logging` middleware in the pipeline")
-    return middleware, principal.tenant
-
-
-async def _flush(middleware: Any) -> None:
-    """Read-your-writes in this process: queued records go to the store before a read."""
-    try:
-        await asyncio.wait_for(middleware.writer.flush(), READ_FLUSH_TIMEOUT)
-    except (asyncio.TimeoutError, Exception):
-        pass
+    return middleware, reader, principal.tenant
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -145,11 +138,10 @@ def _page_url(request: Request, page: int) -> str:
 
 
 async def list_logs(request: Request) -> Response:
-    middleware, tenant = await _context(request)
+    _, reader, tenant = await _context(request)
     query = _query(request, await _body(request))
-    await _flush(middleware)
     try:
-        count, results = await middleware.store.list(tenant, query)
+        count, results = await reader.list(tenant, query)
     except StoreUnavailable as exc:
         raise StoreDown(f"the log store is unavailable: {exc}") from None
     has_next = query.page * query.page_size < count
@@ -162,24 +154,20 @@ async def list_logs(request: Request) -> Response:
 
 
 async def summary(request: Request) -> Response:
-    middleware, tenant = await _context(request)
+    _, reader, tenant = await _context(request)
     query = _query(request, await _body(request))
-    await _flush(middleware)
     try:
-        return _json(200, await middleware.store.summary(tenant, query))
+        return _json(200, await reader.summary(tenant, query))
     except StoreUnavailable as exc:
         raise StoreDown(f"the log store is unavailable: {exc}") from None
 
 
 async def one_log(request: Request) -> Response:
-    middleware, tenant = await _context(request)
+    middleware, reader, tenant = await _context(request)
     unique_id = request.path_params["unique_id"]
     body = await _body(request)
     try:
-        record = await middleware.store.get(tenant, unique_id)
-        if record is None:
-            await _flush(middleware)
-            record = await middleware.store.get(tenant, unique_id)
+        record = await reader.get(tenant, unique_id)
         if record is None:
             raise NotFound(f"no request log `{unique_id}`")
         if request.method == "GET":

@@ -31,6 +31,9 @@ from respan_gateway import tokens
 from respan_gateway.cost import Usage
 from respan_gateway.params import PARAM_NAMES
 
+from respan_gateway.hookspecs import RequestLogReader
+
+from .reader import LogReader
 from .record import CONTENT_FIELDS, LogRecord, coerce_metadata
 
 log = structlog.get_logger("respan_gateway.logging")
@@ -183,6 +186,8 @@ class LoggingMiddleware:
         tokens.use(settings.tokenizer)
         # Callbacks ``fn(record, call)`` run for every finished request (metrics), omitted ones included.
         self.subscribers: list[Callable[[LogRecord, Call], None]] = []
+        # The one way other plugins (and the logs API) read the records: hookspecs.RequestLogReader.
+        gateway.provide(RequestLogReader, LogReader(self))
 
     def subscribe(self, callback: Callable[[LogRecord, Call], None]) -> None:
         self.subscribers.append(callback)

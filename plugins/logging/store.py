@@ -13,6 +13,7 @@ import msgspec
 
 from respan_gateway import BadRequest
 from respan_gateway.database import Database, Migration
+from respan_gateway.hookspecs import LogQuery, UsageBucket
 
 from .record import COLUMNS, JSON_COLUMNS, KINDS, LogRecord, to_row
 
@@ -37,7 +38,16 @@ def _create(dialect: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {TABLE} (\n  {cols}\n);\n{indexes}"
 
 
-MIGRATIONS = [Migration(1, sqlite=_create("sqlite"), postgres=_create("postgres"))]
+# The usage aggregates (GROUP BY time bucket, by model/provider/customer) read only this index, not the
+# wide rows: 5x faster on SQLite over 1M records (plugins/dashboard/README.md, bench/dashboard_1m.py).
+_USAGE_INDEX = (f"CREATE INDEX IF NOT EXISTS {TABLE}_usage ON {TABLE} (tenant, start_time, model, provider_id, "
+                "customer_identifier, status_code, latency, prompt_tokens, completion_tokens, total_request_tokens, "
+                "cost, cache_hit)")
+
+MIGRATIONS = [
+    Migration(1, sqlite=_create("sqlite"), postgres=_create("postgres")),
+    Migration(2, sqlite=_USAGE_INDEX, postgres=_USAGE_INDEX),
+]
 
 _INSERT = (
     f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(COLUMNS)))}) "
@@ -49,6 +59,8 @@ _SORT_ALIASES = {"id": "start_time", "all_tokens": "total_request_tokens", "ttft
                  "generation_time": "latency", "created_at": "start_time"}
 _FILTER_ALIASES = {"all_tokens": "total_request_tokens", "ttft": "time_to_first_token",
                    "generation_time": "latency", "provider": "provider_id", "customer_user_unique_id": "customer_identifier"}
+_BUCKETS = {"hour": 3600, "day": 86400}
+_GROUPS = {"model": "model", "provider": "provider_id", "customer": "customer_identifier"}
 OPERATORS = frozenset({"", "eq", "exact", "iexact", "lt", "lte", "gt", "gte", "contains", "icontains",
                        "startswith", "endswith", "in", "isnull", "not"})
 _decode = msgspec.json.decode
@@ -69,7 +81,7 @@ class RequestLogStore:
     async def list(self, tenant: str, query: LogQuery) -> tuple[int, list[dict[str, Any]]]:
         where, args = self._where(tenant, query)
         total = await self.db.fetchval(f"SELECT COUNT(*) FROM {TABLE} WHERE {where}", *args)
-        order = query.order_by()
+        order = order_by(query)
         args += [query.page_size, (query.page - 1) * query.page_size]
         rows = await self.db.fetch(
             f"SELECT * FROM {TABLE} WHERE {where} ORDER BY {order} LIMIT ${len(args) - 1} OFFSET ${len(args)}", *args
@@ -99,6 +111,63 @@ class RequestLogStore:
             "average_time_to_first_token": (float(row["average_time_to_first_token"])
                                             if row["average_time_to_first_token"] is not None else None),
         }
+
+    async def usage(self, tenant: str, query: LogQuery, *, bucket: str | None,
+                    group_by: str | None = None, percentiles: bool = True) -> list[UsageBucket]:
+        """Aggregates per time bucket and group, in one statement (see RequestLogReader.usage)."""
+        where, args = self._where(tenant, query)
+        pg = self.db.dialect == "postgres"
+        width = _BUCKETS.get(bucket or "")
+        if bucket is not None and width is None:
+            raise BadRequest(f"`bucket` must be one of {', '.join(_BUCKETS)}", param="bucket")
+        if group_by is not None and group_by not in _GROUPS:
+            raise BadRequest(f"`group_by` must be one of {', '.join(_GROUPS)}", param="group_by")
+        # The width is one of two literals: no user text reaches these expressions.
+        bucket_expr = "0" if width is None else (
+            f"floor(start_time / {width}) * {width}" if pg else f"CAST(start_time / {width} AS INTEGER) * {width}")
+        group_expr = f"COALESCE({_GROUPS[group_by]}, '')" if group_by else "''"
+        totals = (
+            "COUNT(*) AS requests, SUM(CASE WHEN status_code >= 400 THEN 1 ELSE 0 END) AS errors, "
+            "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, COALESCE(SUM(completion_tokens), 0) AS completion_tokens, "
+            "COALESCE(SUM(total_request_tokens), 0) AS total_tokens, COALESCE(SUM(cost), 0) AS cost, "
+            "SUM(CASE WHEN cache_hit THEN 1 ELSE 0 END) AS cache_hits"
+        )
+        if not percentiles:
+            sql = (f"SELECT {bucket_expr} AS bucket, {group_expr} AS grp, {totals}, NULL AS p50, NULL AS p95 "
+                   f"FROM {TABLE} WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2")
+        elif pg:
+            # percentile_disc is nearest-rank, as the SQLite form below: both databases give the same figures.
+            sql = (
+                f"SELECT {bucket_expr} AS bucket, {group_expr} AS grp, {totals}, "
+                "percentile_disc(0.5) WITHIN GROUP (ORDER BY latency) AS p50, "
+                "percentile_disc(0.95) WITHIN GROUP (ORDER BY latency) AS p95 "
+                f"FROM {TABLE} WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2"
+            )
+        else:
+            # SQLite has no percentile aggregate: rank the latencies within each bucket and group (window
+            # functions), the p-th percentile being the smallest latency whose rank reaches p * count.
+            sql = (
+                f"WITH r AS (SELECT {bucket_expr} AS bucket, {group_expr} AS grp, status_code, prompt_tokens, "
+                f"completion_tokens, total_request_tokens, cost, cache_hit, latency FROM {TABLE} WHERE {where}), "
+                f"t AS (SELECT bucket, grp, {totals} FROM r GROUP BY bucket, grp), "
+                "k AS (SELECT bucket, grp, latency, ROW_NUMBER() OVER (PARTITION BY bucket, grp ORDER BY latency) AS rn, "
+                "COUNT(*) OVER (PARTITION BY bucket, grp) AS n FROM r WHERE latency IS NOT NULL), "
+                "p AS (SELECT bucket, grp, MIN(CASE WHEN rn >= 0.5 * n THEN latency END) AS p50, "
+                "MIN(CASE WHEN rn >= 0.95 * n THEN latency END) AS p95 FROM k GROUP BY bucket, grp) "
+                "SELECT t.*, p.p50, p.p95 FROM t LEFT JOIN p ON p.bucket = t.bucket AND p.grp = t.grp "
+                "ORDER BY t.bucket, t.grp"
+            )
+        rows = await self.db.fetch(sql, *args)
+        return [
+            UsageBucket(
+                bucket=float(r["bucket"]), group=str(r["grp"]), requests=int(r["requests"]), errors=int(r["errors"] or 0),
+                prompt_tokens=int(r["prompt_tokens"]), completion_tokens=int(r["completion_tokens"]),
+                total_tokens=int(r["total_tokens"]), cost=float(r["cost"]), cache_hits=int(r["cache_hits"] or 0),
+                p50_latency=float(r["p50"]) if r["p50"] is not None else None,
+                p95_latency=float(r["p95"]) if r["p95"] is not None else None,
+            )
+            for r in rows
+        ]
 
     async def patch(self, tenant: str, unique_id: str, changes: dict[str, Any]) -> bool:
         sets, args = [], [tenant, unique_id]
@@ -254,24 +323,15 @@ def to_api(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class LogQuery(msgspec.Struct, kw_only=True):
-    filters: list[tuple[str, str, Any]] = []
-    connector: str = "AND"
-    start_time: float | None = None
-    end_time: float | None = None
-    sort_by: str = "-start_time"
-    page: int = 1
-    page_size: int = 100
-
-    def order_by(self) -> str:
-        key = self.sort_by.strip() or "-start_time"
-        desc = key.startswith("-")
-        name = key.lstrip("-+")
-        name = _SORT_ALIASES.get(name, name)
-        if KINDS.get(name) in (None, "json"):
-            raise BadRequest(f"cannot sort by `{key}`", param="sort_by")
-        direction = "DESC" if desc else "ASC"
-        return f"{name} {direction}, unique_id {direction}"
+def order_by(query: LogQuery) -> str:
+    key = query.sort_by.strip() or "-start_time"
+    desc = key.startswith("-")
+    name = key.lstrip("-+")
+    name = _SORT_ALIASES.get(name, name)
+    if KINDS.get(name) in (None, "json"):
+        raise BadRequest(f"cannot sort by `{key}`", param="sort_by")
+    direction = "DESC" if desc else "ASC"
+    return f"{name} {direction}, unique_id {direction}"
 
 
 def record_to_api(record: LogRecord) -> dict[str, Any]:

@@ -5,10 +5,16 @@
   the test config (see :func:`test_config`) plus ``extra_toml`` (or on ``config``, a whole TOML
   text); stopped after the test.
 - ``gateway``: the gateway on the plain test config.
+- ``postgres_schema``: a schema-name prefix for this test run on the PostgreSQL at ``PG_URL``
+  (append a unique suffix per test); every schema with that prefix is dropped at the end. Skips,
+  loudly, when the server is not reachable.
 """
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +22,39 @@ import pytest
 
 from .fake_upstream import FakeUpstream
 from .gateway_server import GatewayServer, test_config
+
+#: The PostgreSQL of the shared-mode tests (trust auth, database ``test``).
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _pg(sql: str) -> Any:
+    import asyncpg
+
+    async def run() -> Any:
+        conn = await asyncpg.connect(PG_URL, timeout=3)
+        try:
+            return await conn.fetch(sql)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def postgres_schema() -> Iterator[str]:
+    try:
+        _pg("SELECT 1")
+    except Exception as exc:  # noqa: BLE001
+        message = f"PostgreSQL on 127.0.0.1:5432 is not reachable ({type(exc).__name__}: {exc}): its tests are SKIPPED"
+        warnings.warn(message)
+        pytest.skip(message)
+    prefix = f"respan_test_{uuid.uuid4().hex[:10]}"
+    yield prefix
+    try:
+        for row in _pg(f"SELECT nspname FROM pg_namespace WHERE nspname LIKE '{prefix}%'"):
+            _pg(f'DROP SCHEMA IF EXISTS "{row["nspname"]}" CASCADE')
+    except Exception:  # noqa: BLE001
+        pass
 
 
 @pytest.fixture(scope="session")

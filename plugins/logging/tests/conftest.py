@@ -7,49 +7,16 @@ the server is not reachable.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import uuid
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from respan_gateway.testing import GatewayServer
+from respan_gateway.testing.pytest_plugin import PG_URL
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-RUN_SCHEMA = f"respan_test_{uuid.uuid4().hex[:10]}"
 _SCHEMA_IDS = itertools.count(1)
-
-
-def _pg(sql: str) -> Any:
-    import asyncpg
-
-    async def run() -> Any:
-        conn = await asyncpg.connect(PG_URL, timeout=3)
-        try:
-            return await conn.fetch(sql)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
-
-
-@pytest.fixture(scope="session")
-def postgres_schema() -> Iterator[str]:
-    try:
-        _pg("SELECT 1")
-    except Exception as exc:  # noqa: BLE001
-        message = f"PostgreSQL on 127.0.0.1:5432 is not reachable ({type(exc).__name__}: {exc}): the PostgreSQL half of the record suite is SKIPPED"
-        warnings.warn(message)
-        pytest.skip(message)
-    yield RUN_SCHEMA
-    try:
-        for row in _pg(f"SELECT nspname FROM pg_namespace WHERE nspname LIKE '{RUN_SCHEMA}%'"):
-            _pg(f'DROP SCHEMA IF EXISTS "{row["nspname"]}" CASCADE')
-    except Exception:  # noqa: BLE001
-        pass
 
 
 def store_toml(backend: str, tmp_path: Any, request: pytest.FixtureRequest, **logging: Any) -> str:

@@ -1,0 +1,420 @@
+"""The dashboard's routes: sign-in/out, the logs table and a record's detail, usage over time.
+
+Every page is rendered on the server (Jinja2, autoescaped) and sent with a strict Content-Security-Policy:
+scripts and styles only from ``/ui/static/``, no inline script. The only state-changing forms (sign-in,
+sign-out) carry a CSRF token. Every read is scoped to the signed-in admin's tenant.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.resources
+import math
+import time
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode
+
+import jinja2
+import msgspec
+import structlog
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from respan_gateway import AuthenticationFailed, BadRequest, Call, CallNext, Result
+from respan_gateway.database import StoreUnavailable
+from respan_gateway.hookspecs import LogQuery, RequestLogReader, UsageBucket
+
+from .session import LOGIN_COOKIE, SESSION_COOKIE, Session, Sessions
+
+log = structlog.get_logger("respan_gateway.dashboard")
+
+PREFIX = "/ui"
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+SECURITY_HEADERS = {
+    "content-security-policy": CSP,
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+}
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+MAX_FORM_BYTES = 16 * 1024
+RANGES = {"24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400, "90d": 90 * 86400}
+GROUPS = ("model", "provider", "customer")
+
+
+class Section(msgspec.Struct, frozen=True):
+    """A page of the nav; shown only while a running plugin provides the service it reads."""
+
+    name: str
+    title: str
+    path: str
+    needs: type
+
+
+# Sections of later plugins (customers and keys, prompts, cache) add their line with their service.
+SECTIONS = [
+    Section("logs", "Logs", f"{PREFIX}/logs", RequestLogReader),
+    Section("usage", "Usage", f"{PREFIX}/usage", RequestLogReader),
+]
+
+
+class Dashboard:
+    """The ``dashboard`` pipeline stage: passes every call through; holds the pages' state."""
+
+    def __init__(self, settings: Any, gateway: Any) -> None:
+        self.settings = settings
+        self.gateway = gateway
+        self.sessions = Sessions(settings.secret, settings.session_ttl)
+        self.templates = jinja2.Environment(
+            loader=jinja2.PackageLoader("respan_plugins.dashboard", "templates"),
+            autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        )
+        self.templates.filters.update(pretty=_pretty, when=_when, seconds=_seconds, usd=_usd)
+        folder = importlib.resources.files("respan_plugins.dashboard") / "static"
+        self.static = {f.name: f.read_bytes() for f in folder.iterdir() if f.name[f.name.rfind("."):] in STATIC_TYPES}
+
+    async def startup(self) -> None:
+        if self.gateway.service(RequestLogReader) is None:
+            log.warning("dashboard_without_logging",
+                        message="the dashboard's logs and usage pages need the logging plugin in the pipeline")
+
+    async def __call__(self, call: Call, call_next: CallNext) -> Result:
+        return await call_next(call)
+
+    def sections(self) -> list[Section]:
+        return [s for s in SECTIONS if self.gateway.service(s.needs) is not None]
+
+    def render(self, request: Request, template: str, *, status: int = 200, session: Session | None = None,
+               **context: Any) -> Response:
+        html = self.templates.get_template(template).render(
+            prefix=PREFIX, sections=self.sections(), session=session, current=request.url.path, **context)
+        return Response(html, status_code=status, media_type="text/html", headers=SECURITY_HEADERS)
+
+    def secure(self, request: Request) -> bool:
+        return self.settings.secure_cookie if self.settings.secure_cookie is not None else request.url.scheme == "https"
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+def _dashboard(request: Request) -> Dashboard | None:
+    return dict(request.app.state.gateway.middlewares).get("dashboard")
+
+
+def _not_running() -> Response:
+    return Response("the dashboard is not in the pipeline ([plugins] pipeline)", status_code=404,
+                    media_type="text/plain", headers=SECURITY_HEADERS)
+
+
+def _redirect(url: str) -> RedirectResponse:
+    response = RedirectResponse(url, status_code=303)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _safe_next(value: str | None) -> str:
+    """Only a path of the dashboard itself (no open redirect to another site)."""
+    if value and value.startswith(f"{PREFIX}/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return f"{PREFIX}/"
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise BadRequest("the form is too large")
+    return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
+
+
+def _signed_in(request: Request) -> tuple[Dashboard | None, Session | None, Response | None]:
+    """(dashboard, session, None), or a response: 404 when not running, a redirect to sign-in."""
+    dash = _dashboard(request)
+    if dash is None:
+        return None, None, _not_running()
+    session = dash.sessions.load(request.cookies.get(SESSION_COOKIE))
+    if session is None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return dash, None, _redirect(f"{PREFIX}/login?{urlencode({'next': target})}")
+    return dash, session, None
+
+
+def _reading(handler: Any) -> Any:
+    """A page that reads the log records: signed in, and the logging plugin's reader running."""
+
+    async def endpoint(request: Request) -> Response:
+        dash, session, denied = _signed_in(request)
+        if denied is not None:
+            return denied
+        assert dash is not None and session is not None
+        reader = dash.gateway.service(RequestLogReader)
+        if reader is None:
+            return _unavailable(dash, request, session)
+        return await handler(request, dash, session, reader)
+
+    return endpoint
+
+
+def _pretty(value: Any) -> str:
+    return msgspec.json.format(msgspec.json.encode(value), indent=2).decode()
+
+
+def _when(value: Any) -> str:
+    if value in (None, ""):
+        return ""
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(value, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return str(value).replace("T", " ")[:19]
+
+
+def _seconds(value: Any) -> str:
+    return "" if value is None else (f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s")
+
+
+def _usd(value: Any) -> str:
+    return "" if value is None else f"${value:.6f}".rstrip("0").rstrip(".") if value else "$0"
+
+
+def _parse_local(value: str, name: str) -> float | None:
+    """A ``datetime-local`` field (UTC) as epoch seconds."""
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"`{name}` is not a date-time: {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed.timestamp()
+
+
+# -- sign-in and sign-out -----------------------------------------------------------------------------
+
+async def login(request: Request) -> Response:
+    dash = _dashboard(request)
+    if dash is None:
+        return _not_running()
+    nxt = _safe_next(request.query_params.get("next"))
+    error = None
+    status = 200
+    if request.method == "POST":
+        form = await _form(request)
+        nxt = _safe_next(form.get("next"))
+        if not dash.sessions.check_login_token(request.cookies.get(LOGIN_COOKIE), form.get("csrf_token")):
+            error, status = "The form expired or was not sent from this page: try again.", 403
+        else:
+            error, status, principal = await _authenticate_admin(dash, form.get("key", ""))
+            if principal is not None:
+                response = _redirect(nxt)
+                response.set_cookie(SESSION_COOKIE, dash.sessions.issue(principal.tenant, principal.key_id),
+                                    max_age=int(dash.settings.session_ttl), path=PREFIX, httponly=True,
+                                    samesite="strict", secure=dash.secure(request))
+                response.delete_cookie(LOGIN_COOKIE, path=PREFIX)
+                log.info("dashboard_sign_in", tenant=principal.tenant, key_id=principal.key_id)
+                return response
+    nonce = dash.sessions.login_nonce()
+    response = dash.render(request, "login.html", status=status, error=error, next=nxt,
+                           csrf_token=dash.sessions.login_token(nonce))
+    response.set_cookie(LOGIN_COOKIE, nonce, max_age=3600, path=PREFIX, httponly=True, samesite="strict",
+                        secure=dash.secure(request))
+    return response
+
+
+async def _authenticate_admin(dash: Dashboard, key: str) -> tuple[str | None, int, Any]:
+    key = key.strip()
+    if not key:
+        return "Enter an admin key.", 401, None
+    try:
+        principal = await dash.gateway.authenticate({"authorization": f"Bearer {key}"})
+    except AuthenticationFailed:
+        return "This key is invalid or expired.", 401, None
+    if not principal.admin:
+        # Without the auth plugin every caller is anonymous, never an admin: there is no way in.
+        return "This key is not an admin key (the auth plugin with `admin = true` on the key in [auth]).", 403, None
+    return None, 200, principal
+
+
+async def logout(request: Request) -> Response:
+    dash, session, denied = _signed_in(request)
+    if denied is not None:
+        return denied
+    assert dash is not None and session is not None
+    form = await _form(request)
+    if not dash.sessions.check_csrf(session, form.get("csrf_token")):
+        return Response("refused: the form has no valid CSRF token", status_code=403, media_type="text/plain",
+                        headers=SECURITY_HEADERS)
+    response = _redirect(f"{PREFIX}/login")
+    response.delete_cookie(SESSION_COOKIE, path=PREFIX)
+    return response
+
+
+async def home(request: Request) -> Response:
+    dash, session, denied = _signed_in(request)
+    if denied is not None:
+        return denied
+    assert dash is not None
+    sections = dash.sections()
+    if sections:
+        return _redirect(sections[0].path)
+    return dash.render(request, "message.html", session=session, title="Nothing to show",
+                       message="No section is available: the logs and usage pages need the logging plugin.")
+
+
+# -- logs ---------------------------------------------------------------------------------------------
+
+LOG_FIELDS = ("model", "status", "customer", "meta_key", "meta_value", "start", "end", "errors")
+
+
+def _log_query(params: Any, page_size: int) -> tuple[LogQuery, dict[str, str]]:
+    form = {name: (params.get(name) or "").strip() for name in LOG_FIELDS}
+    filters: list[tuple[str, str, Any]] = []
+    if form["model"]:
+        filters.append(("model", "", form["model"]))
+    if form["status"]:
+        filters.append(("status_code", "", form["status"]))
+    if form["customer"]:
+        filters.append(("customer_identifier", "", form["customer"]))
+    if form["meta_key"]:
+        filters.append((f"metadata__{form['meta_key']}", "", form["meta_value"]))
+    if form["errors"]:
+        filters.append(("status_code", "gte", 400))
+    try:
+        page = max(1, int(params.get("page") or 1))
+    except ValueError:
+        page = 1
+    query = LogQuery(filters=filters, page=page, page_size=page_size,
+                     start_time=_parse_local(form["start"], "from"), end_time=_parse_local(form["end"], "to"))
+    return query, form
+
+
+@_reading
+async def logs(request: Request, dash: Dashboard, session: Session, reader: RequestLogReader) -> Response:
+    count, records, error, status = 0, [], None, 200
+    form = {name: (request.query_params.get(name) or "").strip() for name in LOG_FIELDS}
+    page = 1
+    try:
+        query, form = _log_query(request.query_params, dash.settings.page_size)
+        page = query.page
+        count, records = await reader.list(session.tenant, query)
+    except BadRequest as exc:
+        error, status = exc.message, 400
+    except StoreUnavailable as exc:
+        error, status = f"The log store is unavailable: {exc}", 503
+    pages = max(1, math.ceil(count / dash.settings.page_size))
+    base = {k: v for k, v in form.items() if v}
+
+    def page_url(n: int) -> str:
+        return f"{PREFIX}/logs?{urlencode({**base, 'page': n})}"
+
+    return dash.render(request, "logs.html", status=status, session=session, records=records, count=count,
+                       form=form, error=error, page=page, pages=pages,
+                       previous_url=page_url(page - 1) if page > 1 else None,
+                       next_url=page_url(page + 1) if page < pages else None)
+
+
+@_reading
+async def log_detail(request: Request, dash: Dashboard, session: Session, reader: RequestLogReader) -> Response:
+    unique_id = request.path_params["unique_id"]
+    try:
+        record = await reader.get(session.tenant, unique_id)
+    except StoreUnavailable as exc:
+        return dash.render(request, "message.html", status=503, session=session, title="Store unavailable",
+                           message=f"The log store is unavailable: {exc}")
+    if record is None:
+        return dash.render(request, "message.html", status=404, session=session, title="Not found",
+                           message=f"No request log {unique_id} in this tenant.")
+    return dash.render(request, "log_detail.html", session=session, r=record)
+
+
+def _unavailable(dash: Dashboard, request: Request, session: Session) -> Response:
+    return dash.render(request, "message.html", status=503, session=session, title="Logging is not running",
+                       message="This page reads the log records: enable the logging plugin (and keep it in the pipeline).")
+
+
+# -- usage --------------------------------------------------------------------------------------------
+
+@_reading
+async def usage(request: Request, dash: Dashboard, session: Session, reader: RequestLogReader) -> Response:
+    params = request.query_params
+    span = params.get("range") if params.get("range") in RANGES else "24h"
+    bucket = params.get("bucket") if params.get("bucket") in ("hour", "day") else ("hour" if span == "24h" else "day")
+    group = params.get("group") if params.get("group") in GROUPS else "model"
+    width = 3600 if bucket == "hour" else 86400
+    now = time.time()
+    first = math.floor((now - RANGES[span]) / width) * width
+    query = LogQuery(start_time=first)
+    try:
+        series = await reader.usage(session.tenant, query, bucket=bucket)
+        grouped = await reader.usage(session.tenant, query, bucket=bucket, group_by=group, percentiles=False)
+        # Latency percentiles cost a sort of the range: for the series and the models only.
+        tops = {g: await reader.usage(session.tenant, query, bucket=None, group_by=g, percentiles=g == "model")
+                for g in GROUPS}
+    except StoreUnavailable as exc:
+        return dash.render(request, "message.html", status=503, session=session, title="Store unavailable",
+                           message=f"The log store is unavailable: {exc}")
+    buckets = [float(first + i * width) for i in range(int((now - first) // width) + 1)]
+    totals = _total(series)
+    plot = _plot_data(buckets, series, grouped)
+    for rows in tops.values():
+        rows.sort(key=lambda r: (-r.requests, r.group))
+    return dash.render(request, "usage.html", session=session, span=span, bucket=bucket, group=group,
+                       ranges=list(RANGES), groups=GROUPS, totals=totals, tops=tops, plot=plot)
+
+
+def _total(rows: list[UsageBucket]) -> dict[str, Any]:
+    requests = sum(r.requests for r in rows)
+    return {
+        "requests": requests, "errors": sum(r.errors for r in rows),
+        "tokens": sum(r.total_tokens for r in rows), "cost": sum(r.cost for r in rows),
+        "cache_hit_rate": (sum(r.cache_hits for r in rows) / requests) if requests else None,
+    }
+
+
+def _plot_data(buckets: list[float], series: list[UsageBucket], grouped: list[UsageBucket]) -> dict[str, Any]:
+    """Values aligned on every bucket of the range (a bucket without records is 0, or null for latency)."""
+    index = {b: i for i, b in enumerate(buckets)}
+    n = len(buckets)
+    out: dict[str, Any] = {"buckets": buckets}
+    for name in ("requests", "errors", "total_tokens", "cost"):
+        out[name] = [0] * n
+    for name in ("p50_latency", "p95_latency"):
+        out[name] = [None] * n
+    for row in series:
+        i = index.get(row.bucket)
+        if i is None:
+            continue
+        for name in ("requests", "errors", "total_tokens", "cost", "p50_latency", "p95_latency"):
+            out[name][i] = getattr(row, name)
+    by_group: dict[str, list[int]] = {}
+    for row in grouped:
+        i = index.get(row.bucket)
+        if i is not None:
+            by_group.setdefault(row.group or "(none)", [0] * n)[i] = row.requests
+    out["by_group"] = by_group
+    return out
+
+
+async def static(request: Request) -> Response:
+    dash = _dashboard(request)
+    if dash is None:
+        return _not_running()
+    name = request.path_params["name"]
+    body = dash.static.get(name)
+    if body is None:
+        return Response("not found", status_code=404, media_type="text/plain")
+    return Response(body, media_type=STATIC_TYPES[name[name.rfind("."):]],
+                    headers={"cache-control": "public, max-age=3600", "x-content-type-options": "nosniff"})
+
+
+ROUTES = [
+    (f"{PREFIX}", home, ["GET"]),
+    (f"{PREFIX}/", home, ["GET"]),
+    (f"{PREFIX}/login", login, ["GET", "POST"]),
+    (f"{PREFIX}/logout", logout, ["POST"]),
+    (f"{PREFIX}/logs", logs, ["GET"]),
+    (f"{PREFIX}/logs/{{unique_id}}", log_detail, ["GET"]),
+    (f"{PREFIX}/usage", usage, ["GET"]),
+    (f"{PREFIX}/static/{{name}}", static, ["GET"]),
+]
