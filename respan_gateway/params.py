@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from .log import SECRET_KEY_NAMES
+
 
 class Params(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Base for the param structs. Unknown keys inside an object param are ignored (forward compatible)."""
@@ -124,6 +126,31 @@ class RespanParams(Params):
     request_breakdown: bool = False
     prompt_unit_price: float | None = None
     completion_unit_price: float | None = None
+
+
+def request_secrets(params: RespanParams) -> tuple[str, ...]:
+    """The credentials a request carries, to redact from what an error of its upstream says: every
+    value of ``customer_api_keys``, the values under credential-like names (``api_key``, ``*token``,
+    ``secret``...) anywhere in ``credential_override`` and ``customer_credentials``, and
+    ``extra_headers`` of credential-like names."""
+    found: list[str] = []
+
+    def walk(value: Any, secret: bool) -> None:
+        if isinstance(value, str):
+            if secret:
+                found.append(value)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, secret or bool(SECRET_KEY_NAMES.search(str(key))))
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, secret)
+
+    walk(params.credential_override, False)
+    walk(params.customer_credentials, False)
+    walk(params.customer_api_keys, True)
+    walk(params.extra_headers, False)
+    return tuple(found)
 
 
 #: Body keys that are Respan params (removed before the upstream call).
