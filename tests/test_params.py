@@ -221,20 +221,8 @@ def test_bad_input_is_a_400_naming_the_field_and_logged(gateway: GatewayServer, 
     if param:
         assert f"`{param}" in error["message"]
     assert fake_upstream.requests == []
-    record = logged(gateway, response.headers["x-respan-log-id"])
+    record = gateway.record(response.headers["x-respan-log-id"])
     assert record["status_code"] == 400 and record["error_message"] == error["message"]
-
-
-def logged(gateway: GatewayServer, log_id: str) -> dict[str, Any]:
-    import time
-
-    deadline = time.monotonic() + 5
-    while True:
-        r = httpx2.get(f"{gateway.url}/api/request-logs/{log_id}/", headers={"authorization": f"Bearer {TEST_KEY}"}, timeout=10)
-        if r.status_code == 200 or time.monotonic() > deadline:
-            assert r.status_code == 200, r.text
-            return r.json()
-        time.sleep(0.05)
 
 
 def test_params_header_nested_too_deeply_is_400(gateway: GatewayServer) -> None:

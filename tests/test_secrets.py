@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,16 +38,6 @@ headers = {{ "x-proxy-auth" = "{HEADER_SECRET}" }}
 @pytest.fixture
 def gw(gateway_factory: Callable[..., GatewayServer], fake_upstream: FakeUpstream) -> GatewayServer:
     return gateway_factory(extra(fake_upstream))
-
-
-def record_of(gw: GatewayServer, log_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 5
-    while True:
-        r = httpx2.get(f"{gw.url}/api/request-logs/{log_id}/", headers={"authorization": f"Bearer {TEST_KEY}"}, timeout=10)
-        if r.status_code == 200 or time.monotonic() > deadline:
-            assert r.status_code == 200, r.text
-            return r.json()
-        time.sleep(0.05)
 
 
 def stream_error(gw: GatewayServer, model: str, body: dict[str, Any]) -> tuple[str, str]:
@@ -89,7 +78,7 @@ def test_midstream_error_quoting_the_key_is_redacted(gw: GatewayServer, fake_ups
     assert f"Bearer {key}" in fake_upstream.requests[-1].headers["authorization"]
     assert "mid-stream error" in message and "[redacted]" in message
     assert key not in message and HEADER_SECRET not in message
-    record = record_of(gw, log_id)
+    record = gw.record(log_id)
     text = json.dumps(record)
     assert key not in text and HEADER_SECRET not in text
     assert "[redacted]" in record["error_message"]
@@ -105,7 +94,7 @@ def test_error_answer_quoting_key_and_headers_is_redacted(gw: GatewayServer, bod
     message = response.json()["error"]["message"]
     assert "x-proxy-auth: [redacted]" in message
     assert key not in message and HEADER_SECRET not in message
-    text = json.dumps(record_of(gw, response.headers["x-respan-log-id"]))
+    text = json.dumps(gw.record(response.headers["x-respan-log-id"]))
     assert key not in text and HEADER_SECRET not in text
 
 
@@ -113,7 +102,7 @@ def test_secret_extra_header_of_the_request_is_redacted(gw: GatewayServer) -> No
     message, log_id = stream_error(gw, "leaky/fake-midstream-error,echo-headers",
                                    {"extra_headers": {"cf-aig-authorization": "Bearer cf-request-token-3333"}})
     assert "cf-request-token-3333" not in message
-    assert "cf-request-token-3333" not in json.dumps(record_of(gw, log_id))
+    assert "cf-request-token-3333" not in json.dumps(gw.record(log_id))
 
 
 def test_sdk_sees_the_redacted_midstream_error(gw: GatewayServer) -> None:
