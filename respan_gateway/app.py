@@ -28,6 +28,7 @@ from .config import Config
 from .errors import BadRequest, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from .gateway import Gateway
 from .model_catalog import public_listing
+from .openai_chat import check_messages
 from .sse import DONE_FRAME, frame
 
 log = structlog.get_logger("respan_gateway")
@@ -190,8 +191,12 @@ async def build_call(request: Request, kind: Kind, gateway: Gateway, *, needs_mo
             raise BadRequest("the request body must be a JSON object") from None
         except msgspec.DecodeError as exc:
             raise BadRequest(f"the request body is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise BadRequest("the request body is nested too deeply to be read") from None
         model = _field(body, "model", str)
         stream = _field(body, "stream", bool) or False
+        if kind == "chat" and "messages" in body:
+            check_messages(body["messages"])
     except BadRequest as exc:
         body, rejection = {}, exc
     return Call(

@@ -259,8 +259,12 @@ def _convert(data: Any, settings_type: type[Any], source: str, prefix: str = "")
 def describe_validation_error(exc: msgspec.ValidationError, prefix: str = "") -> str:
     """Turn msgspec's "Expected `int`, got `str` - at `$.a.b`" into "`a.b`: expected `int`, got `str`"."""
     text = str(exc)
-    message, _, where = text.partition(" - at `$")
-    key = where.rstrip("`").lstrip(".")
+    in_key = re.fullmatch(r"(.*) - at `key` in `\$\.?(.*)`", text, re.S)  # a dict's key is wrong
+    if in_key:
+        message, key = f"a key: {in_key[1][:1].lower()}{in_key[1][1:]}", in_key[2]
+    else:
+        message, _, where = text.partition(" - at `$")
+        key = where.rstrip("`").lstrip(".")
     unknown = re.match(r"Object contains unknown field `(.+)`", message)
     if unknown:
         key = f"{key}.{unknown.group(1)}" if key else unknown.group(1)

@@ -4,8 +4,10 @@ Every error a client sees is a :class:`GatewayError`. It knows its HTTP status a
 the envelope of the endpoint the client called: the OpenAI envelope
 ``{"error": {"message", "type", "param", "code"}}`` everywhere, Anthropic's
 ``{"type": "error", "error": {"type", "message"}}`` on the native Anthropic endpoint. Messages never
-carry secrets: provider keys are not put into them, and upstream messages are passed on as the
-provider wrote them (providers do not echo keys back in full).
+carry secrets: the gateway puts no key into one, and every error that comes out of a provider adapter
+(an error answer, a transport failure, an error event in the middle of a stream) has the secrets of
+that attempt taken out by :meth:`GatewayError.redact`, in one place (``Gateway.dispatch``), before any
+other stage, the client or the log record sees it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ class GatewayError(Exception):
             self.type = type
         self.headers = headers or {}
 
+    def redact(self, secrets: tuple[str, ...]) -> GatewayError:
+        """Take every one of ``secrets`` out of the message (in place); returns self."""
+        message = redact(self.message, secrets)
+        if message != self.message:
+            self.message = message
+            self.args = (message,)
+        return self
+
     def openai_body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
@@ -57,6 +67,19 @@ class GatewayError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.status}, {self.message!r})"
+
+
+#: Shorter strings are not taken for secrets: replacing them would garble messages and protect nothing.
+MIN_SECRET_LENGTH = 4
+REDACTED = "[redacted]"
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with each of ``secrets`` (at least :data:`MIN_SECRET_LENGTH` long) replaced by ``[redacted]``."""
+    for secret in secrets:
+        if secret and len(secret) >= MIN_SECRET_LENGTH and secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
 
 
 # Anthropic's error types by status (https://docs.anthropic.com/en/api/errors), used on its native endpoint.

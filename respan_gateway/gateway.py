@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeVar
 
 import httpx2
 import pluggy
 
 from . import hookspecs
-from .call import ANONYMOUS, Attempt, Call, CallNext, JSONResult, Principal, Result, StreamResult
+from .call import ANONYMOUS, Attempt, Call, CallNext, Chunk, JSONResult, Principal, Result, StreamResult, Target
 from .config import Config, ConfigError, Settings
 from .database import Database, Migration
 from .errors import BadRequest, GatewayError
+from .log import add_secrets
 from .model_catalog import available_models
+from .params import request_secrets
 from .providers import Catalog, ProviderAdapter
 from .upstream import create_client
 
@@ -149,6 +151,7 @@ class Gateway:
                 )
             settings = self.config.provider_settings(pid, adapter_cls.Settings)
             self.providers[pid] = adapter_cls(pid, settings, self)
+            add_secrets(self.providers[pid].configured_secrets())
         # The shipped catalog's entries of configured provider types, under the config's own.
         self.catalog = Catalog(available_models(self.config.models, self.providers), self.providers)
         self.catalog.check(self.config.source)
@@ -277,12 +280,33 @@ class Gateway:
         try:
             result = await handler(call, target)
         except GatewayError as exc:
+            exc.redact(_secrets(adapter, call, target))
             attempt.status, attempt.error = exc.status, exc.message
             raise
         finally:
             attempt.duration = time.perf_counter() - started
         attempt.status = result.status
+        if isinstance(result, StreamResult):
+            result.chunks = _redacted(result.chunks, adapter, call, target)
         return result
+
+
+def _secrets(adapter: ProviderAdapter, call: Call, target: Target) -> tuple[str, ...]:
+    """What an error of this attempt must not say: the adapter's secrets and the request's credentials."""
+    return (*adapter.secrets(target), *request_secrets(call.params))
+
+
+async def _redacted(chunks: AsyncIterator[Chunk], adapter: ProviderAdapter, call: Call, target: Target) -> AsyncIterator[Chunk]:
+    """The stream, with the secrets taken out of an error raised in its middle (as of any other error)."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except GatewayError as exc:
+        raise exc.redact(_secrets(adapter, call, target))
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _dist_name(ep: importlib.metadata.EntryPoint) -> str:

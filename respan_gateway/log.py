@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 import structlog
 
+from .errors import MIN_SECRET_LENGTH, redact
+
 # Key names whose values are secrets. "token" alone, not token *counts* (prompt_tokens stays readable).
-_SECRET_KEYS = re.compile(
+SECRET_KEY_NAMES = _SECRET_KEYS = re.compile(
     r"(api[_-]?key|authorization|secret|password|passwd|credential|private[_-]?key|(^|[_-])token$|"
     r"(access|refresh|auth|session|bearer)[_-]?token|cookie)", re.I)
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{4,}", re.I)
@@ -27,8 +30,20 @@ _AWS_KEY = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s/]+@")
 
 
+# The secrets of the config (provider keys, header values), by value: see add_secrets().
+_known_secrets: tuple[str, ...] = ()
+
+
+def add_secrets(secrets: Iterable[str]) -> None:
+    """Redact these values from every process-log line from now on (the gateway adds its config's)."""
+    global _known_secrets
+    _known_secrets = tuple(dict.fromkeys((*_known_secrets, *(s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH))))
+
+
 def redact_value(value: Any) -> Any:
     if isinstance(value, str):
+        if _known_secrets:
+            value = redact(value, _known_secrets)
         value = _KEYLIKE.sub(r"\1-[redacted]", _BEARER.sub(r"\1[redacted]", value))
         value = _AWS_KEY.sub("[redacted]", _GOOGLE_KEY.sub("[redacted]", value))
         return _URL_PASSWORD.sub(r"\1[redacted]@", value)

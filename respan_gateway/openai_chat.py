@@ -15,10 +15,32 @@ from typing import Any
 import msgspec
 
 from .call import Call, Chunk
+from .config import describe_validation_error
+from .errors import BadRequest
 
 _encode = msgspec.json.Encoder().encode
 
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+
+
+class _Message(msgspec.Struct):
+    role: str  # the one field every message has; the rest passes through unread
+
+
+_decode_messages = msgspec.json.Decoder(list[_Message]).decode
+
+
+def check_messages(raw: msgspec.Raw) -> None:
+    """A chat request's ``messages``: a non-empty array of objects, each with a string ``role``, else a
+    400 naming the item. Only that shape is checked (cheaply: nothing else is read); the provider
+    judges the rest."""
+    try:
+        messages = _decode_messages(raw)
+    except msgspec.ValidationError as exc:
+        text = describe_validation_error(exc, "messages").replace(".[", "[")
+        raise BadRequest(text, param="messages") from None
+    if not messages:
+        raise BadRequest("`messages` must not be empty", param="messages")
 
 
 def parse_data_url(url: str) -> tuple[str, str] | None:
@@ -161,4 +183,4 @@ class ChunkWriter:
         }))
 
 
-__all__ = ["ChunkWriter", "FINISH_REASONS", "completion", "include_usage", "parse_data_url", "text_of", "usage"]
+__all__ = ["ChunkWriter", "FINISH_REASONS", "check_messages", "completion", "include_usage", "parse_data_url", "text_of", "usage"]

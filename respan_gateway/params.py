@@ -8,9 +8,32 @@ read the typed fields. Names and meanings follow ``shared/reference/respan-api-n
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+
+from .log import SECRET_KEY_NAMES
+
+
+# Ranges checked when the params are decoded (a 400 naming the param): every integer fits the signed
+# 64-bit columns it may be stored in, and every float is finite (JSON's 1e400 is out of range).
+INT64_MAX = 2**63 - 1
+Count = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+Int64 = Annotated[int, msgspec.Meta(ge=-INT64_MAX - 1, le=INT64_MAX)]
+Amount = Annotated[float, msgspec.Meta(ge=0, le=1.7976931348623157e308)]  # not negative, not inf, not nan
+Finite = Annotated[float, msgspec.Meta(ge=-1.7976931348623157e308, le=1.7976931348623157e308)]
+# What may go in an HTTP header: a token name (no space, no colon), a value of visible ASCII
+# characters, spaces and tabs (no CR, LF or NUL, which would split the header; the upstream client
+# encodes header values as ASCII).
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z"
+HEADER_VALUE_PATTERN = r"^[\t\x20-\x7e]*\Z"
+HeaderName = Annotated[str, msgspec.Meta(pattern=HEADER_NAME_PATTERN)]
+HeaderValue = Annotated[str, msgspec.Meta(pattern=HEADER_VALUE_PATTERN)]
+#: What a pattern above means, for the 400 a client reads.
+PATTERN_MEANINGS = {
+    HEADER_NAME_PATTERN: "an HTTP header name (letters, digits and !#$%&'*+-.^_`|~; no space or control character)",
+    HEADER_VALUE_PATTERN: "usable in an HTTP header (printable ASCII, spaces and tabs; no CR, LF or other control character)",
+}
 
 
 class Params(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -19,13 +42,13 @@ class Params(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 class RetryParams(Params):
     retry_enabled: bool = True
-    num_retries: int | None = None
-    retry_after: float | None = None
+    num_retries: Count | None = None
+    retry_after: Amount | None = None
 
 
 class LoadBalanceModel(Params):
     model: str
-    weight: float = 1.0
+    weight: Amount = 1.0
     credentials: dict[str, Any] | None = None
 
 
@@ -46,13 +69,13 @@ class CustomerParams(Params):
     group_identifier: str | None = None
     name: str | None = None
     email: str | None = None
-    period_budget: float | None = None
+    period_budget: Amount | None = None
     budget_duration: Literal["daily", "weekly", "monthly", "yearly"] | None = None
     period_start: str | None = None
     period_end: str | None = None
-    total_budget: float | None = None
-    markup_percentage: float | None = None
-    rate_limit: int | None = None
+    total_budget: Amount | None = None
+    markup_percentage: Finite | None = None
+    rate_limit: Count | None = None
     metadata: dict[str, Any] | None = None
 
 
@@ -63,7 +86,7 @@ class OverrideConfig(Params):
 class PromptParams(Params):
     prompt_id: str
     variables: dict[str, Any] = {}
-    version: int | Literal["latest"] | None = None
+    version: Int64 | Literal["latest"] | None = None
     echo: bool = False
     override: bool = False
     override_params: dict[str, Any] | None = None
@@ -80,7 +103,7 @@ class RespanParams(Params):
     disable_fallback: bool = False
     retry_params: RetryParams | None = None
     # Shortcut for retry_params.num_retries (Respan's API reference lists it top-level).
-    retries: int | None = None
+    retries: Count | None = None
     load_balance_group: LoadBalanceGroup | None = None
     loadbalance_models: list[LoadBalanceModel] | None = None
     load_balance_models: list[LoadBalanceModel] | None = None
@@ -89,15 +112,15 @@ class RespanParams(Params):
     exclude_providers: list[str] | None = None
     model_name_map: dict[str, str] | None = None
     route_provider_override: str | None = None
-    timeout: float | None = None
+    timeout: Amount | None = None
     # Credentials (SPEC section 3).
     customer_credentials: dict[str, Any] | list[dict[str, Any]] | None = None
     credential_override: dict[str, dict[str, Any]] | None = None
-    customer_api_keys: dict[str, str] | None = None
-    extra_headers: dict[str, str] | None = None
+    customer_api_keys: dict[str, HeaderValue] | None = None
+    extra_headers: dict[HeaderName, HeaderValue] | None = None
     # Caching (SPEC section 5).
     cache_enabled: bool = False
-    cache_ttl: float | None = None
+    cache_ttl: Amount | None = None
     cache_options: CacheOptions | None = None
     # Prompts (SPEC section 6).
     prompt: PromptParams | None = None
@@ -122,8 +145,33 @@ class RespanParams(Params):
     positive_feedback: bool | None = None
     disable_log: bool = False
     request_breakdown: bool = False
-    prompt_unit_price: float | None = None
-    completion_unit_price: float | None = None
+    prompt_unit_price: Amount | None = None
+    completion_unit_price: Amount | None = None
+
+
+def request_secrets(params: RespanParams) -> tuple[str, ...]:
+    """The credentials a request carries, to redact from what an error of its upstream says: every
+    value of ``customer_api_keys``, the values under credential-like names (``api_key``, ``*token``,
+    ``secret``...) anywhere in ``credential_override`` and ``customer_credentials``, and
+    ``extra_headers`` of credential-like names."""
+    found: list[str] = []
+
+    def walk(value: Any, secret: bool) -> None:
+        if isinstance(value, str):
+            if secret:
+                found.append(value)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, secret or bool(SECRET_KEY_NAMES.search(str(key))))
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, secret)
+
+    walk(params.credential_override, False)
+    walk(params.customer_credentials, False)
+    walk(params.customer_api_keys, True)
+    walk(params.extra_headers, False)
+    return tuple(found)
 
 
 #: Body keys that are Respan params (removed before the upstream call).

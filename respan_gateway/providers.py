@@ -20,7 +20,7 @@ import msgspec
 from .call import Call, Result, Target
 from .config import ConfigError, ModelEntry, ProviderSettings
 from .errors import BadRequest, ModelNotFound, UpstreamError
-from .upstream import parse_retry_after, parsed_url, redact, timeout_for, transport_error
+from .upstream import parse_retry_after, parsed_url, timeout_for, transport_error
 
 #: Headers a client may not set upstream through the `extra_headers` param: hop-by-hop ones and every
 #: provider's credential header (credentials come from the gateway's credential rules only).
@@ -56,6 +56,9 @@ class ProviderAdapter:
         self.base_url = (settings.base_url or self.default_base_url).rstrip("/")
         self._keys = [k.api_key for k in settings.keys] or ([settings.api_key] if settings.api_key else [])
         self._weights = [k.weight for k in settings.keys] or [1.0] * len(self._keys)
+        # Every value of the `headers` table counts as a secret: operators put proxy credentials there
+        # (Helicone-Auth, cf-aig-authorization...) under names no rule can tell from harmless ones.
+        self._secrets = (*self._keys, *settings.headers.values())
         self.timeout = timeout_for(gateway.config.upstream, settings.connect_timeout, settings.read_timeout)
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -162,11 +165,18 @@ class ProviderAdapter:
             raise UpstreamError(f"provider `{self.id}` answered {response.status_code} with something that is not a JSON object", status=502, provider=self.id)
         return answer
 
+    def configured_secrets(self) -> tuple[str, ...]:
+        """Every secret of this provider's config (keys, header values): redacted from every error
+        message, log record and process-log line. A subclass with secrets of its own adds them."""
+        return self._secrets
+
     def secrets(self, target: Target) -> tuple[str, ...]:
-        return (target.api_key or "", *self._keys)
+        """The secrets an error of this attempt may carry: the target's key and :meth:`configured_secrets`."""
+        return (target.api_key or "", *self.configured_secrets())
 
     def transport_error(self, exc: httpx2.TransportError, target: Target) -> UpstreamError:
-        return transport_error(exc, self.id, self.secrets(target))
+        # No redaction here: every error out of an adapter is redacted in one place (Gateway.dispatch).
+        return transport_error(exc, self.id)
 
     async def error_from_response(self, response: httpx2.Response, target: Target) -> UpstreamError:
         """The provider's error answer as an :class:`UpstreamError` keeping its status and message."""
@@ -175,7 +185,7 @@ class ProviderAdapter:
         if not message:
             message = f"provider `{self.id}` answered {response.status_code}"
         return UpstreamError(
-            redact(message, self.secrets(target)),
+            message,
             status=response.status_code,
             provider=self.id,
             retry_after=parse_retry_after(response.headers),

@@ -72,19 +72,13 @@ def parsed_url(url: str) -> httpx2.URL:
     return httpx2.URL(url)
 
 
-def transport_error(exc: httpx2.TransportError, provider: str, secrets: tuple[str, ...] = ()) -> UpstreamError:
-    """Map a transport failure to 504 (timeouts) or 502 (everything else), with no secret in the text."""
-    detail = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, secrets)
+def transport_error(exc: httpx2.TransportError, provider: str) -> UpstreamError:
+    """Map a transport failure to 504 (timeouts) or 502 (everything else). Secrets in the text are
+    taken out by ``Gateway.dispatch``, as for every error of an adapter."""
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if isinstance(exc, httpx2.TimeoutException):
         return UpstreamTimeout(f"provider `{provider}` did not answer in time ({detail})", provider=provider)
     return UpstreamUnreachable(f"could not reach provider `{provider}` ({detail})", provider=provider)
-
-
-def redact(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "[redacted]")
-    return text
 
 
 def parse_retry_after(headers: httpx2.Headers) -> float | None:

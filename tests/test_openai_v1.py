@@ -43,6 +43,15 @@ except openai.APIError as e:
     assert not isinstance(e, openai.APIStatusError)
 else:
     raise AssertionError("no APIError mid-stream")
+# The request_breakdown chunk is a valid chunk to the strict client and to the .stream() helper.
+chunks = list(client.chat.completions.create(model="gpt-test", messages=msgs, stream=True,
+                                             stream_options={"include_usage": True}, extra_body={"request_breakdown": True}))
+assert chunks[-1].id == "request_breakdown" and chunks[-1].usage is None
+assert chunks[-1].choices[0].model_extra["request_breakdown"]["completion_tokens"] == 5
+assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+with client.beta.chat.completions.stream(model="gpt-test", messages=msgs, extra_body={"request_breakdown": True}) as stream:
+    final = stream.get_final_completion()
+assert final.choices[0].message.content == "Hello from the fake upstream!", final
 print("openai", openai.__version__, "ok")
 '''
 

@@ -160,10 +160,10 @@ def test_bad_params_header_is_400(gateway: GatewayServer, value: str) -> None:
         (b"[1, 2, 3]", 400, "must be a JSON object"),
         (b'"a string"', 400, "must be a JSON object"),
         (b"", 400, "empty"),
-        (b'{"messages": []}', 400, "no `model`"),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}', 400, "no `model`"),
         (b'{"model": 12, "messages": []}', 400, "`model` must be a str"),
         (b'{"model": "gpt-test", "stream": "yes", "messages": []}', 400, "`stream` must be a bool"),
-        (b'{"model": "no-such-model", "messages": []}', 404, "not available in the model list"),
+        (b'{"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}', 404, "not available in the model list"),
     ],
 )
 def test_bad_bodies_get_clear_errors(gateway: GatewayServer, fake_upstream: FakeUpstream, body: bytes, status: int, words: str) -> None:
@@ -175,6 +175,68 @@ def test_bad_bodies_get_clear_errors(gateway: GatewayServer, fake_upstream: Fake
     assert words in error["message"]
     assert response.headers["x-respan-gateway-request-id"]
     assert fake_upstream.requests == []
+
+
+_M = b'"messages": [{"role": "user", "content": "hi"}]'
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        # Integers that would not fit a signed 64-bit column, floats that are not finite.
+        (b'{"model": "gpt-test", %s, "prompt": {"prompt_id": "p", "version": 9223372036854775808}}' % _M,
+         "prompt.version", "<= 9223372036854775807"),
+        (b'{"model": "gpt-test", %s, "respan_params": {"prompt": {"prompt_id": "p", "version": -9223372036854775809}}}' % _M,
+         "prompt.version", ">= -9223372036854775808"),
+        (b'{"model": "gpt-test", %s, "customer_params": {"rate_limit": 18446744073709551616}}' % _M,
+         "customer_params.rate_limit", "<= 9223372036854775807"),
+        (b'{"model": "gpt-test", %s, "retry_params": {"num_retries": -1}}' % _M, "retry_params.num_retries", ">= 0"),
+        (b'{"model": "gpt-test", %s, "timeout": 1e400}' % _M, "timeout", "out of range"),
+        (b'{"model": "gpt-test", %s, "respan_params": {"cache_ttl": -1e400}}' % _M, "respan_params", "out of range"),
+        (b'{"model": "gpt-test", %s, "prompt_unit_price": 1e308, "completion_unit_price": -1}' % _M,
+         "completion_unit_price", ">= 0"),
+        # Headers that would split, or that the upstream client cannot encode.
+        (b'{"model": "gpt-test", %s, "extra_headers": {"x-a": "b\\r\\nx-injected: 1"}}' % _M, "extra_headers", "no CR, LF"),
+        (b'{"model": "gpt-test", %s, "extra_headers": {"x-a": "\\u20ac"}}' % _M, "extra_headers", "printable ASCII"),
+        (b'{"model": "gpt-test", %s, "extra_headers": {"x-a\\n": "b"}}' % _M, "extra_headers", "header name"),
+        # A trailing space must not smuggle a credential header past the forbidden-header filter.
+        (b'{"model": "gpt-test", %s, "extra_headers": {"authorization ": "Bearer sk-stolen"}}' % _M, "extra_headers", "header name"),
+        (b'{"model": "gpt-test", %s, "customer_api_keys": {"gpt-test": "sk-a\\r\\nx: y"}}' % _M, "customer_api_keys", "no CR, LF"),
+        # The body: nested beyond what the decoder reads; messages not in OpenAI's shape.
+        (b'{"model": "gpt-test", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None, "nested too deeply"),
+        (b'{"model": "gpt-test", "messages": "hi"}', "messages", "`messages`: expected `array`, got `str`"),
+        (b'{"model": "gpt-test", "messages": []}', "messages", "must not be empty"),
+        (b'{"model": "gpt-test", "messages": ["hi"]}', "messages", "`messages[0]`: expected `object`"),
+        (b'{"model": "gpt-test", "messages": [{"content": "hi"}]}', "messages", "`messages[0].role`: required"),
+        (b'{"model": "gpt-test", "messages": [{"role": "user"}, {"role": null}]}', "messages", "`messages[1].role`"),
+    ],
+)
+def test_bad_input_is_a_400_naming_the_field_and_logged(gateway: GatewayServer, fake_upstream: FakeUpstream,
+                                                       body: bytes, param: str | None, words: str) -> None:
+    response = httpx2.post(gateway.base_url + "chat/completions", content=body, timeout=10,
+                           headers={"authorization": f"Bearer {TEST_KEY}", "content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and words in error["message"], error
+    if param:
+        assert f"`{param}" in error["message"]
+    assert fake_upstream.requests == []
+    record = gateway.record(response.headers["x-respan-log-id"])
+    assert record["status_code"] == 400 and record["error_message"] == error["message"]
+
+
+def test_params_header_nested_too_deeply_is_400(gateway: GatewayServer) -> None:
+    response = httpx2.post(gateway.base_url + "chat/completions", json={"model": "gpt-test", "messages": MESSAGES}, timeout=10,
+                           headers={"authorization": f"Bearer {TEST_KEY}", "x-data-respan-params": '{"metadata":' + "[" * 5000 + "]" * 5000 + "}"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "X-Data-Respan-Params"
+
+
+def test_largest_values_that_fit_are_accepted(probed: tuple[GatewayServer, CallRecorder]) -> None:
+    gateway, probe = probed
+    gateway.openai().chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={
+        "prompt": {"prompt_id": "p", "version": 2**63 - 1}, "timeout": 30, "prompt_unit_price": 1e300,
+        "extra_headers": {"x-tab": "a\tb ~"}})
+    assert probe.last.params.prompt.version == 2**63 - 1
 
 
 def test_unknown_model_is_404_through_the_sdk(gateway: GatewayServer, fake_upstream: FakeUpstream) -> None:

@@ -76,7 +76,7 @@ def test_disabling_a_bundled_plugin(gateway_factory) -> None:
     assert "auth" not in {p["name"] for p in info["plugins"]}
     assert "auth" not in info["pipeline"] and "params" in info["pipeline"]
     # Without auth, requests need no key (and the [auth] section of the config is ignored).
-    response = httpx2.post(gateway.base_url + "chat/completions", json={"model": "mock/m", "messages": []})
+    response = httpx2.post(gateway.base_url + "chat/completions", json={"model": "mock/m", "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 200
 
 
@@ -118,5 +118,5 @@ def test_plugin_registered_in_a_test_runs(gateway_factory) -> None:
             register("stamp", Middleware, order=150)
 
     gateway: GatewayServer = gateway_factory(plugins=(Stamp(),))
-    raw = gateway.openai().chat.completions.with_raw_response.create(model="mock/m", messages=[])
+    raw = gateway.openai().chat.completions.with_raw_response.create(model="mock/m", messages=[{"role": "user", "content": "hi"}])
     assert raw.headers["x-stamp"] == "acme"

@@ -62,8 +62,8 @@ class AzureAdapter(OpenAIAdapter):
             return target.api_key
         return self._deployment(target).api_key or super().api_key(target)
 
-    def secrets(self, target: Target) -> tuple[str, ...]:
-        return (*super().secrets(target), self._deployment(target).api_key)
+    def configured_secrets(self) -> tuple[str, ...]:
+        return (*super().configured_secrets(), *(dep.api_key for dep in self.settings.deployments.values()))
 
     def url(self, target: Target, path: str) -> str:
         dep = self._deployment(target)

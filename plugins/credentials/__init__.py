@@ -9,8 +9,10 @@ Precedence (SPEC section 3), highest first:
 3. ``customer_api_keys`` (deprecated): ``{"<model>": "<api key>"}``;
 4. the provider's keys in the config (the adapter picks one by weight when the target carries none).
 
-A request-supplied ``api_base`` is used only when ``[upstream] api_base_allowlist`` admits its host
-(no SSRF into the gateway's network); otherwise the request is a 400. The middleware runs after the
+A request-supplied ``api_base`` is used only when ``[upstream] api_base_allowlist`` admits it (no SSRF
+into the gateway's network); otherwise the request is a 400. An entry is a host (any scheme and port),
+``host:port``, ``*.suffix``, or a URL ``http(s)://host[:port]`` (that scheme, host and port only); any
+other entry stops the start, naming it. The middleware runs after the
 reliability stage (order 900), so each attempt's target (fallbacks included) gets its own credentials.
 Keys are put on ``call.target`` only; no message this plugin makes names one.
 """
@@ -18,12 +20,16 @@ Keys are put on ``call.target`` only; no message this plugin makes names one.
 from __future__ import annotations
 
 import random
-from typing import Any
-from urllib.parse import urlsplit
+import re
+from typing import Any, NamedTuple
+from urllib.parse import SplitResult, urlsplit
 
+import httpx2
 import msgspec
 
 from respan_gateway import BadRequest, Call, CallNext, Result, Target, hookimpl
+from respan_gateway.config import ConfigError
+from respan_gateway.params import HEADER_VALUE_PATTERN
 
 # Names providers use for their credentials in Respan's docs, by adapter type.
 PROVIDER_ALIASES: dict[str, tuple[str, ...]] = {
@@ -34,12 +40,33 @@ PROVIDER_ALIASES: dict[str, tuple[str, ...]] = {
 }
 # Credential fields with a place of their own on the target; the rest go to `target.extra`.
 _API_BASE_KEYS = ("api_base", "base_url")
+_HEADER_VALUE = re.compile(HEADER_VALUE_PATTERN)
+_URL_CHARACTERS = re.compile(r"[!-~]+")  # printable ASCII: no space, tab, line break or other control
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class AllowedBase(NamedTuple):
+    """One entry of ``api_base_allowlist``: ``scheme``/``port`` None admit any; ``host`` may be ``*.suffix``."""
+
+    scheme: str | None
+    host: str
+    port: int | None
+
+    def admits(self, scheme: str, host: str, port: int) -> bool:
+        if self.scheme is not None and self.scheme != scheme:
+            return False
+        if self.port is not None and self.port != port:
+            return False
+        return self.host == host or (self.host.startswith("*.") and host.endswith(self.host[1:]))
 
 
 class Credentials:
     def __init__(self, settings: Any, gateway: Any) -> None:
         self.gateway = gateway
-        self.allowlist = [entry.strip().lower() for entry in gateway.config.upstream.api_base_allowlist if entry.strip()]
+        self.allowlist = [
+            _allowed_base(i, entry, gateway.config.source)
+            for i, entry in enumerate(gateway.config.upstream.api_base_allowlist) if entry.strip()
+        ]
 
     async def __call__(self, call: Call, call_next: CallNext) -> Result:
         params = call.params
@@ -104,6 +131,8 @@ class Credentials:
         api_key = creds.get("api_key")
         if api_key is not None and not isinstance(api_key, str):
             raise BadRequest(f"`{param}`: `api_key` must be a string", param=param)
+        if api_key and not _HEADER_VALUE.match(api_key):  # it goes in a header: CR/LF would split it
+            raise BadRequest(f"`{param}`: `api_key` must be printable ASCII (no line break or other control character)", param=param)
         base_url = next((creds[k] for k in _API_BASE_KEYS if creds.get(k)), None)
         if base_url is not None:
             self.check_api_base(base_url, param)
@@ -117,19 +146,56 @@ class Credentials:
         )
 
     def check_api_base(self, url: Any, param: str) -> None:
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        if not isinstance(url, str) or not _URL_CHARACTERS.fullmatch(url):
+            raise BadRequest(f"`{param}`: `api_base` must be an http(s) URL, with no space, tab or line break", param=param)
+        parts = _split(url)
+        if parts is None or parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
             raise BadRequest(f"`{param}`: `api_base` must be an http(s) URL", param=param)
+        if "@" in parts.netloc:
+            raise BadRequest(f"`{param}`: `api_base` must not carry a user name or password (send the key as `api_key`)", param=param)
+        try:
+            port = parts.port or _DEFAULT_PORTS[parts.scheme]
+            httpx2.URL(url)  # what the upstream client will parse: refused here rather than failing there
+        except (ValueError, httpx2.InvalidURL):
+            raise BadRequest(f"`{param}`: `api_base` is not a valid URL (check its port)", param=param) from None
         host = parts.hostname.lower()
-        with_port = f"{host}:{parts.port}" if parts.port else host
-        for entry in self.allowlist:
-            if entry in (host, with_port) or (entry.startswith("*.") and host.endswith(entry[1:])):
-                return
+        if any(entry.admits(parts.scheme, host, port) for entry in self.allowlist):
+            return
         raise BadRequest(
             f"`{param}`: `api_base` host `{host}` is not allowed; the gateway's operator can admit it in "
             "[upstream] api_base_allowlist",
             param=param,
         )
+
+
+def _split(url: str) -> SplitResult | None:
+    try:
+        return urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return None
+
+
+def _allowed_base(index: int, text: str, source: str) -> AllowedBase:
+    """An allowlist entry parsed, or a ConfigError naming it."""
+    entry = text.strip().lower()
+    url = "://" in entry
+    parts = _split(entry if url else f"//{entry}")
+    try:
+        port = parts.port if parts is not None else None
+        valid = (parts is not None and bool(parts.hostname) and "@" not in parts.netloc
+                 and parts.path in ("", "/") and not parts.query and not parts.fragment
+                 and (not url or parts.scheme in _DEFAULT_PORTS) and _URL_CHARACTERS.fullmatch(entry) is not None)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ConfigError(
+            f"{source}: `upstream.api_base_allowlist[{index}]`: {text!r} is not a host, host:port, *.suffix "
+            "or http(s)://host[:port] URL (without a path)"
+        )
+    assert parts is not None and parts.hostname
+    if url:
+        return AllowedBase(parts.scheme, parts.hostname, port or _DEFAULT_PORTS[parts.scheme])
+    return AllowedBase(None, parts.hostname, port)
 
 
 def _override_for(overrides: dict[str, Any] | None, target: Target) -> Any:

@@ -34,6 +34,8 @@ _RESERVED = {"start_time", "end_time", "sort_by", "page", "page_size", "is_test"
              "include_fields", "environment", "operator"}
 _KNOWN_OPERATORS = ", ".join(sorted(o or '""' for o in OPERATORS))
 MAX_PAGE_SIZE = 1000
+# The offset (page - 1) * page_size must fit the databases' 64-bit integers; far beyond any real page.
+MAX_PAGE = 1_000_000_000
 
 
 class StoreDown(GatewayError):
@@ -105,13 +107,8 @@ def _query(request: Request, body: dict[str, Any]) -> LogQuery:
     connector = str(params.get("operator") or "AND").upper()
     if connector not in ("AND", "OR"):
         raise BadRequest("`operator` must be AND or OR", param="operator")
-    try:
-        page = int(params.get("page") or 1)
-        page_size = int(params.get("page_size") or 100)
-    except (TypeError, ValueError):
-        raise BadRequest("`page` and `page_size` must be integers", param="page") from None
-    if page < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise BadRequest(f"`page` must be >= 1 and `page_size` between 1 and {MAX_PAGE_SIZE}", param="page_size")
+    page = _bounded_int(params, "page", 1, 1, MAX_PAGE)
+    page_size = _bounded_int(params, "page_size", 100, 1, MAX_PAGE_SIZE)
     query = LogQuery(filters=filters, connector=connector, page=page, page_size=page_size,
                      sort_by=str(params.get("sort_by") or "-start_time"))
     for name in ("start_time", "end_time"):
@@ -121,6 +118,18 @@ def _query(request: Request, body: dict[str, Any]) -> LogQuery:
             except ValueError:
                 raise BadRequest(f"`{name}` must be an ISO 8601 date-time", param=name) from None
     return query
+
+
+def _bounded_int(params: Any, name: str, default: int, low: int, high: int) -> int:
+    """``params[name]`` as an int in [low, high] (``default`` when absent), else a 400 naming it."""
+    value = params.get(name)
+    try:
+        number = default if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not low <= number <= high:
+        raise BadRequest(f"`{name}` must be an integer between {low} and {high}", param=name)
+    return number
 
 
 def _url_field(name: str) -> str:

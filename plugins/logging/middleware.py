@@ -545,19 +545,24 @@ def breakdown(record: LogRecord, call: Call) -> dict[str, Any]:
 
 
 def breakdown_chunk(record: LogRecord, call: Call) -> dict[str, Any]:
-    """The extra final chunk of a stream, ``id: "request_breakdown"``, sent before ``[DONE]``."""
+    """The extra final chunk of a stream, ``id: "request_breakdown"``, sent before ``[DONE]``.
+
+    Respan's shape (the breakdown in ``choices[0]``), made a valid chunk for the strict OpenAI SDKs:
+    ``usage`` null (Respan sends ``{}``, which lacks the required token counts), an empty delta (the
+    role was in the first chunk) and no ``finish_reason`` (the answer already had its own).
+    """
     return {
         "id": "request_breakdown",
         "object": "chat.completion.chunk",
         "created": int(record.start_time),
         "model": "extra_parameter",
         "system_fingerprint": None,
-        "usage": {},
+        "usage": None,
         "choices": [{
             "index": 0,
-            "delta": {"content": None, "role": "assistant"},
-            "message": {"content": None, "role": "assistant"},
-            "finish_reason": "stop",
+            "delta": {},
+            "logprobs": None,
+            "finish_reason": None,
             "request_breakdown": breakdown(record, call),
         }],
     }

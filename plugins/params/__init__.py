@@ -22,7 +22,7 @@ import msgspec
 
 from respan_gateway import BadRequest, Call, CallNext, RespanParams, Result, hookimpl
 from respan_gateway.config import describe_validation_error
-from respan_gateway.params import MAX_IDENTIFIER_LENGTH, MERGED_OBJECT_PARAMS, PARAM_NAMES, RetryParams
+from respan_gateway.params import MAX_IDENTIFIER_LENGTH, MERGED_OBJECT_PARAMS, PARAM_NAMES, PATTERN_MEANINGS, RetryParams
 
 _decode = msgspec.json.decode
 _NESTED = ("keywordsai_params", "respan_params")  # lower precedence first
@@ -53,7 +53,7 @@ def collect(call: Call) -> None:
             layers.append(_known(_header_object(name, value)))
     for name in _NESTED:
         if name in call.body:
-            nested = call.pop(name)
+            nested = _pop(call, name)
             if nested is None:
                 continue
             if not isinstance(nested, dict):
@@ -64,7 +64,7 @@ def collect(call: Call) -> None:
     # On the native Anthropic endpoint `metadata` is Anthropic's own (user_id), not the Respan param.
     top = [k for k in call.body if k in PARAM_NAMES and not (k == "metadata" and call.kind == "anthropic_messages")]
     if top:
-        layers.append({k: v for k in top if (v := call.pop(k)) is not None})
+        layers.append({k: v for k in top if (v := _pop(call, k)) is not None})
 
     route = headers.get("x-respan-route-provider")
     if route:
@@ -81,7 +81,10 @@ def _anthropic_metadata_layers(call: Call) -> list[dict[str, Any]]:
 
     They leave ``metadata``; Anthropic's own keys (``user_id``) stay; an emptied ``metadata`` is dropped.
     """
-    metadata = call.get("metadata")
+    try:
+        metadata = call.get("metadata")
+    except msgspec.DecodeError:
+        raise BadRequest("`metadata` holds a number out of range", param="metadata") from None
     if not isinstance(metadata, dict) or not any(name in metadata for name in _NESTED):
         return []
     layers = []
@@ -117,7 +120,9 @@ def typed(merged: dict[str, Any]) -> RespanParams:
         params = msgspec.convert(merged, RespanParams)
     except msgspec.ValidationError as exc:
         text = describe_validation_error(exc)
-        param = text[1:text.index("`", 1)] if text.startswith("`") else None
+        for pattern, meaning in PATTERN_MEANINGS.items():
+            text = text.replace(f"expected `str` matching regex {pattern!r}", f"must be {meaning}")
+        param = text[1:text.index("`", 1)].replace("[...]", "") if text.startswith("`") else None
         raise BadRequest(f"invalid Respan param {text}", param=param) from None
     if params.retries is not None:
         retry = params.retry_params or RetryParams()
@@ -126,6 +131,15 @@ def typed(merged: dict[str, Any]) -> RespanParams:
     if params.customer_identifier is not None:
         params.customer_identifier = str(params.customer_identifier)[:MAX_IDENTIFIER_LENGTH]
     return params
+
+
+def _pop(call: Call, name: str) -> Any:
+    """A body field taken out, decoded; a number out of range (``1e400``, an integer past 64 bits
+    somewhere inside) is a 400 naming the field."""
+    try:
+        return call.pop(name)
+    except msgspec.DecodeError as exc:  # ValidationError included: msgspec's "Number out of range"
+        raise BadRequest(f"invalid Respan param `{name}`: {str(exc).partition(' - at ')[0].lower()}", param=name) from None
 
 
 def _known(obj: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +156,7 @@ def _header_object(name: str, value: str) -> dict[str, Any]:
             padded = value + "=" * (-len(value) % 4)
             raw = base64.urlsafe_b64decode(padded) if ("-" in value or "_" in value) else base64.b64decode(padded)
             obj = _decode(raw)
-    except (msgspec.DecodeError, binascii.Error, ValueError):
+    except (msgspec.DecodeError, binascii.Error, ValueError, RecursionError):
         obj = None
     if not isinstance(obj, dict):
         raise BadRequest(f"the {_display(name)} header must be base64-encoded JSON of an object", param=_display(name))

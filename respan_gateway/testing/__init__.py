@@ -1,7 +1,7 @@
 """Test helpers for respan-gateway and its plugins: part of the public API for plugin authors.
 
 - :class:`FakeUpstream`: an OpenAI-compatible fake provider on a real loopback socket, with faults.
-- :class:`GatewayServer`: the gateway itself on a real socket, from a config (in a thread).
+- :class:`GatewayServer`: the gateway itself on a real socket, from a config (in a thread); ``record(log_id)`` reads a log record.
 - :class:`GatewayProcess`: the real CLI (`respan-gateway serve`) as a subprocess.
 - :class:`CallRecorder`: a plugin for one test that keeps every call, to read what the stages decided.
 - :func:`test_config`, :data:`TEST_KEY`: a config to start from, and its gateway key.

@@ -52,6 +52,9 @@ ignored (so ``model="fake-model"`` is just a model).
   F ``malformed-after-<n>``    streaming: role chunk + n chunks, ``data: {not json``, then the rest.
   F ``no-done``                streaming: the whole stream but no ``data: [DONE]``.
   F ``midstream-error``        streaming: role chunk + 2 chunks, ``data: {"error": {...}}``, clean end.
+    ``echo-headers``           the error messages of ``error-<status>`` and ``midstream-error`` quote
+                               every request header (``name: value``), as a careless provider or
+                               proxy does: for tests that no secret gets past the gateway.
 
 The streaming-only faults are ignored by non-streaming requests and other endpoints. Chunk counts
 (<n>) count SSE events after the first (role) chunk: content pieces, then the finish chunk, then
@@ -138,6 +141,7 @@ class Scenario:
     finish: str | None = None  # the provider's own stop reason (fake_providers)
     cache_read: int = 0  # cached prompt tokens reported in usage
     cache_write: int = 0
+    echo_headers: bool = False  # error messages quote the request's headers
 
 
 _NUMBERED = re.compile(
@@ -154,6 +158,8 @@ def parse_scenario(value: str, *, strict: bool = True) -> Scenario:
         name, number = (match[1], int(match[2])) if match else (token, 0)
         if name == "ok":
             pass
+        elif name == "echo-headers":
+            scenario = replace(scenario, echo_headers=True)
         elif name in ("tool_call", "tool-call"):
             scenario = replace(scenario, tool_call=True)
         elif name == "chunks":
@@ -375,7 +381,7 @@ class FakeUpstream:
         if fault == "error" or fault == "retry-after":
             status = 429 if fault == "retry-after" else arg
             retry = [(b"retry-after", str(arg if fault == "retry-after" else 1).encode())] if status == 429 else []
-            return await send_error(ex, wire, status, f"fake upstream error {status}", retry)
+            return await send_error(ex, wire, status, f"fake upstream error {status}{_echo(ex, scenario)}", retry)
         if fault == "error-text":
             return await ex.respond(arg, f"fake upstream error {arg}".encode())
         if wire is not None:
@@ -449,7 +455,7 @@ class FakeUpstream:
         elif fault == "no-done":
             frames.pop()
         elif fault == "midstream-error":
-            error = {"message": "fake upstream mid-stream error", "type": "server_error", "param": None,
+            error = {"message": f"fake upstream mid-stream error{_echo(ex, scenario)}", "type": "server_error", "param": None,
                      "code": "internal_error"}
             frames = frames[:3] + [error_frame or _sse({"error": error})]
         self._stream_delta(+1)
@@ -491,6 +497,14 @@ class FakeUpstream:
 
 
 # -- pure helpers ------------------------------------------------------------------------------
+def _echo(ex: _Exchange, scenario: Scenario) -> str:
+    """`` (request headers: name: value; ...)`` with ``echo-headers``, else nothing."""
+    if not scenario.echo_headers:
+        return ""
+    headers = "; ".join(f"{k.decode('latin-1')}: {v.decode('latin-1')}" for k, v in ex.scope["headers"])
+    return f" (request headers: {headers})"
+
+
 def _sse(payload: Any) -> bytes:
     return b"data: " + msgspec.json.encode(payload) + b"\n\n"
 

@@ -102,6 +102,17 @@ class GatewayServer:
         """Run a coroutine on the gateway's event loop (e.g. to flush a plugin's queue)."""
         return self._server.call(coro, timeout)
 
+    def record(self, log_id: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The log record ``log_id`` (the ``x-respan-log-id`` of a response), from the logs API as a user
+        reads it; waits up to ``timeout`` s for it to be written (records are written in batches)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = httpx2.get(f"{self.url}/api/request-logs/{log_id}/", headers={"authorization": f"Bearer {TEST_KEY}"}, timeout=10)
+            if r.status_code == 200 or time.monotonic() > deadline:
+                assert r.status_code == 200, r.text
+                return r.json()
+            time.sleep(0.05)
+
     def openai(self, **kwargs: Any) -> Any:
         """An ``openai.OpenAI`` client pointed at this gateway (no SDK retries unless asked)."""
         import openai

@@ -115,6 +115,63 @@ def test_api_base_must_be_allowed(gateway: GatewayServer, fake_upstream: FakeUps
     assert auth_of(fake_upstream) == "Bearer sk-good"
 
 
+@pytest.mark.parametrize(("creds", "words"), [
+    ({"api_key": "sk-ok", "api_base": "http://127.0.0.1:99999/v1"}, "port"),
+    ({"api_key": "sk-ok", "api_base": "http://127.0.0.1:http/v1"}, "port"),
+    ({"api_key": "sk-ok", "api_base": "http://user:pw@127.0.0.1/v1"}, "user name or password"),
+    ({"api_key": "sk-ok", "api_base": "http://127.0.0.1/v1\tx"}, "no space, tab or line break"),
+    ({"api_key": "sk-ok", "api_base": "http://127.0.0.1/v1\r\nHost: evil"}, "no space, tab or line break"),
+    ({"api_key": "sk-ok", "api_base": "http://[::1/v1"}, "http(s) URL"),
+    ({"api_key": "sk-a\r\nx-injected: 1"}, "printable ASCII"),
+    ({"api_key": "sk-caf\u00e9"}, "printable ASCII"),
+])
+@pytest.mark.parametrize("param", ["credential_override", "customer_credentials"])
+def test_bad_request_credentials_are_a_400_naming_the_param(gateway: GatewayServer, fake_upstream: FakeUpstream,
+                                                           creds: dict, words: str, param: str) -> None:
+    value = {"fake/m": creds} if param == "credential_override" else {"fake": creds}
+    response = httpx2.post(gateway.base_url + "chat/completions", headers={"authorization": f"Bearer {TEST_KEY}"},
+                           json={"model": "fake/m", "messages": HI, param: value}, timeout=10)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and words in error["message"] and f"`{param}`" in error["message"]
+    assert fake_upstream.requests == []
+    assert gateway.record(response.headers["x-respan-log-id"])["status_code"] == 400
+
+
+@pytest.mark.parametrize(("entry", "allowed", "refused"), [
+    # A URL entry admits its scheme, host and port (the scheme's default port when it names none).
+    ("{url}", "{url}/v1", "https://127.0.0.1:{port}/v1"),
+    ("{url}/", "{url}/v1", "http://127.0.0.1:1/v1"),
+    ("127.0.0.1:{port}", "{url}/v1", "http://127.0.0.1:1/v1"),
+    ("http://localhost", "http://localhost/v1", "{url}/v1"),
+])
+def test_allowlist_entries_as_urls(gateway_factory: Callable[..., GatewayServer], fake_upstream: FakeUpstream,
+                                   entry: str, allowed: str, refused: str) -> None:
+    port = fake_upstream.url.rsplit(":", 1)[1]
+    fill = {"url": fake_upstream.url, "port": port}
+    gw = gateway_factory(f'[upstream]\napi_base_allowlist = ["{entry.format(**fill)}"]\n')
+    client = gw.openai()
+    if "localhost" not in allowed:
+        client.chat.completions.create(model="fake/m", messages=HI, extra_body={
+            "credential_override": {"fake/m": {"api_key": "sk-url-entry", "api_base": allowed.format(**fill)}}})
+        assert auth_of(fake_upstream) == "Bearer sk-url-entry"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="fake/m", messages=HI, extra_body={
+            "credential_override": {"fake/m": {"api_key": "sk-url-entry", "api_base": refused.format(**fill)}}})
+    assert "api_base_allowlist" in info.value.message
+
+
+@pytest.mark.parametrize("entry", ["https://api.example.com/v1", "ftp://files.example.com", "example.com:99999",
+                                   "user@example.com", "exa mple.com"])
+def test_allowlist_entry_that_cannot_match_stops_the_start(fake_upstream: FakeUpstream, entry: str) -> None:
+    from respan_gateway.config import ConfigError
+    from respan_gateway.testing import test_config
+
+    with pytest.raises(ConfigError) as info:
+        GatewayServer(test_config(fake_upstream.url, f'[upstream]\napi_base_allowlist = ["ok.example.com", "{entry}"]\n'))
+    assert "`upstream.api_base_allowlist[1]`" in str(info.value) and entry in str(info.value)
+
+
 def test_keys_never_in_errors_or_plugin_listing(gateway: GatewayServer) -> None:
     client = gateway.openai()
     with pytest.raises(openai.APIStatusError) as info:  # offline provider: connection refused

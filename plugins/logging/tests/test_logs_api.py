@@ -117,3 +117,19 @@ def test_time_window_and_summary(seeded) -> None:
     assert total["total_tokens"] == 35
     assert total["total_cost"] == pytest.approx((3 * 2 * 1.0 + (1 + 3 + 5) * 2.0) / 1e6)
     assert logs.summary({"metadata__env": {"value": ["prod"]}})["number_of_requests"] == 2
+
+
+@pytest.mark.parametrize(("query", "param"), [
+    ({"page": str(10**30)}, "page"), ({"page": "0"}, "page"), ({"page": "x"}, "page"),
+    ({"page_size": "0"}, "page_size"), ({"page_size": str(10**30)}, "page_size"),
+])
+def test_page_out_of_bounds_is_a_400_naming_it(logged_gateway, query: dict[str, str], param: str) -> None:
+    logs = Logs(logged_gateway().url)
+    r = httpx2.post(f"{logs.url}/api/request-logs/list/", params=query, json={"filters": {}}, headers=logs.headers, timeout=10)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param and f"`{param}`" in r.json()["error"]["message"]
+
+
+def test_the_last_page_allowed_is_empty_not_an_error(logged_gateway) -> None:
+    logs = Logs(logged_gateway().url)
+    assert logs.list(page=1_000_000_000, page_size=1000)["results"] == []

@@ -227,6 +227,26 @@ def test_request_breakdown_streams_as_a_final_chunk_before_done(logged_gateway) 
     assert chunks[-1].id == "request_breakdown"
 
 
+def test_request_breakdown_chunk_is_valid_for_strict_sdks(logged_gateway) -> None:
+    """No ``usage: {}`` (the SDK requires the token fields, or null), no second role, no second finish_reason."""
+    gw = logged_gateway()
+    client = gw.openai(_strict_response_validation=True)
+    chunks = list(client.chat.completions.create(model="gpt-test", messages=MESSAGES, stream=True,
+                                                 stream_options={"include_usage": True}, extra_body={"request_breakdown": True}))
+    last = chunks[-1]
+    assert last.id == "request_breakdown" and last.usage is None
+    assert last.choices[0].model_extra["request_breakdown"]["completion_tokens"] == 5
+    assert [c.choices[0].delta.role for c in chunks if c.choices and c.choices[0].delta.role] == ["assistant"]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-2].usage is not None and chunks[-2].usage.total_tokens > 0  # the usage chunk still comes
+    # The SDK's .stream() helper assembles the answer as without the breakdown.
+    with client.chat.completions.stream(model="gpt-test", messages=MESSAGES, extra_body={"request_breakdown": True}) as stream:
+        events = [event.type for event in stream]
+        final = stream.get_final_completion()
+    assert final.choices[0].message.content == ANSWER and final.choices[0].finish_reason == "stop"
+    assert events.count("content.done") == 1
+
+
 def test_token_breakdown_beta_puts_per_part_estimates_in_properties(logged_gateway) -> None:
     from respan_gateway import tokens
 
