@@ -6,6 +6,7 @@ The public names a plugin needs live here; the machinery lives in the submodules
 from .app import create_app
 from .call import ANONYMOUS, Attempt, Call, CallNext, Chunk, JSONResult, Principal, Result, StreamResult, Target
 from .config import Config, ConfigError, ProviderSettings, Settings
+from .endpoints import Accumulator, Endpoint
 from .errors import (
     AuthenticationFailed,
     BadRequest,
@@ -20,13 +21,14 @@ from .errors import (
 )
 from .gateway import Gateway
 from .hookspecs import hookimpl
+from .outcome import CacheInfo, Customer, Outcome, PromptRef
 from .params import RespanParams
 from .providers import ProviderAdapter
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ANONYMOUS", "Attempt", "AuthenticationFailed", "BadRequest", "Call", "CallNext", "Chunk", "Config",
+    "ANONYMOUS", "Accumulator", "Attempt", "CacheInfo", "Customer", "Endpoint", "Outcome", "PromptRef", "AuthenticationFailed", "BadRequest", "Call", "CallNext", "Chunk", "Config",
     "ConfigError", "Gateway", "GatewayError", "JSONResult", "ModelNotFound", "NotFound", "Principal",
     "ProviderAdapter", "ProviderSettings", "RateLimited", "RespanParams", "Result", "Settings",
     "StreamInterrupted", "StreamResult", "Target", "UpstreamError", "UpstreamTimeout", "UpstreamUnreachable",

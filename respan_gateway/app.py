@@ -23,12 +23,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .call import Call, Chunk, JSONResult, Kind, Result, StreamResult
+from .call import Call, Chunk, JSONResult, Result, StreamResult
 from .config import Config
+from .endpoints import Accumulator, Endpoint
 from .errors import BadRequest, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from .gateway import Gateway
 from .model_catalog import public_listing
 from .openai_chat import check_messages
+from .outcome import StreamEnd
 from .sse import DONE_FRAME, frame
 
 log = structlog.get_logger("respan_gateway")
@@ -38,6 +40,7 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
 
 REQUEST_ID_HEADER = b"x-respan-gateway-request-id"
+CLIENT_GONE = 499  # nginx's "client closed request": the client left before the answer ended
 
 
 def new_request_id() -> str:
@@ -88,11 +91,14 @@ class StreamResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, result: StreamResult, call: Call, first: Chunk | None, style: str) -> None:
+    def __init__(self, result: StreamResult, call: Call, first: Chunk | None, style: str,
+                 gateway: Gateway | None = None, accumulator: Accumulator | None = None) -> None:
         self.result = result
         self.call = call
         self.first = first
         self.style = style
+        self.gateway = gateway
+        self.accumulator = accumulator
         self.status_code = result.status
         self.background = None
         self.init_headers({
@@ -105,6 +111,10 @@ class StreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         chunks = self.result.chunks
+        outcome = self.call.outcome
+        outcome.status = self.status_code
+        # Until the last frame is sent, an end is the client's leaving (a cancel or a failed send).
+        outcome.stream_end = "client_gone"
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async with anyio.create_task_group() as tg:
@@ -114,22 +124,41 @@ class StreamResponse(Response):
         finally:
             with contextlib.suppress(Exception):
                 await chunks.aclose()  # type: ignore[attr-defined]
+            if outcome.stream_end == "client_gone":
+                outcome.status = CLIENT_GONE
+            if self.accumulator is not None:
+                outcome.answer = self.accumulator.answer()
+            if self.gateway is not None:
+                self.gateway.finish(self.call)
 
     async def _send_chunks(self, chunks: AsyncIterator[Chunk], send: Send) -> None:
+        outcome = self.call.outcome
+        accumulator = self.accumulator
+        end: StreamEnd = "complete"
         try:
             if self.first is not None:
+                if accumulator is not None:
+                    accumulator.feed(self.first)
                 await send({"type": "http.response.body", "body": frame(self.first), "more_body": True})
+                outcome.chunks += 1
             async for chunk in chunks:
+                if accumulator is not None:
+                    accumulator.feed(chunk)
                 await send({"type": "http.response.body", "body": frame(chunk), "more_body": True})
+                outcome.chunks += 1
             tail = DONE_FRAME if self.style == "openai" else b""
         except GatewayError as exc:
-            tail = self._error_frame(exc)
+            tail, end = self._error_frame(exc), "error"
+            outcome.error, outcome.status = exc, exc.status
         except anyio.get_cancelled_exc_class():
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("stream_failed", request_id=self.call.request_id)
-            tail = self._error_frame(GatewayError("the gateway failed while streaming the answer"))
+            error = GatewayError(f"internal gateway error while streaming ({type(exc).__name__})")
+            tail, end = self._error_frame(error), "error"
+            outcome.error, outcome.status = error, 500
         await send({"type": "http.response.body", "body": tail, "more_body": False})
+        outcome.stream_end = end
 
     def _error_frame(self, exc: GatewayError) -> bytes:
         if self.style == "anthropic":
@@ -145,11 +174,34 @@ async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> N
             return
 
 
-async def send_result(result: Result, call: Call, style: str) -> Response:
-    """The client's response for ``result``; a stream's first chunk is awaited here (see module doc)."""
+class CallResponse(Response):
+    """A complete answer (or an error) that completes the call's outcome once it has been sent."""
+
+    def __init__(self, status: int, content: bytes, headers: dict[str, str] | None, call: Call, gateway: Gateway) -> None:
+        super().__init__(content, status_code=status, headers=headers, media_type="application/json")
+        self.call = call
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.gateway.finish(self.call)
+
+
+async def send_result(result: Result, call: Call, style: str, gateway: Gateway | None = None,
+                      endpoint: Endpoint | None = None) -> Response:
+    """The client's response for ``result``; a stream's first chunk is awaited here (see module doc).
+
+    With ``gateway``, the response completes ``call.outcome`` and calls the observers once sent."""
     if isinstance(result, JSONResult):
         headers = {**call.response_headers, **result.headers} if call.response_headers else result.headers
-        return json_response(result.status, result.content, headers)
+        if gateway is None:
+            return json_response(result.status, result.content, headers)
+        call.outcome.status = result.status
+        if gateway.needs_answer:
+            call.outcome.answer = result.data
+        return CallResponse(result.status, result.content, headers, call, gateway)
     try:
         first = await anext(result.chunks)
     except StopAsyncIteration:
@@ -158,7 +210,10 @@ async def send_result(result: Result, call: Call, style: str) -> Response:
         with contextlib.suppress(Exception):
             await result.chunks.aclose()  # type: ignore[attr-defined]
         raise
-    return StreamResponse(result, call, first, style)
+    accumulator = None
+    if gateway is not None and gateway.needs_answer and endpoint is not None and endpoint.accumulator is not None:
+        accumulator = endpoint.accumulator()
+    return StreamResponse(result, call, first, style, gateway, accumulator)
 
 
 # -- building the call ------------------------------------------------------------------------------
@@ -175,7 +230,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-async def build_call(request: Request, kind: Kind, gateway: Gateway, *, needs_model: bool = True) -> Call:
+async def build_call(request: Request, kind: str, gateway: Gateway, *, needs_model: bool = True) -> Call:
     """The call for this request. A body that is not a JSON object (or has a mistyped ``model`` or
     ``stream``) does not stop here: the call carries the error as ``rejection``, raised by the first
     stage that reads the body, so that the stages before it (auth, logging) still see the request."""
@@ -227,20 +282,39 @@ def _field(body: dict[str, msgspec.Raw], name: str, type_: type) -> Any:
 
 # -- endpoints --------------------------------------------------------------------------------------
 
-def pipeline_endpoint(kind: Kind, style: str = "openai") -> Any:
-    """An endpoint that runs the gateway's pipeline for calls of ``kind``."""
+def pipeline_endpoint(endpoint: Endpoint) -> Any:
+    """The ASGI endpoint of a declared :class:`Endpoint`: build the call, run the pipeline, send the
+    answer in the endpoint's style; the outcome is completed and observed once the answer is sent."""
+    style = endpoint.style
 
-    async def endpoint(request: Request) -> Response:
+    async def serve(request: Request) -> Response:
         gateway: Gateway = request.app.state.gateway
         call = None
         try:
-            call = await build_call(request, kind, gateway)
+            call = await build_call(request, endpoint.kind, gateway)
+            if endpoint.prepare is not None and call.rejection is None:
+                endpoint.prepare(call)
             result = await gateway.handle(call)
-            return await send_result(result, call, style)
+            return await send_result(result, call, style, gateway, endpoint)
         except GatewayError as exc:
-            return error_response(exc, style, call.response_headers if call is not None else None)
+            if call is None:
+                return error_response(exc, style)
+            call.outcome.status, call.outcome.error = exc.status, exc
+            headers = {**exc.headers, **call.response_headers}
+            return CallResponse(exc.status, exc.render(style), headers, call, gateway)
+        except BaseException:
+            if call is not None:  # the client left (a cancel) or the gateway failed: still one outcome
+                call.outcome.status = CLIENT_GONE if _cancelled() else 500
+                gateway.finish(call)
+            raise
 
-    return endpoint
+    return serve
+
+
+def _cancelled() -> bool:
+    import sys
+
+    return isinstance(sys.exc_info()[1], anyio.get_cancelled_exc_class())
 
 
 async def list_models(request: Request) -> Response:
@@ -276,15 +350,11 @@ async def plugins(request: Request) -> Response:
     }))
 
 
-CHAT_PATHS = ("/api/chat/completions", "/api/v1/chat/completions", "/v1/chat/completions")
-EMBEDDINGS_PATHS = ("/api/embeddings", "/api/v1/embeddings", "/v1/embeddings")
-
-
-def core_routes() -> list[Route]:
-    chat = pipeline_endpoint("chat")
-    routes = [Route(path, chat, methods=["POST"]) for path in CHAT_PATHS]
-    embeddings = pipeline_endpoint("embeddings")
-    routes += [Route(path, embeddings, methods=["POST"]) for path in EMBEDDINGS_PATHS]
+def core_routes(gateway: Gateway) -> list[Route]:
+    routes = []
+    for endpoint in gateway.endpoints:
+        serve = pipeline_endpoint(endpoint)
+        routes += [Route(path, serve, methods=["POST"]) for path in endpoint.paths]
     routes += [Route(path, list_models, methods=["GET"]) for path in ("/api/models", "/api/v1/models", "/v1/models")]
     routes.append(Route("/api/models/public", public_models, methods=["GET"]))
     routes += [
@@ -299,7 +369,7 @@ def core_routes() -> list[Route]:
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    style = "anthropic" if request.url.path.startswith("/api/anthropic/") else "openai"
+    style = request.app.state.gateway.style_for(request.url.path)
     if exc.status_code == 404:
         return error_response(NotFound(f"no route for {request.method} {request.url.path}"), style)
     if exc.status_code == 405:
@@ -311,7 +381,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return error_response(exc, "anthropic" if request.url.path.startswith("/api/anthropic/") else "openai")
+    return error_response(exc, request.app.state.gateway.style_for(request.url.path))
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -327,7 +397,7 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None, 
         if config is None:
             raise TypeError("create_app() needs a config or a gateway")
         gateway = Gateway.build(config, plugins)
-    routes = core_routes() + [Route(path, endpoint, methods=methods) for path, endpoint, methods in gateway.routes]
+    routes = core_routes(gateway) + [Route(path, endpoint, methods=methods) for path, endpoint, methods in gateway.routes]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

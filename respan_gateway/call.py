@@ -18,8 +18,11 @@ from typing import Any, Literal
 
 import msgspec
 
+from .errors import GatewayError
+from .outcome import Outcome
 from .params import RespanParams
 
+#: The bundled endpoint kinds; a plugin may declare others (``respan_gateway.Endpoint``).
 Kind = Literal["chat", "embeddings", "responses", "anthropic_messages"]
 
 _decode = msgspec.json.decode
@@ -140,7 +143,7 @@ class Timings(msgspec.Struct, kw_only=True):
 class Call(msgspec.Struct, kw_only=True):
     """One request on its way through the pipeline."""
 
-    kind: Kind
+    kind: str
     request_id: str
     headers: Any  # starlette.datastructures.Headers (case-insensitive)
     raw_body: bytes
@@ -164,8 +167,10 @@ class Call(msgspec.Struct, kw_only=True):
     # A request the gateway cannot read (body not a JSON object, mistyped `model`): a GatewayError raised
     # by the first stage that reads the body (params, else the core's dispatch), so that earlier stages
     # (auth, logging) still run and a rejected request is logged like any other.
-    rejection: Any = None
-    # Free-form notes between plugins that have no typed field yet.
+    rejection: GatewayError | None = None
+    # What happened: usage, cost, cache, limits, prompt (see respan_gateway.outcome); observers read it.
+    outcome: Outcome = msgspec.field(default_factory=Outcome)
+    # Free-form notes of third-party plugins; bundled plugins meet through the typed fields above.
     state: dict[str, Any] = {}
 
     def get(self, key: str, default: Any = None) -> Any:

@@ -14,20 +14,28 @@ from typing import Any, TypeVar
 
 import httpx2
 import pluggy
+import structlog
 
 from . import hookspecs
 from .call import ANONYMOUS, Attempt, Call, CallNext, Chunk, JSONResult, Principal, Result, StreamResult, Target
 from .config import Config, ConfigError, Settings
+from .cost import cost as price
 from .database import Database, Migration
+from .endpoints import Endpoint
 from .errors import BadRequest, GatewayError
 from .log import add_secrets
 from .model_catalog import available_models
 from .params import request_secrets
+from .openai_chat import ChatAccumulator
 from .providers import Catalog, ProviderAdapter
 from .upstream import create_client
 
 ENTRY_POINT_GROUP = "respan_gateway"
 T = TypeVar("T")
+#: The plugin name the core's own contributions (chat and embeddings endpoints, core routes) go under.
+CORE = "respan_gateway"
+
+log = structlog.get_logger("respan_gateway")
 
 
 class NoSettings(Settings):
@@ -35,10 +43,30 @@ class NoSettings(Settings):
 
 
 class MiddlewareRegistration:
-    __slots__ = ("name", "factory", "order", "settings", "plugin")
+    __slots__ = ("name", "factory", "order", "settings", "plugin", "requires")
 
-    def __init__(self, name: str, factory: Any, order: int, settings: type | None, plugin: str) -> None:
+    def __init__(self, name: str, factory: Any, order: int, settings: type | None, plugin: str,
+                 requires: tuple[str, ...] = ()) -> None:
         self.name, self.factory, self.order, self.settings, self.plugin = name, factory, order, settings, plugin
+        self.requires = tuple(requires)
+
+
+class ObserverRegistration:
+    __slots__ = ("name", "factory", "settings", "plugin", "requires", "needs_answer")
+
+    def __init__(self, name: str, factory: Any, settings: type | None, plugin: str, requires: tuple[str, ...],
+                 needs_answer: bool) -> None:
+        self.name, self.factory, self.settings, self.plugin = name, factory, settings, plugin
+        self.requires, self.needs_answer = tuple(requires), needs_answer
+
+
+def core_endpoints() -> list[Endpoint]:
+    """The endpoints the core serves itself; plugins declare theirs through ``register_endpoints``."""
+    return [
+        Endpoint(kind="chat", paths=("/api/chat/completions", "/api/v1/chat/completions", "/v1/chat/completions"),
+                 accumulator=ChatAccumulator),
+        Endpoint(kind="embeddings", paths=("/api/embeddings", "/api/v1/embeddings", "/v1/embeddings")),
+    ]
 
 
 class Gateway:
@@ -51,6 +79,13 @@ class Gateway:
         self.providers: dict[str, ProviderAdapter] = {}
         self.adapter_types: dict[str, type[ProviderAdapter]] = {}
         self.middlewares: list[tuple[str, Any]] = []
+        # Observers of finished calls, in registration order; `needs_answer`: some observer reads the answer.
+        self.observers: list[tuple[str, Any]] = []
+        self.needs_answer = False
+        self.endpoints: list[Endpoint] = []
+        # Which plugin contributed each path (endpoints and routes): a path registered twice fails the start.
+        self.path_owners: dict[str, str] = {}
+        self._styles: dict[str, str] = {}
         self.routes: list[tuple[str, Any, list[str]]] = []
         # Database schemas declared by plugins (register_stores); the database opens only if there are some.
         self.stores: dict[str, list[Migration]] = {}
@@ -70,10 +105,12 @@ class Gateway:
         """
         gw = cls(config)
         gw._load_plugins(plugins)
-        registrations = gw._collect()
-        config.check_sections({r.name for r in registrations.values()})
+        registrations, observers = gw._collect()
+        config.check_sections({r.name for r in registrations.values()} | {o.name for o in observers.values()})
         gw._build_providers()
         gw._build_pipeline(registrations)
+        gw._build_observers(observers)
+        gw._check_requirements(registrations, observers)
         return gw
 
     def _load_plugins(self, extra: Iterable[Any]) -> None:
@@ -97,19 +134,43 @@ class Gateway:
         except pluggy.PluginValidationError as exc:
             raise ConfigError(f"plugin `{self.pm.get_name(exc.plugin)}`: {exc}") from exc
 
-    def _collect(self) -> dict[str, MiddlewareRegistration]:
+    def _collect(self) -> tuple[dict[str, MiddlewareRegistration], dict[str, ObserverRegistration]]:
         registrations: dict[str, MiddlewareRegistration] = {}
+        observers: dict[str, ObserverRegistration] = {}
         plugin_of: dict[str, str] = {}
 
         for impl in self.pm.hook.register_middlewares.get_hookimpls():
             plugin = impl.plugin_name
 
-            def add_middleware(name: str, factory: Any, *, order: int, settings: type | None = None, _p: str = plugin) -> None:
+            def add_middleware(name: str, factory: Any, *, order: int, settings: type | None = None,
+                               requires: tuple[str, ...] = (), _p: str = plugin) -> None:
                 if name in registrations:
                     raise ConfigError(f"plugin `{_p}` registers middleware `{name}`, already registered by `{registrations[name].plugin}`")
-                registrations[name] = MiddlewareRegistration(name, factory, order, settings, _p)
+                registrations[name] = MiddlewareRegistration(name, factory, order, settings, _p, requires)
 
             impl.function(register=add_middleware)
+
+        for impl in self.pm.hook.register_observers.get_hookimpls():
+            def add_observer(name: str, factory: Any, *, settings: type | None = None, requires: tuple[str, ...] = (),
+                             needs_answer: bool = False, _p: str = impl.plugin_name) -> None:
+                other = observers.get(name) or registrations.get(name)
+                if other is not None and other.plugin != _p:
+                    raise ConfigError(f"plugin `{_p}` registers observer `{name}`, a name already registered by `{other.plugin}`")
+                if name in observers:
+                    raise ConfigError(f"plugin `{_p}` registers observer `{name}` twice")
+                observers[name] = ObserverRegistration(name, factory, settings, _p, requires, needs_answer)
+
+            impl.function(register=add_observer)
+
+        for endpoint in core_endpoints():
+            self._add_endpoint(endpoint, CORE)
+        for impl in self.pm.hook.register_endpoints.get_hookimpls():
+            def add_endpoint(endpoint: Endpoint, _p: str = impl.plugin_name) -> None:
+                if not isinstance(endpoint, Endpoint):
+                    raise ConfigError(f"plugin `{_p}`: register_endpoints takes a respan_gateway.Endpoint, not {type(endpoint).__name__}")
+                self._add_endpoint(endpoint, _p)
+
+            impl.function(register=add_endpoint)
 
         # get_hookimpls() is in registration order: a later plugin's adapter replaces an earlier one's.
         for impl in self.pm.hook.register_providers.get_hookimpls():
@@ -121,10 +182,12 @@ class Gateway:
 
             impl.function(register=add_provider)
 
-        def add_route(path: str, endpoint: Any, *, methods: list[str]) -> None:
-            self.routes.append((path, endpoint, methods))
+        for impl in self.pm.hook.register_routes.get_hookimpls():
+            def add_route(path: str, endpoint: Any, *, methods: list[str], _p: str = impl.plugin_name) -> None:
+                self._claim(path, _p)
+                self.routes.append((path, endpoint, methods))
 
-        self.pm.hook.register_routes(register=add_route)
+            impl.function(register=add_route)
 
         for impl in self.pm.hook.register_stores.get_hookimpls():
             def add_store(name: str, migrations: list[Migration], _p: str = impl.plugin_name) -> None:
@@ -138,7 +201,27 @@ class Gateway:
                 self.database = Database(self.config.database, self.stores)
             except ValueError as exc:
                 raise ConfigError(f"{self.config.source}: {exc}") from None
-        return registrations
+        return registrations, observers
+
+    def _claim(self, path: str, plugin: str) -> None:
+        owner = self.path_owners.get(path)
+        if owner is not None:
+            raise ConfigError(f"plugin `{plugin}` registers the path {path}, already registered by `{owner}`")
+        self.path_owners[path] = plugin
+
+    def _add_endpoint(self, endpoint: Endpoint, plugin: str) -> None:
+        for path in endpoint.paths:
+            self._claim(path, plugin)
+            if endpoint.style != "openai":  # errors under its folder (a 404, a 405) take its style too
+                self._styles["/".join(path.split("/")[:3]) + "/"] = endpoint.style
+        self.endpoints.append(endpoint)
+
+    def style_for(self, path: str) -> str:
+        """The error style of a path: that of the declared endpoint whose folder it is under, else OpenAI's."""
+        for prefix, style in self._styles.items():
+            if path.startswith(prefix):
+                return style
+        return "openai"
 
     def _build_providers(self) -> None:
         for pid, table in self.config.providers_raw.items():
@@ -176,6 +259,33 @@ class Gateway:
         for _, middleware in reversed(self.middlewares):
             handler = _link(middleware, handler)
         self.handle = handler
+
+    def _build_observers(self, registrations: dict[str, ObserverRegistration]) -> None:
+        for reg in registrations.values():
+            settings = self.config.section(reg.name, reg.settings or NoSettings)
+            try:
+                observer = reg.factory(settings, self)
+            except (GatewayError, ConfigError):
+                raise
+            except Exception as exc:
+                raise ConfigError(f"observer `{reg.name}` (plugin `{reg.plugin}`) failed to start: {type(exc).__name__}: {exc}") from exc
+            if not callable(getattr(observer, "observe", None)):
+                raise ConfigError(f"observer `{reg.name}` (plugin `{reg.plugin}`) has no observe(call) method")
+            self.observers.append((reg.name, observer))
+            self.needs_answer = self.needs_answer or reg.needs_answer
+
+    def _check_requirements(self, middlewares: dict[str, MiddlewareRegistration],
+                            observers: dict[str, ObserverRegistration]) -> None:
+        """A declared requirement that is not running stops the start, naming both."""
+        running = {name for name, _ in self.middlewares} | {name for name, _ in self.observers}
+        for reg in [*(middlewares[name] for name, _ in self.middlewares), *observers.values()]:
+            for needed in reg.requires:
+                if needed not in running:
+                    why = "is disabled or not installed" if needed not in middlewares and needed not in observers \
+                        else "is not in `plugins.pipeline`"
+                    raise ConfigError(
+                        f"{self.config.source}: `{reg.name}` (plugin `{reg.plugin}`) requires `{needed}`, which {why}"
+                    )
 
     # -- services for plugins ---------------------------------------------------------------------
     @property
@@ -244,7 +354,7 @@ class Gateway:
         checks = {}
         if self.database is not None:
             checks["database"] = await self.database.ping()
-        for name, component in [*self.middlewares, *self.providers.items()]:
+        for name, component in [*self.middlewares, *self.observers, *self.providers.items()]:
             if hasattr(component, "ready"):
                 try:
                     checks[name] = bool(await component.ready())
@@ -253,7 +363,36 @@ class Gateway:
         return checks
 
     def _components(self) -> list[Any]:
-        return [m for _, m in self.middlewares] + list(self.providers.values())
+        return [m for _, m in self.middlewares] + [o for _, o in self.observers] + list(self.providers.values())
+
+    # -- the end of a call ------------------------------------------------------------------------
+    def finish(self, call: Call) -> None:
+        """Complete ``call.outcome`` and tell every observer, once per call (the endpoint calls this
+        when the answer has been sent or the stream has ended)."""
+        outcome = call.outcome
+        if outcome.ended is None:
+            outcome.ended = time.perf_counter()
+        if outcome.cache_hit:
+            outcome.model, outcome.provider, outcome.deployment = "respan/cache", None, None
+        else:
+            answered = next((a for a in reversed(call.attempts) if a.error is None and (a.status or 200) < 400), None)
+            last = answered or (call.attempts[-1] if call.attempts else None)
+            if last is not None:
+                outcome.model, outcome.provider, outcome.deployment = last.model, last.provider, last.deployment
+            elif call.target is not None:
+                outcome.model, outcome.provider, outcome.deployment = call.target.model, call.target.provider, call.target.deployment
+            else:
+                outcome.model = call.model
+            if outcome.usage is not None:
+                p = call.params
+                entry = self.catalog.entry(outcome.model) if outcome.model else None
+                outcome.cost = price(entry, outcome.usage, prompt_unit_price=p.prompt_unit_price,
+                                     completion_unit_price=p.completion_unit_price)
+        for name, observer in self.observers:
+            try:
+                observer.observe(call)
+            except Exception:  # one observer's failure must not fail the call or the others
+                log.exception("observer_failed", observer=name, request_id=call.request_id)
 
     # -- the terminal stage -----------------------------------------------------------------------
     async def dispatch(self, call: Call) -> Result:

@@ -25,17 +25,24 @@ second ``provide`` of the same Protocol fails the start. The services:
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 import pluggy
+
+if TYPE_CHECKING:
+    from .call import Call
+    from .endpoints import Endpoint
 
 hookspec = pluggy.HookspecMarker("respan_gateway")
 hookimpl = pluggy.HookimplMarker("respan_gateway")
 
 
 class RegisterMiddleware(Protocol):
-    def __call__(self, name: str, factory: Any, *, order: int, settings: type | None = None) -> None:
+    def __call__(
+        self, name: str, factory: Any, *, order: int, settings: type | None = None, requires: tuple[str, ...] = ()
+    ) -> None:
         """Contribute a pipeline middleware.
 
         ``name``: the middleware's name in ``[plugins] pipeline`` and the name of its config section.
@@ -46,7 +53,40 @@ class RegisterMiddleware(Protocol):
         bundled: metrics 50, auth 100, logging 150, params 200, limits 400, prompts 500, cache 600,
         routing 700, reliability 800, dashboard 1000).
         ``settings``: a ``respan_gateway.Settings`` subclass; the ``[name]`` section is decoded into it.
+        ``requires``: names of middlewares or observers that must run too (``deployments`` requires
+        ``routing``); a missing one stops the start, naming both.
         """
+
+
+class Observer(Protocol):
+    """What an observer factory returns (it may also have ``startup``/``shutdown``/``ready``, as a middleware)."""
+
+    def observe(self, call: Call) -> None:
+        """Called once per call, after the answer was sent or the stream ended (complete, errored, cut,
+        or left by the client), with ``call.outcome`` complete. Synchronous and quick: queue any I/O."""
+
+
+class RegisterObserver(Protocol):
+    def __call__(
+        self, name: str, factory: Callable[[Any, Any], Observer], *, settings: type | None = None,
+        requires: tuple[str, ...] = (), needs_answer: bool = False,
+    ) -> None:
+        """Contribute an observer of finished calls (log records, metrics, settling budgets...).
+
+        ``name``: its name in ``[plugins] observers`` (default: every registered one, in registration
+        order) and of its config section. ``factory(settings, gateway)`` is called once per process.
+        ``needs_answer``: the observer reads ``call.outcome.answer``; only then does the core assemble a
+        streamed answer (through the endpoint's accumulator), so observers that need no content cost
+        nothing per chunk.
+        """
+
+
+class RegisterEndpoint(Protocol):
+    def __call__(self, endpoint: Endpoint) -> None:
+        """Declare a pipeline endpoint (a ``respan_gateway.Endpoint``: its kind, paths, request envelope
+        and error style). The core serves it: builds the call, runs the pipeline, sends the answer in
+        the endpoint's style, completes the outcome and calls the observers. A path declared twice (or
+        also registered as a route) stops the start, naming both plugins."""
 
 
 class RegisterProvider(Protocol):
@@ -83,6 +123,16 @@ class RegisterStore(Protocol):
 @hookspec
 def register_middlewares(register: RegisterMiddleware) -> None:
     """Called once at start-up to collect pipeline middlewares (auth, params, logging, cache...)."""
+
+
+@hookspec
+def register_observers(register: RegisterObserver) -> None:
+    """Called once at start-up to collect observers of finished calls (logging, metrics...)."""
+
+
+@hookspec
+def register_endpoints(register: RegisterEndpoint) -> None:
+    """Called once at start-up to collect pipeline endpoints (the core declares chat and embeddings)."""
 
 
 @hookspec

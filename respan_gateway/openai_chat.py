@@ -183,4 +183,101 @@ class ChunkWriter:
         }))
 
 
-__all__ = ["ChunkWriter", "FINISH_REASONS", "check_messages", "completion", "include_usage", "parse_data_url", "text_of", "usage"]
+# Typed views of what the accumulator reads from chunks: decoding only these fields is cheap.
+class _Function(msgspec.Struct):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _ToolCallDelta(msgspec.Struct):
+    index: int = 0
+    id: str | None = None
+    type: str | None = None
+    function: _Function | None = None
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[_ToolCallDelta] | None = None
+
+
+class _ChunkChoice(msgspec.Struct):
+    index: int = 0
+    delta: _Delta | None = None
+    finish_reason: str | None = None
+
+
+class _ChatChunk(msgspec.Struct):
+    id: str | None = None
+    model: str | None = None
+    created: int | None = None
+    choices: list[_ChunkChoice] | None = None
+    usage: dict[str, Any] | None = None
+
+
+_decode_chunk = msgspec.json.Decoder(_ChatChunk).decode
+
+
+class ChatAccumulator:
+    """Assembles a streamed chat answer (first choice) into a ``chat.completion``: the chat endpoint's
+    :class:`~respan_gateway.endpoints.Accumulator`."""
+
+    __slots__ = ("id", "model", "created", "parts", "tool_calls", "finish_reason", "usage")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.model: str | None = None
+        self.created: int | None = None
+        self.parts: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+    def feed(self, chunk: Chunk) -> None:
+        try:
+            data = _decode_chunk(chunk.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return  # a chunk we cannot read is relayed all the same
+        if self.id is None:
+            self.id, self.model, self.created = data.id, data.model, data.created
+        if data.usage:
+            self.usage = data.usage
+        for choice in data.choices or ():
+            if choice.index != 0:
+                continue
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+            delta = choice.delta
+            if delta is None:
+                continue
+            if delta.content:
+                self.parts.append(delta.content)
+            for fragment in delta.tool_calls or ():
+                slot = self.tool_calls.setdefault(
+                    fragment.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+                if fragment.id:
+                    slot["id"] = fragment.id
+                if fragment.function is not None:
+                    slot["function"]["name"] += fragment.function.name or ""
+                    slot["function"]["arguments"] += fragment.function.arguments or ""
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.text() or None}
+        if self.tool_calls:
+            message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        return message
+
+    def answer(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "message": self.message(), "finish_reason": self.finish_reason}],
+        }
+        if self.usage is not None:
+            body["usage"] = self.usage
+        return body
+
+
+__all__ = ["ChatAccumulator", "ChunkWriter", "FINISH_REASONS", "check_messages", "completion", "include_usage", "parse_data_url", "text_of", "usage"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,71 @@ def test_plugin_registered_in_a_test_runs(gateway_factory) -> None:
     gateway: GatewayServer = gateway_factory(plugins=(Stamp(),))
     raw = gateway.openai().chat.completions.with_raw_response.create(model="mock/m", messages=[{"role": "user", "content": "hi"}])
     assert raw.headers["x-stamp"] == "acme"
+
+
+def test_third_party_observer_sees_one_outcome_per_call(tmp_path: Path, plugin_site: Path, fake_upstream) -> None:
+    """JSON, stream, cut stream, rejected by params, refused by auth: each call is observed once."""
+    import json
+
+    import openai
+
+    outcomes = tmp_path / "outcomes.jsonl"
+    config = write_config(tmp_path, fake_upstream.url,
+                          f'[plugins]\ndisabled = ["broken"]\n[hello_outcomes]\npath = "{outcomes}"\n')
+    with GatewayProcess(str(config), env={"PYTHONPATH": str(plugin_site)}) as gateway:
+        client = gateway.openai()
+        messages = [{"role": "user", "content": "hi"}]
+        client.chat.completions.create(model="gpt-test", messages=messages)
+        assert len(list(client.chat.completions.create(model="gpt-test", messages=messages, stream=True))) > 1
+        with pytest.raises(openai.APIError):
+            list(client.chat.completions.create(model="fake/fake-cut-after-2", messages=messages, stream=True))
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="gpt-test", messages=messages, extra_body={"retry_params": "often"})
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=gateway.base_url, api_key="sk-wrong", max_retries=0).chat.completions.create(
+                model="gpt-test", messages=messages)
+        # Observers run once the answer is sent, so the last one may still be on its way.
+        deadline = time.monotonic() + 10
+        while len(outcomes.read_text().splitlines()) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    lines = [json.loads(line) for line in outcomes.read_text().splitlines()]
+    assert len({line["request_id"] for line in lines}) == len(lines) == 5, lines
+    plain, stream, cut, rejected, refused = lines
+    assert (plain["status"], plain["stream_end"], plain["answer"], plain["provider"]) == (200, None, True, "fake")
+    assert (stream["status"], stream["stream_end"], stream["answer"]) == (200, "complete", True)
+    assert stream["chunks"] > 1
+    assert (cut["status"], cut["stream_end"], cut["error"]) == (502, "error", "StreamInterrupted")
+    assert cut["chunks"] == 3  # the role chunk and two pieces reached the client before the cut
+    assert (rejected["status"], rejected["error"], rejected["answer"]) == (400, "BadRequest", False)
+    assert (refused["status"], refused["error"]) == (401, "AuthenticationFailed")
+
+
+def test_a_missing_requirement_stops_the_start_naming_both(fake_upstream) -> None:
+    class Needy:
+        __name__ = "needy"
+
+        @hookimpl
+        def register_middlewares(self, register: Any) -> None:
+            register("needy", lambda settings, gateway: None, order=650, requires=("routing",))
+
+    config = Config.from_text(test_config(fake_upstream.url, '[plugins]\ndisabled = ["routing"]\n'))
+    with pytest.raises(ConfigError, match=r"`needy` \(plugin `needy`\) requires `routing`, which is disabled or not installed"):
+        Gateway.build(config, plugins=(Needy(),))
+    config = Config.from_text(test_config(fake_upstream.url, '[plugins]\npipeline = ["auth", "needy"]\n'))
+    with pytest.raises(ConfigError, match=r"requires `routing`, which is not in `plugins.pipeline`"):
+        Gateway.build(config, plugins=(Needy(),))
+
+
+@pytest.mark.parametrize("path", ["/api/chat/completions", "/metrics"])
+def test_a_path_registered_twice_fails_the_start_naming_both(fake_upstream, path: str) -> None:
+    class Squatter:
+        __name__ = "squatter"
+
+        @hookimpl
+        def register_routes(self, register: Any) -> None:
+            register(path, lambda request: None, methods=["GET"])
+
+    owner = "respan_gateway" if path.startswith("/api/chat") else "metrics"
+    with pytest.raises(ConfigError, match=f"registers the path {path}, already registered by") as failed:
+        Gateway.build(Config.from_text(test_config(fake_upstream.url)), plugins=(Squatter(),))
+    assert f"`{owner}`" in str(failed.value) and "`squatter`" in str(failed.value)

@@ -18,11 +18,8 @@ from typing import Any
 
 import httpx2
 import msgspec
-from starlette.requests import Request
-from starlette.responses import Response
 
-from respan_gateway import Call, Chunk, GatewayError, JSONResult, ProviderAdapter, ProviderSettings, Result, StreamInterrupted, StreamResult, Target, UpstreamError, hookimpl
-from respan_gateway.app import build_call, error_response, send_result
+from respan_gateway import Call, Chunk, Endpoint, JSONResult, ProviderAdapter, ProviderSettings, Result, StreamInterrupted, StreamResult, Target, UpstreamError, hookimpl
 from respan_gateway.openai_chat import include_usage
 from respan_gateway.sse import read_events
 
@@ -131,18 +128,16 @@ class AnthropicAdapter(ProviderAdapter):
         raise StreamInterrupted(f"provider `{self.id}` ended the stream before the answer was complete", provider=self.id)
 
 
-async def native_messages(request: Request) -> Response:
-    """``POST /api/anthropic/v1/messages``: Anthropic's Messages API, errors in Anthropic's envelope."""
-    gateway = request.app.state.gateway
-    call = None
-    try:
-        call = await build_call(request, "anthropic_messages", gateway)
-        if "max_tokens" not in call.body:
-            call.set("max_tokens", 4096)  # SPEC section 1: the native endpoint's default
-        result = await gateway.handle(call)
-        return await send_result(result, call, "anthropic")
-    except GatewayError as exc:
-        return error_response(exc, "anthropic", call.response_headers if call is not None else None)
+def _native_defaults(call: Call) -> None:
+    if "max_tokens" not in call.body:
+        call.set("max_tokens", 4096)  # SPEC section 1: the native endpoint's default
+
+
+#: ``POST /api/anthropic/v1/messages``: Anthropic's Messages API, errors in Anthropic's envelope.
+NATIVE_ENDPOINT = Endpoint(
+    kind="anthropic_messages", paths=(NATIVE_PATH,), style="anthropic", prepare=_native_defaults,
+    own_fields=frozenset({"metadata"}),
+)
 
 
 @hookimpl
@@ -151,5 +146,5 @@ def register_providers(register: Any) -> None:
 
 
 @hookimpl
-def register_routes(register: Any) -> None:
-    register(NATIVE_PATH, native_messages, methods=["POST"])
+def register_endpoints(register: Any) -> None:
+    register(NATIVE_ENDPOINT)

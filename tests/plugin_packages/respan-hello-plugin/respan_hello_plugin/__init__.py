@@ -1,5 +1,6 @@
-"""A third-party plugin: a middleware that stamps responses, with a setting, and a route."""
+"""A third-party plugin: a middleware that stamps responses, with a setting, a route, and an observer."""
 
+import json
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -32,3 +33,32 @@ def register_middlewares(register):
 @hookimpl
 def register_routes(register):
     register("/hello", hello_route, methods=["GET"])
+
+
+class OutcomeSettings(Settings):
+    # Where to append one JSON line per finished call ("" = nowhere).
+    path: str = ""
+
+
+class OutcomeFile:
+    """An observer: one line per call with what the core says happened to it."""
+
+    def __init__(self, settings: OutcomeSettings, gateway: Any) -> None:
+        self.path = settings.path
+
+    def observe(self, call):
+        if not self.path:
+            return
+        o = call.outcome
+        line = {
+            "request_id": call.request_id, "kind": call.kind, "status": o.status, "stream_end": o.stream_end,
+            "chunks": o.chunks, "error": type(o.error).__name__ if o.error is not None else None,
+            "model": o.model, "provider": o.provider, "answer": o.answer is not None,
+        }
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+@hookimpl
+def register_observers(register):
+    register("hello_outcomes", OutcomeFile, settings=OutcomeSettings, needs_answer=True)
