@@ -2,7 +2,13 @@
 
 Logs, request_breakdown, budgets and caches all price a request here, so that they agree to the cent.
 
-:func:`usage_from` reads the usage object of any answer or stream chunk the gateway relays, in each
+Each provider adapter reports the :class:`Usage` of its answers in ``call.outcome.usage``, read from
+its own wire format (the Anthropic and Gemini shapes live in their plugins). The core speaks OpenAI
+chat, so the reader of that shape is here: :func:`chat_usage` decodes only the ``usage`` field of an
+answer or stream chunk, with a typed decoder.
+
+:func:`usage_from` (kept for the logging plugin, which still reads usage from the answers it
+accumulates; it goes when logging reads ``call.outcome.usage``) reads the usage object of any answer or stream chunk the gateway relays, in each
 provider's shape, into one :class:`Usage` where ``prompt_tokens`` counts *every* input token (cache
 reads and writes included) and the cache counts say how many of them were priced as such:
 
@@ -104,6 +110,55 @@ def usage_from(obj: Any) -> Usage | None:
     return None
 
 
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
+
+
+class _CompletionDetails(msgspec.Struct):
+    reasoning_tokens: int | None = None
+
+
+class ChatUsage(msgspec.Struct):
+    """OpenAI's ``usage`` object (chat and embeddings). ``cache_read_input_tokens`` /
+    ``cache_creation_input_tokens``: LiteLLM-style translations of Anthropic put the cache counts there."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    prompt_tokens_details: _PromptDetails | None = None
+    completion_tokens_details: _CompletionDetails | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+
+    def normalised(self) -> Usage:
+        details = self.prompt_tokens_details or _PromptDetails()
+        out = self.completion_tokens_details or _CompletionDetails()
+        return Usage(
+            prompt_tokens=_int(self.prompt_tokens),
+            completion_tokens=_int(self.completion_tokens),
+            cache_read_tokens=_int(details.cached_tokens) or _int(self.cache_read_input_tokens),
+            cache_write_tokens=_int(details.cache_write_tokens) or _int(self.cache_creation_input_tokens),
+            reasoning_tokens=_int(out.reasoning_tokens),
+        )
+
+
+class _WithUsage(msgspec.Struct):
+    usage: ChatUsage | None = None
+
+
+_decode_usage = msgspec.json.Decoder(_WithUsage).decode
+
+
+def chat_usage(content: bytes) -> Usage | None:
+    """The usage of an OpenAI chat or embeddings answer, or of a stream chunk (None when it has none or
+    is unreadable). Only the ``usage`` field is decoded; the rest of the body is skipped."""
+    try:
+        usage = _decode_usage(content).usage
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return usage.normalised() if usage is not None else None
+
+
 def cost(
     entry: ModelEntry | None,
     usage: Usage,
@@ -123,4 +178,4 @@ def cost(
     return total / PER_TOKENS
 
 
-__all__ = ["Usage", "cost", "usage_from"]
+__all__ = ["ChatUsage", "Usage", "cost", "chat_usage", "usage_from"]
