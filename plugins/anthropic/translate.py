@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from respan_gateway import BadRequest, Chunk, StreamInterrupted
-from respan_gateway.cost import Usage
+from respan_gateway.cost import Usage, token_count
 from respan_gateway.openai_chat import ChunkWriter, completion, parse_data_url, usage
 
 _decode = msgspec.json.decode
@@ -242,15 +242,11 @@ def _tool_choice(choice: Any, parallel: Any, has_tools: bool) -> dict[str, Any] 
     return out
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def normalised_usage(u: dict[str, Any]) -> Usage:
     """The gateway's :class:`Usage` of an Anthropic ``usage`` object, whose ``input_tokens`` excludes the
     cache reads and writes (the gateway's ``prompt_tokens`` includes them)."""
-    read, write = _count(u.get("cache_read_input_tokens")), _count(u.get("cache_creation_input_tokens"))
-    return Usage(prompt_tokens=_count(u.get("input_tokens")) + read + write, completion_tokens=_count(u.get("output_tokens")),
+    read, write = token_count(u.get("cache_read_input_tokens")), token_count(u.get("cache_creation_input_tokens"))
+    return Usage(prompt_tokens=token_count(u.get("input_tokens")) + read + write, completion_tokens=token_count(u.get("output_tokens")),
                  cache_read_tokens=read, cache_write_tokens=write)
 
 

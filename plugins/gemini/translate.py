@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from respan_gateway import BadRequest, Chunk, StreamInterrupted
-from respan_gateway.cost import Usage
+from respan_gateway.cost import Usage, token_count
 from respan_gateway.openai_chat import ChunkWriter, completion, parse_data_url, text_of, usage
 
 _decode = msgspec.json.decode
@@ -210,17 +210,13 @@ def _calling_config(choice: Any) -> dict[str, Any]:
     raise BadRequest("`tool_choice` must be auto, none, required or a named function", param="tool_choice")
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def normalised_usage(meta: dict[str, Any]) -> Usage:
     """The gateway's :class:`Usage` of a ``usageMetadata`` object: ``promptTokenCount`` includes the cached
     content; the thoughts count as completion tokens (as OpenAI counts reasoning)."""
-    thoughts = _count(meta.get("thoughtsTokenCount"))
-    return Usage(prompt_tokens=_count(meta.get("promptTokenCount")),
-                 completion_tokens=_count(meta.get("candidatesTokenCount")) + thoughts,
-                 cache_read_tokens=_count(meta.get("cachedContentTokenCount")), reasoning_tokens=thoughts)
+    thoughts = token_count(meta.get("thoughtsTokenCount"))
+    return Usage(prompt_tokens=token_count(meta.get("promptTokenCount")),
+                 completion_tokens=token_count(meta.get("candidatesTokenCount")) + thoughts,
+                 cache_read_tokens=token_count(meta.get("cachedContentTokenCount")), reasoning_tokens=thoughts)
 
 
 def openai_usage(meta: dict[str, Any]) -> dict[str, Any]:
