@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .call import Call, Chunk, JSONResult, Result, StreamResult
+from .call import Call, Chunk, JSONResult, Result, StreamResult, aclose
 from .config import Config
 from .endpoints import Accumulator, Endpoint
 from .errors import BadRequest, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
@@ -122,8 +122,7 @@ class StreamResponse(Response):
                 await self._send_chunks(chunks, send)
                 tg.cancel_scope.cancel()
         finally:
-            with contextlib.suppress(Exception):
-                await chunks.aclose()  # type: ignore[attr-defined]
+            await aclose(chunks, quiet=True)
             if outcome.stream_end == "client_gone":
                 outcome.status = CLIENT_GONE
             if self.accumulator is not None:
@@ -207,8 +206,7 @@ async def send_result(result: Result, call: Call, style: str, gateway: Gateway |
     except StopAsyncIteration:
         first = None
     except BaseException:
-        with contextlib.suppress(Exception):
-            await result.chunks.aclose()  # type: ignore[attr-defined]
+        await aclose(result.chunks, quiet=True)
         raise
     accumulator = None
     if gateway is not None and gateway.needs_answer and endpoint is not None and endpoint.accumulator is not None:

@@ -129,6 +129,20 @@ class StreamResult:
 Result = JSONResult | StreamResult
 
 
+async def aclose(chunks: AsyncIterator[Any], *, quiet: bool = False) -> None:
+    """Close a stream's iterator (an async generator's ``aclose``), which closes the upstream request:
+    the one way every stage that wraps or drops a stream closes the stream it holds. ``quiet``: an
+    ``Exception`` raised while closing is swallowed (for a stage that is already ending another way)."""
+    close = getattr(chunks, "aclose", None)
+    if close is None:
+        return
+    try:
+        await close()
+    except Exception:
+        if not quiet:
+            raise
+
+
 class Timings(msgspec.Struct, kw_only=True):
     """perf_counter() marks; durations derive from them."""
 

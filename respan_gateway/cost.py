@@ -2,7 +2,13 @@
 
 Logs, request_breakdown, budgets and caches all price a request here, so that they agree to the cent.
 
-:func:`usage_from` reads the usage object of any answer or stream chunk the gateway relays, in each
+Each provider adapter reports the :class:`Usage` of its answers in ``call.outcome.usage``, read from
+its own wire format (the Anthropic and Gemini shapes live in their plugins). The core speaks OpenAI
+chat, so the reader of that shape is here: :func:`chat_usage` decodes only the ``usage`` field of an
+answer or stream chunk, with a typed decoder.
+
+:func:`usage_from` (kept for the logging plugin, which still reads usage from the answers it
+accumulates; it goes when logging reads ``call.outcome.usage``) reads the usage object of any answer or stream chunk the gateway relays, in each
 provider's shape, into one :class:`Usage` where ``prompt_tokens`` counts *every* input token (cache
 reads and writes included) and the cache counts say how many of them were priced as such:
 
@@ -56,7 +62,8 @@ class Usage(msgspec.Struct, kw_only=True):
         return self.prompt_tokens + self.completion_tokens
 
 
-def _int(value: Any) -> int:
+def token_count(value: Any) -> int:
+    """A token count read from a provider's usage: a positive int, else 0 (null, negative, a bool...)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
@@ -66,42 +73,91 @@ def usage_from(obj: Any) -> Usage | None:
         return None
     if "promptTokenCount" in obj or "candidatesTokenCount" in obj:  # Gemini usageMetadata
         return Usage(
-            prompt_tokens=_int(obj.get("promptTokenCount")),
-            completion_tokens=_int(obj.get("candidatesTokenCount")) + _int(obj.get("thoughtsTokenCount")),
-            cache_read_tokens=_int(obj.get("cachedContentTokenCount")),
-            reasoning_tokens=_int(obj.get("thoughtsTokenCount")),
+            prompt_tokens=token_count(obj.get("promptTokenCount")),
+            completion_tokens=token_count(obj.get("candidatesTokenCount")) + token_count(obj.get("thoughtsTokenCount")),
+            cache_read_tokens=token_count(obj.get("cachedContentTokenCount")),
+            reasoning_tokens=token_count(obj.get("thoughtsTokenCount")),
         )
     if "prompt_tokens" in obj or "completion_tokens" in obj:  # OpenAI chat / embeddings
         details = obj.get("prompt_tokens_details") or {}
         out_details = obj.get("completion_tokens_details") or {}
-        read = _int(details.get("cached_tokens")) or _int(obj.get("cache_read_input_tokens"))
-        write = _int(details.get("cache_write_tokens")) or _int(obj.get("cache_creation_input_tokens"))
+        read = token_count(details.get("cached_tokens")) or token_count(obj.get("cache_read_input_tokens"))
+        write = token_count(details.get("cache_write_tokens")) or token_count(obj.get("cache_creation_input_tokens"))
         return Usage(
-            prompt_tokens=_int(obj.get("prompt_tokens")),
-            completion_tokens=_int(obj.get("completion_tokens")),
+            prompt_tokens=token_count(obj.get("prompt_tokens")),
+            completion_tokens=token_count(obj.get("completion_tokens")),
             cache_read_tokens=read,
             cache_write_tokens=write,
-            reasoning_tokens=_int(out_details.get("reasoning_tokens")),
+            reasoning_tokens=token_count(out_details.get("reasoning_tokens")),
         )
     if "input_tokens" in obj or "output_tokens" in obj:
         if "input_tokens_details" in obj or "output_tokens_details" in obj or "total_tokens" in obj:  # Responses
             details = obj.get("input_tokens_details") or {}
             out_details = obj.get("output_tokens_details") or {}
             return Usage(
-                prompt_tokens=_int(obj.get("input_tokens")),
-                completion_tokens=_int(obj.get("output_tokens")),
-                cache_read_tokens=_int(details.get("cached_tokens")),
-                cache_write_tokens=_int(details.get("cache_write_tokens")),
-                reasoning_tokens=_int(out_details.get("reasoning_tokens")),
+                prompt_tokens=token_count(obj.get("input_tokens")),
+                completion_tokens=token_count(obj.get("output_tokens")),
+                cache_read_tokens=token_count(details.get("cached_tokens")),
+                cache_write_tokens=token_count(details.get("cache_write_tokens")),
+                reasoning_tokens=token_count(out_details.get("reasoning_tokens")),
             )
-        read, write = _int(obj.get("cache_read_input_tokens")), _int(obj.get("cache_creation_input_tokens"))
+        read, write = token_count(obj.get("cache_read_input_tokens")), token_count(obj.get("cache_creation_input_tokens"))
         return Usage(  # Anthropic: input_tokens excludes the cache
-            prompt_tokens=_int(obj.get("input_tokens")) + read + write,
-            completion_tokens=_int(obj.get("output_tokens")),
+            prompt_tokens=token_count(obj.get("input_tokens")) + read + write,
+            completion_tokens=token_count(obj.get("output_tokens")),
             cache_read_tokens=read,
             cache_write_tokens=write,
         )
     return None
+
+
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
+
+
+class _CompletionDetails(msgspec.Struct):
+    reasoning_tokens: int | None = None
+
+
+class ChatUsage(msgspec.Struct):
+    """OpenAI's ``usage`` object (chat and embeddings). ``cache_read_input_tokens`` /
+    ``cache_creation_input_tokens``: LiteLLM-style translations of Anthropic put the cache counts there."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    prompt_tokens_details: _PromptDetails | None = None
+    completion_tokens_details: _CompletionDetails | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+
+    def normalised(self) -> Usage:
+        details = self.prompt_tokens_details or _PromptDetails()
+        out = self.completion_tokens_details or _CompletionDetails()
+        return Usage(
+            prompt_tokens=token_count(self.prompt_tokens),
+            completion_tokens=token_count(self.completion_tokens),
+            cache_read_tokens=token_count(details.cached_tokens) or token_count(self.cache_read_input_tokens),
+            cache_write_tokens=token_count(details.cache_write_tokens) or token_count(self.cache_creation_input_tokens),
+            reasoning_tokens=token_count(out.reasoning_tokens),
+        )
+
+
+class _WithUsage(msgspec.Struct):
+    usage: ChatUsage | None = None
+
+
+_decode_usage = msgspec.json.Decoder(_WithUsage).decode
+
+
+def chat_usage(content: bytes) -> Usage | None:
+    """The usage of an OpenAI chat or embeddings answer, or of a stream chunk (None when it has none or
+    is unreadable). Only the ``usage`` field is decoded; the rest of the body is skipped."""
+    try:
+        usage = _decode_usage(content).usage
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return usage.normalised() if usage is not None else None
 
 
 def cost(
@@ -123,4 +179,4 @@ def cost(
     return total / PER_TOKENS
 
 
-__all__ = ["Usage", "cost", "usage_from"]
+__all__ = ["ChatUsage", "Usage", "chat_usage", "cost", "token_count", "usage_from"]

@@ -17,7 +17,7 @@ import pluggy
 import structlog
 
 from . import hookspecs
-from .call import ANONYMOUS, Attempt, Call, CallNext, Chunk, JSONResult, Principal, Result, StreamResult, Target
+from .call import ANONYMOUS, Attempt, Call, CallNext, Chunk, JSONResult, Principal, Result, StreamResult, Target, aclose
 from .config import Config, ConfigError, Settings
 from .cost import cost as price
 from .database import Database, Migration
@@ -27,7 +27,7 @@ from .log import add_secrets
 from .model_catalog import available_models
 from .params import request_secrets
 from .openai_chat import ChatAccumulator
-from .providers import Catalog, ProviderAdapter
+from .providers import AdapterContext, Catalog, ProviderAdapter, forbidden_headers
 from .upstream import create_client
 
 ENTRY_POINT_GROUP = "respan_gateway"
@@ -224,6 +224,8 @@ class Gateway:
         return "openai"
 
     def _build_providers(self) -> None:
+        # No client sets any registered provider's credential header, whichever provider a call goes to.
+        context = AdapterContext(self.config.upstream, lambda: self.http, forbidden_headers(self.adapter_types.values()))
         for pid, table in self.config.providers_raw.items():
             type_name = table.get("type") or pid
             adapter_cls = self.adapter_types.get(type_name)
@@ -233,7 +235,7 @@ class Gateway:
                     f"{self.config.source}: `providers.{pid}.type`: no provider adapter `{type_name}` (known: {known})"
                 )
             settings = self.config.provider_settings(pid, adapter_cls.Settings)
-            self.providers[pid] = adapter_cls(pid, settings, self)
+            self.providers[pid] = adapter_cls(pid, settings, context)
             add_secrets(self.providers[pid].configured_secrets())
         # The shipped catalog's entries of configured provider types, under the config's own.
         self.catalog = Catalog(available_models(self.config.models, self.providers), self.providers)
@@ -443,9 +445,7 @@ async def _redacted(chunks: AsyncIterator[Chunk], adapter: ProviderAdapter, call
     except GatewayError as exc:
         raise exc.redact(_secrets(adapter, call, target))
     finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await aclose(chunks)
 
 
 def _dist_name(ep: importlib.metadata.EntryPoint) -> str:

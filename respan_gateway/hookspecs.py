@@ -33,6 +33,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .call import Call
+    from .providers import ProviderAdapter
     from .endpoints import Endpoint
 
 hookspec = pluggy.HookspecMarker("respan_gateway")
@@ -90,7 +91,7 @@ class RegisterEndpoint(Protocol):
 
 
 class RegisterProvider(Protocol):
-    def __call__(self, type_name: str, adapter: type) -> None:
+    def __call__(self, type_name: str, adapter: type[ProviderAdapter]) -> None:
         """Contribute a provider adapter class (a ``respan_gateway.ProviderAdapter`` subclass).
 
         ``type_name`` is what a ``[providers.<id>]`` table names in ``type`` (or, by default, its id).

@@ -6,32 +6,75 @@ terminal stage of the pipeline: it receives the :class:`~respan_gateway.call.Cal
 :class:`~respan_gateway.call.Target` of this attempt, speaks the provider's API with the shared
 upstream client, and returns the answer in the shape of the endpoint the client called (OpenAI chat
 for ``chat``), as a :class:`JSONResult` or a :class:`StreamResult`. It reports failures by raising
-:class:`~respan_gateway.errors.UpstreamError` (with the provider's status) and its subclasses.
+:class:`~respan_gateway.errors.UpstreamError` (with the provider's status) and its subclasses, and
+the normalised usage of its answer in ``call.outcome.usage``.
+
+An adapter owns everything about its wire format: its credential headers (``credential_headers``),
+its error bodies (:meth:`ProviderAdapter.error_fields`), its stream's end and error events (the hooks
+of :meth:`ProviderAdapter.events`) and its usage shape. It receives an :class:`AdapterContext`, not the
+gateway: the upstream settings, the shared client once the app runs, and the headers no client may set.
 """
 
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, ClassVar, Literal
 
 import httpx2
 import msgspec
 
-from .call import Call, Result, Target
-from .config import ConfigError, ModelEntry, ProviderSettings
-from .errors import BadRequest, ModelNotFound, UpstreamError
+from .call import Call, Chunk, Result, Target
+from .config import ConfigError, ModelEntry, ProviderSettings, UpstreamSettings
+from .errors import BadRequest, GatewayError, ModelNotFound, StreamInterrupted, UpstreamError
+from .sse import read_events
 from .upstream import parse_retry_after, parsed_url, timeout_for, transport_error
 
-#: Headers a client may not set upstream through the `extra_headers` param: hop-by-hop ones and every
-#: provider's credential header (credentials come from the gateway's credential rules only).
-FORBIDDEN_EXTRA_HEADERS = frozenset({
-    "host", "content-length", "transfer-encoding", "connection",
-    "authorization", "api-key", "x-api-key", "x-goog-api-key",
-})
+#: Headers no client may set upstream through the `extra_headers` param, whatever the provider. The
+#: gateway adds every registered adapter's ``credential_headers`` at start-up (:func:`forbidden_headers`):
+#: credentials come from the gateway's credential rules only.
+HOP_BY_HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 _decode = msgspec.json.decode
 
-if TYPE_CHECKING:
-    from .gateway import Gateway
+#: What an event of an upstream stream means to :meth:`ProviderAdapter.events`: ``end`` (the provider's
+#: end marker, not relayed: OpenAI's ``[DONE]``, the gateway writes its own), ``last`` (the end marker,
+#: relayed: Anthropic's ``message_stop``), ``complete`` (the answer is complete, e.g. a finish reason;
+#: the stream may still carry usage before its end).
+StreamMark = Literal["end", "last", "complete"]
+
+
+def forbidden_headers(adapters: Iterable[type[ProviderAdapter]]) -> frozenset[str]:
+    """The hop-by-hop headers and every adapter's credential headers, lower-cased."""
+    names = set(HOP_BY_HOP_HEADERS)
+    for adapter in adapters:
+        names.update(h.lower() for h in adapter.credential_headers)
+    return frozenset(names)
+
+
+class AdapterContext:
+    """What an adapter gets from the gateway: the ``[upstream]`` settings, the shared HTTP client (a
+    callable: the client exists only while the app runs) and the headers no client may set."""
+
+    __slots__ = ("upstream", "_client", "forbidden_headers")
+
+    def __init__(self, upstream: UpstreamSettings, client: Callable[[], httpx2.AsyncClient],
+                 forbidden_headers: frozenset[str] = HOP_BY_HOP_HEADERS) -> None:
+        self.upstream = upstream
+        self._client = client
+        self.forbidden_headers = forbidden_headers
+
+    @property
+    def http(self) -> httpx2.AsyncClient:
+        return self._client()
+
+
+class ErrorFields(msgspec.Struct, kw_only=True):
+    """What an error body says: message, and OpenAI's ``type``, ``param`` and ``code`` when it has them."""
+
+    message: str = ""
+    type: str | None = None
+    param: str | None = None
+    code: str | None = None
 
 
 class ProviderAdapter:
@@ -48,18 +91,21 @@ class ProviderAdapter:
     default_base_url: ClassVar[str] = ""
     # True for hosted APIs that refuse every request without a key (a local vLLM or Ollama needs none).
     requires_key: ClassVar[bool] = False
+    #: The headers that carry this provider's credentials (lower case). No client may set one of any
+    #: registered adapter through ``extra_headers``.
+    credential_headers: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, provider_id: str, settings: ProviderSettings, gateway: Gateway) -> None:
+    def __init__(self, provider_id: str, settings: ProviderSettings, context: AdapterContext) -> None:
         self.id = provider_id
         self.settings = settings
-        self.gateway = gateway
+        self.context = context
         self.base_url = (settings.base_url or self.default_base_url).rstrip("/")
         self._keys = [k.api_key for k in settings.keys] or ([settings.api_key] if settings.api_key else [])
         self._weights = [k.weight for k in settings.keys] or [1.0] * len(self._keys)
         # Every value of the `headers` table counts as a secret: operators put proxy credentials there
         # (Helicone-Auth, cf-aig-authorization...) under names no rule can tell from harmless ones.
         self._secrets = (*self._keys, *settings.headers.values())
-        self.timeout = timeout_for(gateway.config.upstream, settings.connect_timeout, settings.read_timeout)
+        self.timeout = timeout_for(context.upstream, settings.connect_timeout, settings.read_timeout)
 
     # -- life cycle -------------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -78,7 +124,7 @@ class ProviderAdapter:
     # -- helpers for subclasses -------------------------------------------------------------------
     @property
     def http(self) -> httpx2.AsyncClient:
-        return self.gateway.http
+        return self.context.http
 
     def api_key(self, target: Target) -> str | None:
         """The key for this attempt: the target's (request credentials) or one of the configured, by weight."""
@@ -112,11 +158,12 @@ class ProviderAdapter:
 
     def request_headers(self, call: Call, own: dict[str, str]) -> dict[str, str]:
         """JSON content type, this provider's configured headers, the client's ``extra_headers`` (less
-        :data:`FORBIDDEN_EXTRA_HEADERS`), then ``own``: what the adapter sets itself, credentials and API
+        the context's ``forbidden_headers``), then ``own``: what the adapter sets itself, credentials and API
         version (e.g. ``{"authorization": "Bearer ..."}``)."""
         headers = {"content-type": "application/json", **self.settings.headers}
         if call.params.extra_headers:
-            headers.update({k: v for k, v in call.params.extra_headers.items() if k.lower() not in FORBIDDEN_EXTRA_HEADERS})
+            forbidden = self.context.forbidden_headers
+            headers.update({k: v for k, v in call.params.extra_headers.items() if k.lower() not in forbidden})
         headers.update(own)
         return headers
 
@@ -181,39 +228,80 @@ class ProviderAdapter:
     async def error_from_response(self, response: httpx2.Response, target: Target) -> UpstreamError:
         """The provider's error answer as an :class:`UpstreamError` keeping its status and message."""
         await response.aread()
-        message, type_, param, code = _error_fields(response.content)
-        if not message:
-            message = f"provider `{self.id}` answered {response.status_code}"
+        fields = self.error_fields(response.content)
         return UpstreamError(
-            message,
+            fields.message or f"provider `{self.id}` answered {response.status_code}",
             status=response.status_code,
             provider=self.id,
             retry_after=parse_retry_after(response.headers),
-            type=type_ or "upstream_error",
-            param=param,
-            code=code,
+            type=fields.type or "upstream_error",
+            param=fields.param,
+            code=fields.code,
         )
 
+    def error_fields(self, content: bytes) -> ErrorFields:
+        """What this provider's error body says. Adapters parse their own shape and fall back on this
+        generic reading: ``{"error": {...}}``, ``{"error": "..."}``, a bare object, or the text."""
+        return generic_error_fields(content)
 
-def _error_fields(content: bytes) -> tuple[str, str | None, str | None, str | None]:
-    """message, type, param, code from an OpenAI-, Anthropic- or Gemini-shaped error body, or its text."""
+    # -- streams ----------------------------------------------------------------------------------
+    async def events(self, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
+        """The events of a streamed answer, as :class:`Chunk`: the one upstream SSE loop.
+
+        Each event goes through :meth:`stream_error` (an error event raises) and :meth:`stream_mark`
+        (the provider's end marker, or the sign the answer is complete). A broken connection raises
+        :class:`StreamInterrupted`, and so does a body that ends with neither an end marker nor a
+        complete answer (a truncated answer never looks complete). The response is always closed.
+        """
+        complete = False
+        try:
+            async for chunk in read_events(response.aiter_bytes()):
+                error = self.stream_error(chunk)
+                if error is not None:
+                    raise error
+                mark = self.stream_mark(chunk)
+                if mark == "end":
+                    return
+                yield chunk
+                if mark == "last":
+                    return
+                complete = complete or mark == "complete"
+        except httpx2.TransportError as exc:
+            err = self.transport_error(exc, target)
+            raise StreamInterrupted(f"the stream from provider `{self.id}` broke off: {err.message}", provider=self.id) from None
+        finally:
+            await response.aclose()
+        if not complete:
+            raise StreamInterrupted(f"provider `{self.id}` ended the stream before the answer was complete", provider=self.id)
+
+    def stream_mark(self, chunk: Chunk) -> StreamMark | None:
+        """What ``chunk`` means for the end of the stream (see :data:`StreamMark`); None: an ordinary event."""
+        return None
+
+    def stream_error(self, chunk: Chunk) -> GatewayError | None:
+        """The error ``chunk`` reports, when it is the provider's error event (raised by :meth:`events`)."""
+        return None
+
+
+def generic_error_fields(content: bytes) -> ErrorFields:
+    """message, type, param, code from an error body of a common shape, or its text."""
     try:
-        body = msgspec.json.decode(content)
+        body = _decode(content)
     except msgspec.DecodeError:
-        return content.decode("utf-8", "replace").strip()[:2000], None, None, None
+        return ErrorFields(message=content.decode("utf-8", "replace").strip()[:2000])
     if isinstance(body, dict):
         err = body.get("error", body)
         if isinstance(err, dict):
             code = err.get("code")
-            return (
-                str(err.get("message") or err.get("detail") or ""),
-                err.get("type") if isinstance(err.get("type"), str) else None,
-                err.get("param") if isinstance(err.get("param"), str) else None,
-                str(code) if code is not None else None,
+            return ErrorFields(
+                message=str(err.get("message") or err.get("detail") or ""),
+                type=err.get("type") if isinstance(err.get("type"), str) else None,
+                param=err.get("param") if isinstance(err.get("param"), str) else None,
+                code=str(code) if code is not None else None,
             )
         if isinstance(err, str):
-            return err, None, None, None
-    return content.decode("utf-8", "replace")[:2000], None, None, None
+            return ErrorFields(message=err)
+    return ErrorFields(message=content.decode("utf-8", "replace")[:2000])
 
 
 class Catalog:

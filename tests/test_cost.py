@@ -67,3 +67,17 @@ def test_request_unit_prices_override_the_catalog() -> None:
 def test_not_a_usage_object() -> None:
     assert usage_from(None) is None and usage_from({}) is None and usage_from({"foo": 1}) is None
     assert usage_from({"prompt_tokens": -3, "completion_tokens": True}) == Usage()
+
+
+def test_chat_usage_reads_only_the_usage_field_of_an_answer_or_chunk() -> None:
+    from respan_gateway.cost import chat_usage
+
+    answer = (b'{"id": "x", "choices": [{"message": {"content": "not read"}}], "usage": {"prompt_tokens": 12, '
+              b'"completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 4, "cache_write_tokens": null}, '
+              b'"completion_tokens_details": {"reasoning_tokens": 2}}}')
+    assert chat_usage(answer) == Usage(prompt_tokens=12, completion_tokens=5, cache_read_tokens=4, reasoning_tokens=2)
+    # LiteLLM-style cache counts; nulls and negatives count 0; no usage, a null one or junk: None.
+    assert chat_usage(b'{"usage": {"prompt_tokens": 9, "completion_tokens": -1, "cache_creation_input_tokens": 3}}') == \
+        Usage(prompt_tokens=9, cache_write_tokens=3)
+    assert chat_usage(b'{"choices": [], "usage": null}') is None
+    assert chat_usage(b'{"choices": []}') is None and chat_usage(b"not json") is None

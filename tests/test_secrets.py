@@ -18,6 +18,7 @@ import httpx2
 import openai
 import pytest
 
+from respan_gateway import ProviderAdapter, hookimpl
 from respan_gateway.testing import TEST_KEY, FakeUpstream, GatewayServer
 
 CONFIG_KEY = "sk-config-leaky-key-0123456789"
@@ -131,3 +132,32 @@ def test_configured_secrets_never_reach_the_process_log(fake_upstream: FakeUpstr
     assert done.returncode == 0, done.stderr
     assert HEADER_SECRET not in done.stdout and "upstream_said" in done.stdout
     assert "[redacted]" in done.stdout
+
+
+class _AcmeAdapter(ProviderAdapter):
+    """A third party's adapter: its own credential header, declared on the class."""
+
+    credential_headers = frozenset({"x-acme-key"})
+
+
+class _AcmePlugin:
+    __name__ = "acme_provider"
+
+    @hookimpl
+    def register_providers(self, register: Any) -> None:
+        register("acme", _AcmeAdapter)
+
+
+def test_no_client_sets_a_credential_header_of_any_registered_provider(gateway_factory: Callable[..., GatewayServer],
+                                                                      fake_upstream: FakeUpstream) -> None:
+    # Each adapter declares its credential headers; the gateway forbids all of them (and the hop-by-hop
+    # ones) on every provider: an OpenAI-wire call must not carry Anthropic's, Gemini's or a plugin's.
+    gw = gateway_factory(extra(fake_upstream), plugins=(_AcmePlugin(),))
+    smuggled = {"Authorization": "Bearer sk-stolen-1", "x-api-key": "sk-stolen-2", "x-goog-api-key": "sk-stolen-3",
+                "api-key": "sk-stolen-4", "X-Acme-Key": "sk-stolen-5", "x-harmless": "kept"}
+    gw.openai().chat.completions.create(model="leaky/fake-model", messages=MESSAGES,
+                                        extra_body={"extra_headers": smuggled})
+    sent = fake_upstream.requests[-1].headers
+    assert sent["authorization"] == f"Bearer {CONFIG_KEY}"
+    assert not {"x-api-key", "x-goog-api-key", "api-key", "x-acme-key"} & set(sent)
+    assert sent["x-harmless"] == "kept"

@@ -19,16 +19,19 @@ from typing import Any
 import httpx2
 import msgspec
 
-from respan_gateway import Call, Chunk, Endpoint, JSONResult, ProviderAdapter, ProviderSettings, Result, StreamInterrupted, StreamResult, Target, UpstreamError, hookimpl
+from respan_gateway import (
+    Call, Chunk, Endpoint, ErrorFields, GatewayError, JSONResult, ProviderAdapter, ProviderSettings, Result,
+    StreamInterrupted, StreamMark, StreamResult, Target, UpstreamError, hookimpl,
+)
+from respan_gateway.hookspecs import RegisterEndpoint, RegisterProvider
 from respan_gateway.openai_chat import include_usage
-from respan_gateway.sse import read_events
+from respan_gateway.providers import generic_error_fields
 
-from .translate import StreamTranslator, message_to_openai, request_to_anthropic, stream_error
+from .translate import StreamTranslator, message_to_openai, normalised_usage, request_to_anthropic, stream_error
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.Encoder().encode
 
-# Headers a client may not set upstream through `extra_headers`.
 NATIVE_PATH = "/api/anthropic/v1/messages"
 
 
@@ -41,10 +44,28 @@ class AnthropicSettings(ProviderSettings):
     beta: list[str] = []
 
 
+class _EventType(msgspec.Struct):
+    type: str | None = None  # the one field read of every stream event; the rest is skipped
+
+
+class _ErrorDetail(msgspec.Struct):
+    message: str = ""
+    type: str | None = None
+
+
+class _ErrorBody(msgspec.Struct):
+    error: _ErrorDetail
+
+
+_decode_event_type = msgspec.json.Decoder(_EventType).decode
+_decode_error = msgspec.json.Decoder(_ErrorBody).decode
+
+
 class AnthropicAdapter(ProviderAdapter):
     requires_key = True
     Settings = AnthropicSettings
     default_base_url = "https://api.anthropic.com"
+    credential_headers = frozenset({"x-api-key"})
     settings: AnthropicSettings
 
     # -- endpoint kinds ---------------------------------------------------------------------------
@@ -53,8 +74,9 @@ class AnthropicAdapter(ProviderAdapter):
         upstream = request_to_anthropic(body, target.upstream_model, self.settings.default_max_tokens)
         response = await self._send(call, target, _encode(upstream))
         if call.stream:
-            return StreamResult(self._translate_stream(response, target, include_usage(call)))
+            return StreamResult(self._translate_stream(call, response, target, include_usage(call)))
         message = await self._json(response, target)
+        call.outcome.usage = normalised_usage(message.get("usage") or {})
         return JSONResult(200, data=message_to_openai(message))
 
     async def anthropic_messages(self, call: Call, target: Target) -> Result:
@@ -62,8 +84,9 @@ class AnthropicAdapter(ProviderAdapter):
             call.set("model", target.upstream_model)
         response = await self._send(call, target, call.encoded_body(), client_beta=call.headers.get("anthropic-beta"))
         if call.stream:
-            return StreamResult(self._relay(response, target))
-        await self._json(response, target)
+            return StreamResult(self._relay(call, response, target))
+        message = await self._json(response, target)
+        call.outcome.usage = normalised_usage(message.get("usage") or {})
         return JSONResult(200, response.content)
 
     # -- the exchange -----------------------------------------------------------------------------
@@ -87,45 +110,60 @@ class AnthropicAdapter(ProviderAdapter):
             raise UpstreamError(f"provider `{self.id}` answered 200 with something that is not a Message", status=502, provider=self.id)
         return message
 
-    async def _events(self, response: httpx2.Response, target: Target) -> AsyncIterator[tuple[Chunk, dict[str, Any]]]:
-        """The upstream's events, decoded; a broken connection raises StreamInterrupted."""
-        try:
-            async for chunk in read_events(response.aiter_bytes()):
-                try:
-                    event = _decode(chunk.data)
-                except msgspec.DecodeError:
-                    raise StreamInterrupted(f"provider `{self.id}` sent a malformed stream event", provider=self.id) from None
-                if isinstance(event, dict):
-                    yield chunk, event
-        except httpx2.TransportError as exc:
-            err = self.transport_error(exc, target)
-            raise StreamInterrupted(f"the stream from provider `{self.id}` broke off: {err.message}", provider=self.id) from None
-        finally:
-            await response.aclose()
+    # -- the wire format --------------------------------------------------------------------------
+    def stream_mark(self, chunk: Chunk) -> StreamMark | None:
+        kind = _event_type(chunk, self.id)
+        if kind == "message_stop":
+            return "last"
+        return "complete" if kind == "message_delta" else None  # the stop reason: complete even without message_stop
 
-    async def _translate_stream(self, response: httpx2.Response, target: Target, usage: bool) -> AsyncIterator[Chunk]:
+    def stream_error(self, chunk: Chunk) -> GatewayError | None:
+        if _event_type(chunk, self.id) != "error":
+            return None
+        event = _decode(chunk.data)
+        return stream_error(event if isinstance(event, dict) else {}, self.id)
+
+    def error_fields(self, content: bytes) -> ErrorFields:
+        """Anthropic's ``{"type": "error", "error": {"type", "message"}}``; other shapes the generic way."""
+        try:
+            err = _decode_error(content).error
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return generic_error_fields(content)
+        return ErrorFields(message=err.message, type=err.type) if err.message else generic_error_fields(content)
+
+    # -- streams ----------------------------------------------------------------------------------
+    async def _translate_stream(self, call: Call, response: httpx2.Response, target: Target, usage: bool) -> AsyncIterator[Chunk]:
         translator = StreamTranslator(self.id, usage)
-        async for _, event in self._events(response, target):
-            for chunk in translator.feed(event):
-                yield chunk
+        async for chunk in self.events(response, target):
+            event = _decode(chunk.data)
+            for out in translator.feed(event if isinstance(event, dict) else {}):
+                yield out
+            if translator.finished:
+                call.outcome.usage = normalised_usage(translator.usage)
             if translator.done:
                 return
-        for chunk in translator.close():
-            yield chunk
+        for out in translator.close():
+            yield out
 
-    async def _relay(self, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
-        finished = False  # message_delta seen: complete even without message_stop
-        async for chunk, event in self._events(response, target):
-            kind = event.get("type")
-            if kind == "error":
-                raise stream_error(event, self.id)
+    async def _relay(self, call: Call, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
+        usage: dict[str, Any] = {}
+        async for chunk in self.events(response, target):
+            kind = _event_type(chunk, self.id)
+            if kind == "message_start" or kind == "message_delta":
+                event = _decode(chunk.data)
+                counts = (event.get("message") or {}).get("usage") if kind == "message_start" else event.get("usage")
+                usage.update({k: v for k, v in (counts or {}).items() if v is not None})
+                if kind == "message_delta":
+                    call.outcome.usage = normalised_usage(usage)
             yield Chunk(chunk.data, chunk.event or kind)
-            if kind == "message_stop":
-                return
-            finished = finished or kind == "message_delta"
-        if finished:
-            return
-        raise StreamInterrupted(f"provider `{self.id}` ended the stream before the answer was complete", provider=self.id)
+
+
+def _event_type(chunk: Chunk, provider: str) -> str | None:
+    """The ``type`` of a stream event (decoding nothing else); a malformed event breaks the stream."""
+    try:
+        return _decode_event_type(chunk.data).type
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise StreamInterrupted(f"provider `{provider}` sent a malformed stream event", provider=provider) from None
 
 
 def _native_defaults(call: Call) -> None:
@@ -141,10 +179,10 @@ NATIVE_ENDPOINT = Endpoint(
 
 
 @hookimpl
-def register_providers(register: Any) -> None:
+def register_providers(register: RegisterProvider) -> None:
     register("anthropic", AnthropicAdapter)
 
 
 @hookimpl
-def register_endpoints(register: Any) -> None:
+def register_endpoints(register: RegisterEndpoint) -> None:
     register(NATIVE_ENDPOINT)

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from respan_gateway import BadRequest, Chunk, StreamInterrupted
+from respan_gateway.cost import Usage, token_count
 from respan_gateway.openai_chat import ChunkWriter, completion, parse_data_url, usage
 
 _decode = msgspec.json.decode
@@ -239,6 +240,14 @@ def _tool_choice(choice: Any, parallel: Any, has_tools: bool) -> dict[str, Any] 
     if out is not None and parallel is False:
         out["disable_parallel_tool_use"] = True
     return out
+
+
+def normalised_usage(u: dict[str, Any]) -> Usage:
+    """The gateway's :class:`Usage` of an Anthropic ``usage`` object, whose ``input_tokens`` excludes the
+    cache reads and writes (the gateway's ``prompt_tokens`` includes them)."""
+    read, write = token_count(u.get("cache_read_input_tokens")), token_count(u.get("cache_creation_input_tokens"))
+    return Usage(prompt_tokens=token_count(u.get("input_tokens")) + read + write, completion_tokens=token_count(u.get("output_tokens")),
+                 cache_read_tokens=read, cache_write_tokens=write)
 
 
 def openai_usage(u: dict[str, Any]) -> dict[str, Any]:

@@ -11,15 +11,13 @@ strict OpenAI clients would trip over; everything else passes through as OpenAI'
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx2
 import msgspec
 
-from respan_gateway import Call, Chunk, Settings, Target, hookimpl
+from respan_gateway import AdapterContext, Call, Chunk, OpenAIAdapter, ProviderAdapter, Settings, Target, hookimpl
 from respan_gateway.config import ConfigError, ProviderSettings
-from respan_gateway.providers import ProviderAdapter
-from respan_plugins.openai import OpenAIAdapter
+from respan_gateway.hookspecs import RegisterProvider
 
 _decode = msgspec.json.decode
 
@@ -44,10 +42,12 @@ class AzureSettings(ProviderSettings):
 class AzureAdapter(OpenAIAdapter):
     Settings = AzureSettings
     default_base_url = ""
+    # `api-key`, and `authorization` for Entra ID tokens.
+    credential_headers = frozenset({"api-key", "authorization"})
     settings: AzureSettings
 
-    def __init__(self, provider_id: str, settings: Any, gateway: Any) -> None:
-        ProviderAdapter.__init__(self, provider_id, settings, gateway)
+    def __init__(self, provider_id: str, settings: AzureSettings, context: AdapterContext) -> None:
+        ProviderAdapter.__init__(self, provider_id, settings, context)
         for name, dep in settings.deployments.items():
             if not (dep.base_url or self.base_url):
                 raise ConfigError(f"`providers.{provider_id}.deployments.{name}.base_url`: no base_url here nor on the provider")
@@ -76,8 +76,8 @@ class AzureAdapter(OpenAIAdapter):
         key = self.key_for(target)
         return self.request_headers(call, {"api-key": key} if key else {})
 
-    async def relay(self, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
-        async for chunk in super().relay(response, target):
+    async def relay(self, call: Call, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
+        async for chunk in super().relay(call, response, target):
             if b'"prompt_filter_results"' in chunk.data and _is_filter_preamble(chunk.data):
                 continue
             yield chunk
@@ -92,6 +92,6 @@ def _is_filter_preamble(data: bytes) -> bool:
 
 
 @hookimpl
-def register_providers(register: Any) -> None:
+def register_providers(register: RegisterProvider) -> None:
     register("azure", AzureAdapter)
 

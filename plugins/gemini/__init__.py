@@ -15,11 +15,17 @@ from urllib.parse import quote
 import httpx2
 import msgspec
 
-from respan_gateway import Call, Chunk, JSONResult, ProviderAdapter, ProviderSettings, Result, StreamInterrupted, StreamResult, Target, UpstreamError, hookimpl
+from respan_gateway import (
+    Call, Chunk, ErrorFields, GatewayError, JSONResult, ProviderAdapter, ProviderSettings, Result, StreamInterrupted,
+    StreamMark, StreamResult, Target, UpstreamError, hookimpl,
+)
+from respan_gateway.hookspecs import RegisterProvider
 from respan_gateway.openai_chat import include_usage
-from respan_gateway.sse import read_events
+from respan_gateway.providers import generic_error_fields
 
-from .translate import embeddings_request, embeddings_to_openai, request_to_gemini, response_to_openai, StreamTranslator
+from .translate import (
+    StreamTranslator, embeddings_request, embeddings_to_openai, normalised_usage, request_to_gemini, response_to_openai, stream_error,
+)
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.Encoder().encode
@@ -29,9 +35,23 @@ class GeminiSettings(ProviderSettings):
     pass
 
 
+class _ErrorDetail(msgspec.Struct):
+    message: str = ""
+    code: int | None = None
+    status: str | None = None
+
+
+class _ErrorBody(msgspec.Struct):
+    error: _ErrorDetail
+
+
+_decode_error = msgspec.json.Decoder(_ErrorBody).decode
+
+
 class GeminiAdapter(ProviderAdapter):
     requires_key = True
     Settings = GeminiSettings
+    credential_headers = frozenset({"x-goog-api-key"})
     # Override with base_url (e.g. ".../v1" for the stable API version).
     default_base_url = "https://generativelanguage.googleapis.com/v1beta"
 
@@ -44,14 +64,17 @@ class GeminiAdapter(ProviderAdapter):
             if "text/event-stream" not in response.headers.get("content-type", ""):
                 await response.aclose()
                 raise UpstreamError(f"provider `{self.id}` did not answer with an event stream", status=502, provider=self.id)
-            return StreamResult(self._stream(response, target, include_usage(call)))
-        return JSONResult(200, data=response_to_openai(await self._json(response, target), target.upstream_model))
+            return StreamResult(self._stream(call, response, target, include_usage(call)))
+        answer = await self._json(response, target)
+        call.outcome.usage = normalised_usage(answer.get("usageMetadata") or {})
+        return JSONResult(200, data=response_to_openai(answer, target.upstream_model))
 
     async def embeddings(self, call: Call, target: Target) -> Result:
         body = {k: _decode(v) for k, v in call.body.items()}
         upstream = _encode(embeddings_request(body, target.upstream_model))
         response = await self._send(call, target, "batchEmbedContents", upstream, stream=False)
         answer = await self._json(response, target)
+        call.outcome.usage = normalised_usage(answer.get("usageMetadata") or {})
         return JSONResult(200, data=embeddings_to_openai(answer, target.upstream_model, body.get("encoding_format")))
 
     # -- the exchange -----------------------------------------------------------------------------
@@ -67,46 +90,50 @@ class GeminiAdapter(ProviderAdapter):
     async def _send(self, call: Call, target: Target, method: str, body: bytes, stream: bool | None = None) -> httpx2.Response:
         return await self.send(call, target, self.url(target, method), body, self.headers(call, target), stream=stream)
 
-    async def error_from_response(self, response: httpx2.Response, target: Target) -> UpstreamError:
-        error = await super().error_from_response(response, target)
-        status = _gemini_status(response.content)
-        if status:
-            error.code = status
-        return error
+    def error_fields(self, content: bytes) -> ErrorFields:
+        """Google's ``{"error": {"code", "message", "status"}}``: the ``status`` (e.g. ``RESOURCE_EXHAUSTED``)
+        is the code; other shapes the generic way."""
+        try:
+            err = _decode_error(content).error
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return generic_error_fields(content)
+        if not err.message:
+            return generic_error_fields(content)
+        return ErrorFields(message=err.message, code=err.status or (str(err.code) if err.code is not None else None))
 
     async def _json(self, response: httpx2.Response, target: Target) -> dict[str, Any]:
         return await self.read_json(response, target)
 
-    async def _stream(self, response: httpx2.Response, target: Target, usage: bool) -> AsyncIterator[Chunk]:
+    async def _stream(self, call: Call, response: httpx2.Response, target: Target, usage: bool) -> AsyncIterator[Chunk]:
         translator = StreamTranslator(self.id, target.upstream_model, usage)
-        try:
-            async for event in read_events(response.aiter_bytes()):
-                try:
-                    data = _decode(event.data)
-                except msgspec.DecodeError:
-                    raise StreamInterrupted(f"provider `{self.id}` sent a malformed stream chunk", provider=self.id) from None
-                if isinstance(data, dict):
-                    for chunk in translator.feed(data):
-                        yield chunk
-        except httpx2.TransportError as exc:
-            err = self.transport_error(exc, target)
-            raise StreamInterrupted(f"the stream from provider `{self.id}` broke off: {err.message}", provider=self.id) from None
-        finally:
-            await response.aclose()
+        async for event in self.events(response, target):
+            for chunk in translator.feed(_object(event, self.id)):
+                yield chunk
+        if translator.usage:
+            call.outcome.usage = normalised_usage(translator.usage)
         for chunk in translator.close():
             yield chunk
 
+    # -- the wire format --------------------------------------------------------------------------
+    def stream_mark(self, chunk: Chunk) -> StreamMark | None:
+        # No end marker: the answer is complete with a finish reason (or a blocked prompt), then the body ends.
+        return "complete" if b'"finishReason"' in chunk.data or b'"blockReason"' in chunk.data else None
 
-def _gemini_status(content: bytes) -> str | None:
+    def stream_error(self, chunk: Chunk) -> GatewayError | None:
+        if b'"error"' not in chunk.data:
+            return None
+        data = _object(chunk, self.id)
+        return stream_error(data["error"], self.id) if "error" in data else None
+
+
+def _object(chunk: Chunk, provider: str) -> dict[str, Any]:
     try:
-        body = _decode(content)
+        data = _decode(chunk.data)
     except msgspec.DecodeError:
-        return None
-    error = body.get("error") if isinstance(body, dict) else None
-    status = error.get("status") if isinstance(error, dict) else None
-    return status if isinstance(status, str) else None
+        raise StreamInterrupted(f"provider `{provider}` sent a malformed stream chunk", provider=provider) from None
+    return data if isinstance(data, dict) else {}
 
 
 @hookimpl
-def register_providers(register: Any) -> None:
+def register_providers(register: RegisterProvider) -> None:
     register("gemini", GeminiAdapter)

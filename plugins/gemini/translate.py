@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from respan_gateway import BadRequest, Chunk, StreamInterrupted
+from respan_gateway.cost import Usage, token_count
 from respan_gateway.openai_chat import ChunkWriter, completion, parse_data_url, text_of, usage
 
 _decode = msgspec.json.decode
@@ -207,6 +208,15 @@ def _calling_config(choice: Any) -> dict[str, Any]:
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         return {"mode": "ANY", "allowedFunctionNames": [choice["function"].get("name")]}
     raise BadRequest("`tool_choice` must be auto, none, required or a named function", param="tool_choice")
+
+
+def normalised_usage(meta: dict[str, Any]) -> Usage:
+    """The gateway's :class:`Usage` of a ``usageMetadata`` object: ``promptTokenCount`` includes the cached
+    content; the thoughts count as completion tokens (as OpenAI counts reasoning)."""
+    thoughts = token_count(meta.get("thoughtsTokenCount"))
+    return Usage(prompt_tokens=token_count(meta.get("promptTokenCount")),
+                 completion_tokens=token_count(meta.get("candidatesTokenCount")) + thoughts,
+                 cache_read_tokens=token_count(meta.get("cachedContentTokenCount")), reasoning_tokens=thoughts)
 
 
 def openai_usage(meta: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from typing import Any
 import msgspec
 
 from respan_gateway import BadRequest, Call, Chunk, JSONResult, ProviderAdapter, ProviderSettings, Result, StreamResult, Target, hookimpl
+from respan_gateway.cost import Usage
+from respan_gateway.hookspecs import RegisterProvider
 
 _encode = msgspec.json.Encoder().encode
 
@@ -39,8 +41,9 @@ class MockAdapter(ProviderAdapter):
         if call.stream:
             options = call.get("stream_options") or {}
             include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-            return StreamResult(self._stream(completion_id, created, target.upstream_model, text, prompt_tokens, include_usage))
+            return StreamResult(self._stream(call, completion_id, created, target.upstream_model, text, prompt_tokens, include_usage))
         usage = _usage(prompt_tokens, len(text.split()))
+        call.outcome.usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=len(text.split()))
         return JSONResult(200, _encode({
             "id": completion_id,
             "object": "chat.completion",
@@ -55,7 +58,7 @@ class MockAdapter(ProviderAdapter):
             "usage": usage,
         }))
 
-    async def _stream(self, cid: str, created: int, model: str, text: str, prompt_tokens: int, include_usage: bool) -> AsyncIterator[Chunk]:
+    async def _stream(self, call: Call, cid: str, created: int, model: str, text: str, prompt_tokens: int, include_usage: bool) -> AsyncIterator[Chunk]:
         def chunk(delta: dict[str, Any], finish: str | None = None) -> Chunk:
             body: dict[str, Any] = {
                 "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -72,6 +75,7 @@ class MockAdapter(ProviderAdapter):
                 await asyncio.sleep(self.settings.chunk_delay)
             yield chunk({"content": word if i == 0 else " " + word})
         yield chunk({}, "stop")
+        call.outcome.usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=len(text.split()))
         if include_usage:
             yield Chunk(_encode({
                 "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -95,5 +99,5 @@ def _count_words(messages: Any) -> int:
 
 
 @hookimpl
-def register_providers(register: Any) -> None:
+def register_providers(register: RegisterProvider) -> None:
     register("mock", MockAdapter)

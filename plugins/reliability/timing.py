@@ -24,6 +24,7 @@ from respan_gateway import (
     StreamInterrupted,
     StreamResult,
     UpstreamTimeout,
+    aclose,
 )
 
 from .settings import ReliabilitySettings
@@ -66,7 +67,7 @@ async def timed_attempt(settings: ReliabilitySettings, call: Call, call_next: Ca
             first = await _first_chunk(result.chunks, call)
     except TimeoutError:
         if isinstance(result, StreamResult):
-            await _aclose(result.chunks)
+            await aclose(result.chunks, quiet=True)
         provider = call.target.provider if call.target is not None else "upstream"
         what = "no first chunk" if call.stream else "no answer"
         which = "total_timeout" if limit < first_byte else ("timeout" if call.params.timeout is not None else "first_byte_timeout")
@@ -75,12 +76,12 @@ async def timed_attempt(settings: ReliabilitySettings, call: Call, call_next: Ca
         raise exc from None
     except GatewayError as exc:
         if isinstance(result, StreamResult):
-            await _aclose(result.chunks)
+            await aclose(result.chunks, quiet=True)
         _record(call, seen, exc, started)
         raise
     except BaseException:
         if isinstance(result, StreamResult):
-            await _aclose(result.chunks)
+            await aclose(result.chunks, quiet=True)
         raise
     attempt = call.attempts[-1] if len(call.attempts) > seen else None
     if attempt is not None:
@@ -135,7 +136,7 @@ async def relay(
         raise
     finally:
         watchdog.close()
-        await _aclose(chunks)
+        await aclose(chunks, quiet=True)
 
 
 class _Watchdog:
@@ -208,11 +209,3 @@ def _record(call: Call, seen: int, exc: GatewayError, started: float) -> None:
         attempt.duration = time.perf_counter() - started
 
 
-async def _aclose(chunks: AsyncIterator[Chunk]) -> None:
-    """Close a stream's iterator (which closes its upstream request), whatever it raises."""
-    close = getattr(chunks, "aclose", None)
-    if close is not None:
-        try:
-            await close()
-        except Exception:
-            pass

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from respan_gateway import Call, CallNext, Chunk, ConfigError, GatewayError, Result, StreamResult, Target, UpstreamError
+from respan_gateway import Call, CallNext, Chunk, ConfigError, GatewayError, Result, StreamResult, Target, UpstreamError, aclose
 
 from .settings import DeploymentsSettings
 
@@ -217,9 +217,7 @@ class DeploymentsMiddleware:
                 self.pool.report(provider, name, model, _TIMED_OUT)
             raise
         finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await aclose(chunks)
 
 
 _TIMED_OUT = UpstreamError("the attempt timed out", status=504)

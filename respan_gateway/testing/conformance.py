@@ -1,4 +1,5 @@
-"""A conformance suite any provider plugin runs against itself: chat, stream, tools, errors, usage.
+"""A conformance suite any provider plugin runs against itself: chat, stream, tools, errors, usage
+(in the answer and in ``call.outcome.usage``).
 
 Subclass :class:`ProviderConformance` in a test module, name the provider table and its id, and pytest
 runs every check through the real ``openai`` SDK (strict response validation) against the gateway on a
@@ -34,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from .call_recorder import CallRecorder
 from .fake_upstream import ANSWER_WORDS, FakeUpstream
 from .gateway_server import GatewayServer, test_config
 
@@ -73,11 +75,17 @@ class ProviderConformance:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def conformance_gateway(cls, conformance_upstream: Any) -> Iterator[GatewayServer]:
+    def conformance_recorder(cls) -> CallRecorder:
+        """Keeps every call, for the checks of what the adapter put on ``call.outcome``."""
+        return CallRecorder()
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def conformance_gateway(cls, conformance_upstream: Any, conformance_recorder: CallRecorder) -> Iterator[GatewayServer]:
         if not cls.provider_id or not cls.provider_toml:
             pytest.fail(f"{cls.__name__}: set provider_id and provider_toml")
         extra = cls.provider_toml.replace("{upstream}", conformance_upstream.url)
-        with GatewayServer(test_config(conformance_upstream.url, extra), cls.plugins) as server:
+        with GatewayServer(test_config(conformance_upstream.url, extra), (*cls.plugins, conformance_recorder)) as server:
             yield server
 
     @pytest.fixture
@@ -98,6 +106,13 @@ class ProviderConformance:
         assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
         assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
+    def test_outcome_usage(self, client: Any, conformance_recorder: CallRecorder) -> None:
+        answer = client.chat.completions.create(model=self.slug(), messages=USER)
+        usage = conformance_recorder.last.outcome.usage
+        assert usage is not None, "the adapter reports the answer's usage in call.outcome.usage"
+        assert not usage.estimated
+        assert (usage.prompt_tokens, usage.completion_tokens) == (answer.usage.prompt_tokens, answer.usage.completion_tokens)
+
     # -- streams ----------------------------------------------------------------------------------
     def test_stream_text(self, client: Any) -> None:
         chunks = list(client.chat.completions.create(model=self.slug(), messages=USER, stream=True))
@@ -116,6 +131,15 @@ class ProviderConformance:
         assert last.choices == [] and last.usage is not None, "one usage chunk with no choices, last"
         assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens > 0
         assert all(c.choices for c in chunks[:-1])
+
+    def test_stream_outcome_usage(self, client: Any, conformance_recorder: CallRecorder) -> None:
+        chunks = list(client.chat.completions.create(model=self.slug(), messages=USER, stream=True,
+                                                     stream_options={"include_usage": True}))
+        usage = conformance_recorder.last.outcome.usage
+        assert usage is not None, "the adapter reports a stream's usage in call.outcome.usage"
+        assert not usage.estimated
+        sent = chunks[-1].usage
+        assert (usage.prompt_tokens, usage.completion_tokens) == (sent.prompt_tokens, sent.completion_tokens)
 
     def test_stream_helper(self, client: Any) -> None:
         with client.chat.completions.stream(model=self.slug(), messages=USER) as stream:

@@ -4,27 +4,32 @@ ExampleAI (a made-up provider) speaks OpenAI's chat format at ``<base_url>/chat/
 differences a real adapter often meets: the key goes in an ``X-Example-Key`` header, and the API
 rejects fields it does not know (here ``parallel_tool_calls`` and ``user``), so the adapter drops them.
 Everything an adapter must do is here, in the smallest form: build the upstream request with the
-gateway's shared client, report failures as ``UpstreamError`` with the provider's status, and return a
-``JSONResult`` for a complete answer or a ``StreamResult`` of ``Chunk`` for a stream that ends with an
-error if the provider breaks off. See docs/providers.md in respan-gateway.
+gateway's shared client, report failures as ``UpstreamError`` with the provider's status, say which
+headers carry its credentials, tell the stream helper how the provider ends a stream and reports an
+error in it, report the answer's usage in ``call.outcome.usage``, and return a ``JSONResult`` for a
+complete answer or a ``StreamResult`` of ``Chunk``. See docs/providers.md in respan-gateway.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx2
 import msgspec
 
 from respan_gateway import (
-    Call, Chunk, JSONResult, ProviderAdapter, ProviderSettings, Result, StreamInterrupted, StreamResult, Target,
-    UpstreamError, hookimpl,
+    Call, Chunk, GatewayError, JSONResult, ProviderAdapter, ProviderSettings, Result, StreamInterrupted, StreamMark,
+    StreamResult, Target, UpstreamError, hookimpl,
 )
-from respan_gateway.sse import DONE, read_events
+from respan_gateway.cost import chat_usage
+from respan_gateway.hookspecs import RegisterProvider
+from respan_gateway.sse import DONE
 
 _decode = msgspec.json.decode
 UNSUPPORTED = ("parallel_tool_calls", "user")
+_FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')  # the usage chunk (the others say "usage": null)
 
 
 class ExampleSettings(ProviderSettings):
@@ -37,6 +42,8 @@ class ExampleSettings(ProviderSettings):
 class ExampleAdapter(ProviderAdapter):
     Settings = ExampleSettings
     default_base_url = "https://api.example.ai/v1"
+    # No client may set this header through `extra_headers` (to any provider).
+    credential_headers = frozenset({"x-example-key"})
     settings: ExampleSettings
 
     async def chat(self, call: Call, target: Target) -> Result:
@@ -50,33 +57,34 @@ class ExampleAdapter(ProviderAdapter):
         # status and message, with no secret in them; a stream that is not an event stream is a 502.
         response = await self.send(call, target, url, body, self.request_headers(call, own))
         if call.stream:
-            return StreamResult(self._chunks(response, target))
+            return StreamResult(self._chunks(call, response, target))
         content = await self.read_body(response, target)
         if "json" not in response.headers.get("content-type", ""):
             raise UpstreamError(f"provider `{self.id}` did not answer JSON", status=502, provider=self.id)
-        return JSONResult(200, content)  # already OpenAI's shape, usage included
+        call.outcome.usage = chat_usage(content)  # already OpenAI's shape: the core's reader decodes it
+        return JSONResult(200, content)
 
-    async def _chunks(self, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
-        finished = False
-        try:
-            async for event in read_events(response.aiter_bytes()):
-                if event.data == DONE:
-                    break
-                data = _decode(event.data)
-                if isinstance(data, dict) and data.get("error"):
-                    message = data["error"].get("message") if isinstance(data["error"], dict) else data["error"]
-                    raise StreamInterrupted(f"provider `{self.id}` failed mid-stream: {message}", provider=self.id)
-                finished = finished or any(c.get("finish_reason") for c in data.get("choices") or [])
-                yield Chunk(event.data)
-        except httpx2.TransportError as exc:
-            raise StreamInterrupted(f"the stream from `{self.id}` broke off: {self.transport_error(exc, target).message}",
-                                    provider=self.id) from None
-        finally:
-            await response.aclose()
-        if not finished:  # never present a truncated answer as a complete one
-            raise StreamInterrupted(f"provider `{self.id}` ended the stream early", provider=self.id)
+    async def _chunks(self, call: Call, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
+        # events(): the one upstream SSE loop (a broken connection, an error event or an end before the
+        # answer is complete raise StreamInterrupted; the response is always closed), with the hooks below.
+        async for chunk in self.events(response, target):
+            if _USAGE.search(chunk.data):
+                call.outcome.usage = chat_usage(chunk.data) or call.outcome.usage
+            yield chunk
+
+    def stream_mark(self, chunk: Chunk) -> StreamMark | None:
+        if chunk.data == DONE:
+            return "end"  # the end marker (not relayed: the gateway writes its own)
+        return "complete" if _FINISHED.search(chunk.data) else None
+
+    def stream_error(self, chunk: Chunk) -> GatewayError | None:
+        if b'"error"' not in chunk.data:
+            return None
+        error = _decode(chunk.data).get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+        return StreamInterrupted(f"provider `{self.id}` failed mid-stream: {message}", provider=self.id) if error else None
 
 
 @hookimpl
-def register_providers(register: Any) -> None:
+def register_providers(register: RegisterProvider) -> None:
     register("example", ExampleAdapter)

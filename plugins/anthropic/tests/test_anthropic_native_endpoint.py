@@ -8,7 +8,7 @@ import anthropic
 import httpx2
 import pytest
 
-from respan_gateway.testing import TEST_KEY, FakeUpstream, GatewayServer
+from respan_gateway.testing import TEST_KEY, CallRecorder, FakeUpstream, GatewayServer
 
 MESSAGES = [{"role": "user", "content": "Hello there"}]
 
@@ -136,3 +136,20 @@ def test_openai_provider_does_not_serve_the_native_endpoint(bearer: anthropic.An
     with pytest.raises(anthropic.BadRequestError) as info:
         bearer.messages.create(model="fake/gpt-4o-mini", max_tokens=10, messages=MESSAGES)
     assert "does not serve this endpoint" in info.value.message
+
+
+def test_native_usage_reaches_the_outcome(gateway_factory: Callable[..., GatewayServer], fake_upstream: FakeUpstream) -> None:
+    # Anthropic's input_tokens exclude the cache; the outcome's prompt_tokens count every input token.
+    recorder = CallRecorder()
+    gateway = gateway_factory(f'[providers.claude]\ntype = "anthropic"\nbase_url = "{fake_upstream.url}"\napi_key = "k"\n',
+                              plugins=(recorder,))
+    client = anthropic.Anthropic(base_url=gateway.url + "/api/anthropic", api_key=TEST_KEY, max_retries=0)
+    message = client.messages.create(model="claude/fake-cache-read-7", max_tokens=10, messages=MESSAGES)
+    usage = recorder.last.outcome.usage
+    assert usage is not None and usage.cache_read_tokens == 7 == message.usage.cache_read_input_tokens
+    assert (usage.prompt_tokens, usage.completion_tokens) == (message.usage.input_tokens + 7, message.usage.output_tokens)
+    with client.messages.stream(model="claude/fake-cache-read-7", max_tokens=10, messages=MESSAGES) as stream:
+        final = stream.get_final_message()
+    usage = recorder.last.outcome.usage
+    assert usage is not None and usage.cache_read_tokens == 7
+    assert (usage.prompt_tokens, usage.completion_tokens) == (final.usage.input_tokens + 7, final.usage.output_tokens)

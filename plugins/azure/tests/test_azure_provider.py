@@ -4,12 +4,15 @@ routes (deployment in the path, api-version, api-key header) over real sockets."
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import openai
 import pytest
 
-from respan_gateway.testing import FakeUpstream, GatewayServer
+from respan_gateway.testing import TEST_KEY, FakeUpstream, GatewayServer
 
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 PNG = "iVBORw0KGgo="
@@ -112,3 +115,38 @@ def test_embeddings_sdk_default_base64(client: openai.OpenAI, fake_upstream: Fak
     assert sent.json["encoding_format"] == "base64" and sent.json["dimensions"] == 4
     assert [len(d.embedding) for d in result.data] == [4, 4]
     assert all(isinstance(x, float) for x in result.data[0].embedding)
+
+
+WITHOUT_OPENAI = """
+import sys
+from respan_gateway.testing import TEST_KEY, GatewayServer
+
+with GatewayServer(open(sys.argv[1]).read()) as gateway:
+    answer = gateway.openai().chat.completions.create(model="azure/my-deploy", messages=[{"role": "user", "content": "hi"}])
+    print(answer.choices[0].message.content)
+    print("respan_plugins.openai" in sys.modules)
+"""
+
+
+def test_azure_works_with_the_openai_plugin_disabled(fake_upstream: FakeUpstream, tmp_path: Path) -> None:
+    # Azure subclasses the core's OpenAI wire adapter: disabling `openai` never imports that plugin.
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+[plugins]
+disabled = ["openai"]
+
+[auth]
+keys = [{{ key = "{TEST_KEY}", tenant = "acme" }}]
+
+[database]
+url = "sqlite:///{tmp_path}/respan.sqlite3"
+
+[providers.azure]
+type = "azure"
+base_url = "{fake_upstream.url}"
+api_key = "azure-resource-key"
+""")
+    done = subprocess.run([sys.executable, "-c", WITHOUT_OPENAI, str(config)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["Hello from the fake upstream!", "False"]
+    assert fake_upstream.requests[-1].path == "/openai/deployments/my-deploy/chat/completions"
