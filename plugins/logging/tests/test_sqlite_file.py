@@ -56,7 +56,11 @@ def test_a_full_database_is_reported_as_full_not_as_a_failed_rollback(gateway_fa
     log_id = client.chat.completions.with_raw_response.create(
         model="gpt-test", messages=[{"role": "user", "content": "long " * 20000}]).headers["x-respan-log-id"]
     httpx2.get(f"{gw.url}/api/request-logs/{log_id}/", headers={"authorization": f"Bearer {TEST_KEY}"}, timeout=10)
-    out = capfd.readouterr().out
-    down = [line for line in out.splitlines() if "request_log_store_down" in line]
+    out, down = "", []
+    deadline = time.monotonic() + 10  # the read flushes the queue; under load the write may end later
+    while not down and time.monotonic() < deadline:
+        time.sleep(0.05)
+        out += capfd.readouterr().out
+        down = [line for line in out.splitlines() if "request_log_store_down" in line]
     assert down and "database or disk is full" in down[0], out
     assert "cannot rollback" not in down[0]
