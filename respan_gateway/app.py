@@ -238,6 +238,11 @@ async def build_call(request: Request, kind: str, gateway: Gateway, *, needs_mod
     try:
         if not raw.strip():
             raise BadRequest("the request body is empty: send a JSON object")
+        if not raw.isascii():  # Raw fields pass through undecoded: check the whole body once (isascii is cheap)
+            try:
+                raw.decode()
+            except UnicodeDecodeError as exc:
+                raise BadRequest(f"the request body is not valid UTF-8 (byte {exc.start})") from None
         try:
             body = _decode_body(raw)
         except msgspec.ValidationError:

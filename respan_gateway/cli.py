@@ -2,15 +2,24 @@
 
     respan-gateway serve [--config FILE] [--host H] [--port P] [--workers N] [--server hypercorn|uvicorn|granian]
     respan-gateway check-config FILE
+
+With several workers, SIGTERM may reach the master only (``kill``), or every process of the group
+(systemd's default): either way every worker stops accepting, finishes its streams and writes its
+log records. A worker whose master is gone (killed) shuts down the same way (see
+:func:`watch_master`), so no worker outlives its server.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ctypes
 import importlib.util
 import os
 import signal
 import sys
+from multiprocessing.connection import wait
+from typing import Any
 
 from .config import Config, ConfigError, ServerSettings, find_config_file
 from .gateway import Gateway
@@ -42,6 +51,9 @@ def serve(args: argparse.Namespace) -> int:
     if importlib.util.find_spec(args.server) is None:
         raise ConfigError(f"--server {args.server}: the package `{args.server}` is not installed (pip install {args.server})")
     os.environ["RESPAN_GATEWAY_CONFIG"] = str(path.resolve())
+    os.environ[MASTER_PID_ENV] = str(os.getpid())  # read by the workers: see watch_master()
+    # Spawned workers call watch_master() when they import the app; forked ones (granian) here.
+    os.register_at_fork(after_in_child=watch_master)
     print(f"respan-gateway listening on http://{host}:{port} ({max(workers, 1)} worker(s), {args.server}, config {path})", flush=True)
     return SERVERS[args.server](server, host, port, workers)
 
@@ -60,7 +72,65 @@ def _serve_hypercorn(server: ServerSettings, host: str, port: int, workers: int)
     hc.backlog = server.backlog
     hc.graceful_timeout = server.graceful_timeout
     hc.keep_alive_timeout = server.keep_alive_timeout
-    return run(hc)
+    if hc.workers == 0:
+        return run(hc)
+    return _hypercorn_master(hc, server)
+
+
+def _hypercorn_master(hc: Any, server: ServerSettings) -> int:
+    """hypercorn's own multi-worker loop lets a worker die at once on SIGTERM (it listens only to the
+    master's event) and terminates the workers still draining once the first one is done. Here:
+    every worker drains on its own SIGTERM or on the master's, and the master waits for all of them."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    sockets = hc.create_sockets()
+    stop = ctx.Event()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited until the worker installs its handlers
+    processes = [ctx.Process(target=_hypercorn_worker, kwargs={"config": hc, "sockets": sockets, "stop": stop})
+                 for _ in range(hc.workers)]
+    for process in processes:
+        process.start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    # A worker that dies on its own ends the server (as with hypercorn): the others drain.
+    while any(p.is_alive() for p in processes):
+        wait([p.sentinel for p in processes if p.is_alive()], timeout=1)
+        if not stop.is_set() and any(p.exitcode is not None for p in processes):
+            stop.set()
+    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+        sock.close()
+    codes = [p.exitcode for p in processes]
+    return next((abs(c) for c in codes if c), 0)
+
+
+def _hypercorn_worker(config: Any, sockets: Any, stop: Any) -> None:
+    from hypercorn.asyncio.run import worker_serve
+    from hypercorn.utils import load_application
+
+    app = load_application(config.application_path, config.wsgi_max_body_size)
+
+    async def serve() -> None:
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+
+        async def shutdown_trigger() -> None:
+            while not done.is_set() and not stop.is_set():
+                try:
+                    await asyncio.wait_for(done.wait(), 0.2)
+                except asyncio.TimeoutError:
+                    pass
+
+        await worker_serve(app, config, sockets=sockets, shutdown_trigger=shutdown_trigger)
+
+    if _has_uvloop():
+        import uvloop
+
+        uvloop.run(serve())
+    else:
+        asyncio.run(serve())
 
 
 def _serve_uvicorn(server: ServerSettings, host: str, port: int, workers: int) -> int:
@@ -94,6 +164,27 @@ def _serve_granian(server: ServerSettings, host: str, port: int, workers: int) -
 
 def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+MASTER_PID_ENV = "RESPAN_GATEWAY_MASTER_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def watch_master() -> None:
+    """In a worker process of ``serve``: get SIGTERM (a graceful shutdown) when the master dies.
+
+    Linux's ``PR_SET_PDEATHSIG`` covers a master killed with SIGKILL; a master already gone before
+    it was set is caught by comparing the parent's pid. Elsewhere (or outside ``serve``) nothing."""
+    master = os.environ.get(MASTER_PID_ENV)
+    if not master or not master.isdigit() or int(master) == os.getpid() or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(master):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 SERVERS = {"hypercorn": _serve_hypercorn, "uvicorn": _serve_uvicorn, "granian": _serve_granian}

@@ -9,7 +9,12 @@ A plugin declares its tables through the ``register_stores`` hook: a store name 
 (``respan_schema_versions`` remembers each store's version; on PostgreSQL under an advisory lock, so
 replicas starting together migrate once). When the database is unreachable at start-up the gateway
 starts anyway and retries on the next use: whoever writes must be ready for
-:class:`StoreUnavailable` (the logging plugin spills to a file).
+:class:`StoreUnavailable` (the logging plugin spills to a file), and for :class:`RowRejected` (the
+server is fine but refuses the data of a row: an integer out of range, text it cannot store).
+
+A SQLite file deleted or replaced while the gateway runs is noticed before the next batch write (and
+by ``/readyz``): the connection is closed and the file opened again, migrations included, so writes
+never go on into an unlinked file.
 
 SQL is written once for both backends with ``$1, $2...`` placeholders (PostgreSQL's; turned into
 SQLite's ``?1, ?2...``). :attr:`Database.dialect` tells the few places that differ.
@@ -18,6 +23,7 @@ SQLite's ``?1, ?2...``). :attr:`Database.dialect` tells the few places that diff
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sqlite3
 import time
@@ -38,6 +44,10 @@ Dialect = Literal["sqlite", "postgres"]
 
 class StoreUnavailable(Exception):
     """The database cannot be reached or did not answer in time."""
+
+
+class RowRejected(Exception):
+    """The database refused the data of a statement (not the connection): retrying it is useless."""
 
 
 class Migration(msgspec.Struct, frozen=True):
@@ -84,6 +94,7 @@ class Database:
         self._connected = False
         self._connecting: asyncio.Lock | None = None
         self._last_attempt = 0.0
+        self._file_id: tuple[int, int] | None = None  # SQLite: (st_dev, st_ino) of the file opened
 
     @property
     def connected(self) -> bool:
@@ -114,6 +125,7 @@ class Database:
 
     async def ping(self) -> bool:
         try:
+            await self._check_file()
             await self.fetchval("SELECT 1")
             return True
         except StoreUnavailable:
@@ -161,6 +173,23 @@ class Database:
                 return conn
 
             self._conn = await self._run(connect)
+            self._file_id = _file_id(self.path)
+
+    async def _check_file(self) -> None:
+        """SQLite: reopen (and migrate) when the file was deleted or replaced since it was opened.
+
+        One ``stat`` per call; called once per batch write and by ``/readyz``, not per query."""
+        if self.dialect != "sqlite" or self._conn is None or _file_id(self.path) == self._file_id:
+            return
+        log.warning("database_file_replaced", path=self.path, action="reopening")
+        conn, self._conn, self._connected = self._conn, None, False
+        # Closed before the new file is opened: closing checkpoints and removes the old -wal/-shm
+        # files, which a new database of the same name must not pick up.
+        try:
+            await self._run(conn.close)
+        except sqlite3.Error as exc:
+            log.warning("database_close_failed", error=str(exc))
+        await self._ensure(force=True)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         assert self._thread is not None
@@ -181,11 +210,7 @@ class Database:
         settings = self.settings
         server_settings = {"application_name": "respan-gateway"}
         if settings.schema:
-            conn = await asyncpg.connect(settings.url, timeout=settings.connect_timeout)
-            try:
-                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.schema}"')
-            finally:
-                await conn.close()
+            # Created by _migrate, under the migration lock: replicas starting together do not race.
             server_settings["search_path"] = settings.schema
         self._pool = await asyncpg.create_pool(
             settings.url, min_size=1, max_size=max(1, settings.pool_size), timeout=settings.connect_timeout,
@@ -204,8 +229,14 @@ class Database:
             async with self._pool.acquire(timeout=self.settings.connect_timeout) as conn:
                 return await getattr(conn, method)(sql, *args)
         except _pg_unavailable() as exc:
-            self._connected = False
-            raise StoreUnavailable(f"postgres: {type(exc).__name__}: {exc}") from None
+            raise self._pg_error(exc) from None
+
+    def _pg_error(self, exc: BaseException) -> Exception:
+        """What an asyncpg error means: the data was refused (:class:`RowRejected`) or the server is gone."""
+        if isinstance(exc, _pg_rejected()):
+            return RowRejected(f"postgres: {type(exc).__name__}: {exc}")
+        self._connected = False
+        return StoreUnavailable(f"postgres: {type(exc).__name__}: {exc}")
 
     # -- migrations -------------------------------------------------------------------------------
     async def _migrate(self) -> None:
@@ -228,13 +259,15 @@ class Database:
                                      "ON CONFLICT (store) DO UPDATE SET version = excluded.version", (store, current))
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    _rollback(conn)
                     raise
 
             await self._run(migrate)
             return
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(7250125001)")  # one migrator at a time
+            if self.settings.schema:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.settings.schema}"')
             await conn.execute("CREATE TABLE IF NOT EXISTS respan_schema_versions (store TEXT PRIMARY KEY, version INTEGER NOT NULL)")
             for store, migrations in self.stores.items():
                 current = await conn.fetchval("SELECT version FROM respan_schema_versions WHERE store = $1", store) or 0
@@ -262,7 +295,11 @@ class Database:
         return int(tail) if tail.isdigit() else 0
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        """Run one statement for each row, all in one transaction."""
+        """Run one statement for each row, all in one transaction (all rows or none).
+
+        Raises :class:`RowRejected` when the database refuses a row's data (the caller may write the
+        rows one by one to find it), :class:`StoreUnavailable` when it cannot be reached."""
+        await self._check_file()
         await self._ensure()
         rows = list(rows)
         if not rows:
@@ -277,18 +314,20 @@ class Database:
                     conn.executemany(query, rows)
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    _rollback(conn)
                     raise
 
-            return await self._sqlite_call(run)
+            try:
+                return await self._sqlite_call(run)
+            except _SQLITE_REJECTED as exc:
+                raise RowRejected(f"sqlite: {type(exc).__name__}: {exc}") from None
         if self._pool is None:
             raise StoreUnavailable("postgres: not connected")
         try:
             async with self._pool.acquire(timeout=self.settings.connect_timeout) as conn, conn.transaction():
                 await conn.executemany(sql, rows)
-        except _pg_unavailable() as exc:
-            self._connected = False
-            raise StoreUnavailable(f"postgres: {type(exc).__name__}: {exc}") from None
+        except (*_pg_unavailable(), *_pg_rejected()) as exc:
+            raise self._pg_error(exc) from None
 
     async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         await self._ensure()
@@ -304,6 +343,36 @@ class Database:
         return next(iter(rows[0].values()))
 
 
+# What sqlite3 raises for a row it cannot store: an int beyond 64 bits (OverflowError), a str that is
+# not valid UTF-8, a value of a type it cannot bind, a constraint.
+_SQLITE_REJECTED = (OverflowError, UnicodeError, sqlite3.InterfaceError, sqlite3.IntegrityError, sqlite3.DataError)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """ROLLBACK after a failed statement; its own failure (SQLite already rolled back after an I/O
+    error or a full disk) is logged, so that the error raised is the one that caused it."""
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        log.warning("database_rollback_failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _pg_rejected() -> tuple[type[BaseException], ...]:
+    """asyncpg's errors for data it or the server refuses: a value it cannot encode (client side,
+    e.g. an int out of BIGINT range), a data exception (class 22) or a constraint (class 23)."""
+    import asyncpg.exceptions as e
+
+    return (e._base.DataError, e.DataError, e.IntegrityConstraintViolationError)
+
+
 def _pg_unavailable() -> tuple[type[BaseException], ...]:
     """asyncpg's errors that mean "the server is not there (now)", not "the SQL is wrong"."""
     import asyncpg.exceptions as e
@@ -312,4 +381,4 @@ def _pg_unavailable() -> tuple[type[BaseException], ...]:
             e.QueryCanceledError, e.OperatorInterventionError, e.TooManyConnectionsError)
 
 
-__all__ = ["Database", "Migration", "StoreUnavailable"]
+__all__ = ["Database", "Migration", "RowRejected", "StoreUnavailable"]

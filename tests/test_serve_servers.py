@@ -8,15 +8,19 @@ upstream records what reached it. uvicorn and granian are optional packages (`pi
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import httpx2
 import pytest
 
-from respan_gateway.testing import FakeUpstream, GatewayProcess, test_config
+from respan_gateway.testing import TEST_KEY, FakeUpstream, GatewayProcess, test_config
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 SERVERS = ["hypercorn", "uvicorn", "granian"]
@@ -90,3 +94,74 @@ def test_unknown_server_is_refused_by_name(tmp_path: Path, fake_upstream: FakeUp
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "invalid choice: 'gunicorn'" in done.stderr
+
+
+def _stored_ids(db: Path) -> list[str]:
+    conn = sqlite3.connect(db, timeout=10)
+    try:
+        return [r[0] for r in conn.execute("SELECT unique_id FROM request_logs")]
+    finally:
+        conn.close()
+
+
+def _start_workers(tmp_path: Path, upstream: FakeUpstream, server: str, **logging: object) -> tuple[GatewayProcess, Path]:
+    db = tmp_path / "respan.sqlite3"
+    settings = "\n".join(f"{k} = {v}" for k, v in logging.items())
+    path = tmp_path / "gateway.toml"
+    path.write_text(test_config(upstream.url, f'[database]\nurl = "sqlite:///{db}"\n'
+                                              f'[logging]\nspill_dir = "{tmp_path}/spill"\n{settings}\n'))
+    gateway = GatewayProcess(str(path), workers=2)
+    gateway.command += ["--server", server]
+    return gateway.start(), db
+
+
+def test_sigterm_to_the_process_group_drains_every_worker(tmp_path: Path, fake_upstream: FakeUpstream, server: str) -> None:
+    """systemd sends SIGTERM to every process of the unit: each worker finishes its streams and
+    writes its records (a long flush interval keeps them in memory until then)."""
+    gateway, db = _start_workers(tmp_path, fake_upstream, server, flush_interval=30)
+    try:
+        assert len(gateway.worker_pids()) == 2, gateway.worker_pids()
+        started = threading.Barrier(7)
+        log_ids: list[str] = []
+        finished: list[str] = []
+
+        def stream() -> None:
+            with httpx2.stream("POST", gateway.base_url + "chat/completions", timeout=30,
+                               headers={"authorization": f"Bearer {TEST_KEY}"},
+                               json={"model": "gpt-test", "messages": MESSAGES, "stream": True,
+                                     "extra_headers": {"x-fake-scenario": "slow-chunks-150,chunks-8"}}) as r:
+                log_ids.append(r.headers["x-respan-log-id"])
+                chunks = r.iter_text()
+                first = next(chunks)
+                started.wait(10)
+                body = first + "".join(chunks)
+            if body.endswith("data: [DONE]\n\n"):
+                finished.append(r.headers["x-respan-log-id"])
+
+        threads = [threading.Thread(target=stream) for _ in range(6)]
+        for t in threads:
+            t.start()
+        started.wait(10)
+        code = gateway.terminate(timeout=60, group=True)
+        for t in threads:
+            t.join(30)
+    finally:
+        gateway.stop()
+    assert sorted(finished) == sorted(log_ids) and len(log_ids) == 6, gateway.output
+    assert code == 0, gateway.output
+    assert sorted(_stored_ids(db)) == sorted(log_ids), gateway.output
+
+
+def test_workers_exit_when_their_master_is_killed(tmp_path: Path, fake_upstream: FakeUpstream, server: str) -> None:
+    gateway, _ = _start_workers(tmp_path, fake_upstream, server)
+    try:
+        workers = gateway.worker_pids()
+        assert len(workers) == 2, workers
+        os.kill(gateway.process.pid, signal.SIGKILL)
+        gateway.process.wait(10)
+        deadline = time.monotonic() + 30
+        while gateway.group_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not gateway.group_alive(), f"{server}: workers {workers} kept running without their master"
+    finally:
+        gateway.stop()

@@ -204,6 +204,10 @@ class LoggingMiddleware:
     async def shutdown(self) -> None:
         await self.writer.close()
 
+    async def ready(self) -> bool:
+        """``/readyz``: false while the store refuses writes (records go to the spill file meanwhile)."""
+        return self.writer.store_up
+
     async def insert(self, records: list[LogRecord]) -> None:
         """The writer's sink."""
         if self.store is None:

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from respan_gateway import BadRequest
-from respan_gateway.database import Database, Migration
+from respan_gateway.database import Database, Migration, RowRejected
 from respan_gateway.hookspecs import LogQuery, UsageBucket
 
 from .record import COLUMNS, JSON_COLUMNS, KINDS, LogRecord, to_row
@@ -71,7 +71,12 @@ class RequestLogStore:
         self.db = database
 
     async def insert(self, records: list[LogRecord]) -> None:
-        await self.db.executemany(_INSERT, [to_row(r) for r in records])
+        """Insert ``records`` in one transaction; :class:`RowRejected` when one of them cannot be stored."""
+        try:
+            rows = [to_row(r) for r in records]
+        except UnicodeDecodeError as exc:  # JSON passed through as bytes that are not UTF-8
+            raise RowRejected(f"a JSON field is not valid UTF-8 ({exc.reason})") from None
+        await self.db.executemany(_INSERT, rows)
 
     # -- reads --------------------------------------------------------------------------------
     async def get(self, tenant: str, unique_id: str) -> dict[str, Any] | None:

@@ -13,6 +13,13 @@ spilling to a local append-only file when the store is down or slow, replayed wh
   batch. Each process appends to its own file and holds an ``flock`` on it; any process replays the
   files nobody holds (its own sealed ones, and those of dead processes), so nothing depends on
   restarting the same worker.
+- A record the store refuses (an integer beyond the column, text it cannot hold) never blocks the
+  others: the batch it is in is written again record by record, and what the store refuses is
+  **quarantined**: appended to ``<spill_dir>/quarantined_request_logs-<pid>-<ms>-<n>.jsonl`` (same
+  format as a spill file; never replayed on its own: an operator renames it to
+  ``request_logs-....jsonl`` once the cause is fixed), counted in ``quarantined`` and logged as
+  ``request_log_quarantined`` with its id. A spill line that cannot be read is quarantined as well;
+  a replay goes on past a bad line or an unreadable file.
 - :meth:`close` (graceful shutdown) writes what is queued, within ``shutdown_timeout``, and spills the
   rest: nothing is lost. A crash loses what is in memory: at most ``queue_size`` records, in practice
   the last ``flush_interval`` seconds of requests.
@@ -31,6 +38,8 @@ from typing import Any
 
 import msgspec
 import structlog
+
+from respan_gateway.database import RowRejected
 
 from .record import LogRecord
 
@@ -52,7 +61,11 @@ class SpillFiles:
         self.pending = 0  # records this process has spilled and not replayed yet (approximate across processes)
 
     def append(self, records: list[LogRecord]) -> None:
-        if not records:
+        self.append_lines([_encode(r) for r in records])
+
+    def append_lines(self, lines: list[bytes]) -> None:
+        """Append JSON lines (without their newline) and fsync."""
+        if not lines:
             return
         if self._fd is None:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -60,13 +73,13 @@ class SpillFiles:
             fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
             self._fd = fd
-        data = b"".join(_encode(r) + b"\n" for r in records)
+        data = b"".join(line + b"\n" for line in lines)
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
         os.fsync(self._fd)
-        self.pending += len(records)
+        self.pending += len(lines)
 
     def seal(self) -> None:
         """Close the active file (releasing its lock) so that a replay picks it up."""
@@ -83,16 +96,35 @@ class SpillFiles:
     def has_files(self) -> bool:
         return bool(self.files())
 
-    async def replay(self, write: Any, batch_size: int) -> int:
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    def count_waiting(self) -> int:
+        """Records in the files waiting for a replay (lines; read once, at start-up)."""
+        total = 0
+        for path in self.files():
+            try:
+                with path.open("rb") as f:
+                    total += sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+            except OSError:
+                continue
+        return total
+
+    async def replay(self, write: Any, batch_size: int, unreadable: Any) -> int:
         """Write every unheld spill file through ``write(batch)`` and delete it; returns records replayed.
 
-        Stops at the first failing write (the file stays, to be replayed again later).
+        Lines that cannot be decoded go to ``unreadable(lines, path)``. A file that cannot be opened
+        is skipped (logged); a failing ``write`` (the store is down) stops the replay, the file stays.
         """
         replayed = 0
         for path in self.files():
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
+                continue
+            except OSError as exc:  # unreadable (permissions...): the other files still go in
+                log.warning("spill_file_unreadable", file=str(path), error=str(exc))
                 continue
             try:
                 try:
@@ -101,34 +133,36 @@ class SpillFiles:
                     continue  # a live process is still appending to it
                 if os.fstat(fd).st_nlink == 0:
                     continue  # replayed and deleted by another process meanwhile
-                records = _read_records(fd, path)
+                records, bad = _read_records(fd)
+                if bad:
+                    unreadable(bad, path)
                 for start in range(0, len(records), batch_size):
                     await write(records[start:start + batch_size])
                 os.unlink(path)
                 replayed += len(records)
-                self.pending = max(0, self.pending - len(records))
+                self.pending = max(0, self.pending - len(records) - len(bad))
             finally:
                 os.close(fd)
         return replayed
 
 
-def _read_records(fd: int, path: Path) -> list[LogRecord]:
+def _read_records(fd: int) -> tuple[list[LogRecord], list[bytes]]:
+    """The records of a spill file, and the lines that are not one (cut by a crash, or not UTF-8)."""
     chunks = []
     while True:
         chunk = os.read(fd, 1 << 20)
         if not chunk:
             break
         chunks.append(chunk)
-    records = []
+    records, bad = [], []
     for line in b"".join(chunks).split(b"\n"):
         if not line.strip():
             continue
         try:
             records.append(_decode_record(line))
-        except msgspec.DecodeError:
-            # A line cut by a crash mid-write: the record it held was never complete.
-            log.warning("spill_line_unreadable", file=str(path), bytes=len(line))
-    return records
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            bad.append(line)
+    return records, bad
 
 
 class RecordWriter:
@@ -137,11 +171,13 @@ class RecordWriter:
         self.settings = settings
         self.queue: collections.deque[LogRecord] = collections.deque()
         self.spill = SpillFiles(settings.spill_dir)
+        self.quarantine = SpillFiles(settings.spill_dir, prefix="quarantined_request_logs")
         self.store_up = True
         self.written = 0
         self.spilled = 0
         self.replayed = 0
         self.write_failures = 0
+        self.quarantined = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
@@ -163,6 +199,7 @@ class RecordWriter:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._next_replay = 0.0  # replay leftovers (a previous run's spill) right away
+        self.spill.pending = self.spill.count_waiting()
         self._task = asyncio.create_task(self._run(), name="request-log-writer")
 
     async def close(self) -> None:
@@ -184,7 +221,9 @@ class RecordWriter:
             self._spill(list(self.queue))
             self.queue.clear()
         self.spill.seal()
-        log.info("request_log_writer_closed", written=self.written, spilled=self.spilled, spill_pending=self.spill.pending)
+        self.quarantine.seal()
+        log.info("request_log_writer_closed", written=self.written, spilled=self.spilled,
+                 spill_pending=self.spill.pending, quarantined=self.quarantined)
 
     async def flush(self) -> None:
         """Write everything queued now (spilling on failure)."""
@@ -222,7 +261,7 @@ class RecordWriter:
             self._spill(batch)
             return
         try:
-            await self._insert(batch)
+            await self._store(batch)
         except asyncio.CancelledError:
             self._spill(batch)
             raise
@@ -233,18 +272,53 @@ class RecordWriter:
             log.warning("request_log_store_down", error=f"{type(exc).__name__}: {exc}", spilled=len(batch))
             self._spill(batch)
 
+    async def _store(self, batch: list[LogRecord]) -> None:
+        """Insert ``batch``; records the store refuses are quarantined. Raises when the store is down."""
+        try:
+            await self._insert(batch)
+            return
+        except RowRejected as exc:
+            if len(batch) == 1:
+                self._quarantine_record(batch[0], exc)
+                return
+        for record in batch:  # find the refused ones: the rest of the batch is written
+            try:
+                await self._insert([record])
+            except RowRejected as exc:
+                self._quarantine_record(record, exc)
+
     async def _insert(self, batch: list[LogRecord]) -> None:
         await asyncio.wait_for(self.store.insert(batch), self.settings.write_timeout)
         self.written += len(batch)
 
+    def _quarantine_record(self, record: LogRecord, exc: Exception) -> None:
+        if self._quarantine([_encode(record)]):
+            log.error("request_log_quarantined", unique_id=record.unique_id, tenant=record.tenant,
+                      error=str(exc), file=str(self.quarantine.path))
+
+    def _quarantine_lines(self, lines: list[bytes], source: Path) -> None:
+        if self._quarantine(lines):
+            log.error("request_log_quarantined", lines=len(lines), error="spill line is not a readable record",
+                      source=str(source), file=str(self.quarantine.path))
+
+    def _quarantine(self, lines: list[bytes]) -> bool:
+        try:
+            self.quarantine.append_lines(lines)
+        except OSError:
+            log.exception("request_log_quarantine_failed", lost=len(lines))
+            return False
+        self.quarantined += len(lines)
+        return True
+
     async def _replay(self) -> None:
         self.spill.seal()
         if not self.spill.has_files():
+            self.spill.pending = 0  # also what other (dead) processes had left, replayed by now
             self.store_up = True
             self._next_replay = time.monotonic() + self.settings.retry_interval
             return
         try:
-            replayed = await self.spill.replay(self._insert, self.settings.batch_size)
+            replayed = await self.spill.replay(self._store, self.settings.batch_size, self._quarantine_lines)
         except Exception as exc:
             self.store_up = False
             self._next_replay = time.monotonic() + self.settings.retry_interval
@@ -266,4 +340,4 @@ class RecordWriter:
     def stats(self) -> dict[str, Any]:
         return {"queue_depth": len(self.queue), "spill_pending": self.spill.pending, "store_up": self.store_up,
                 "written": self.written, "spilled": self.spilled, "replayed": self.replayed,
-                "write_failures": self.write_failures}
+                "write_failures": self.write_failures, "quarantined": self.quarantined}

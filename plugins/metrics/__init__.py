@@ -67,6 +67,7 @@ class GatewayMetrics:
         r.add(Gauge("respan_gateway_log_store_up", "1 when the log store accepts writes.", source=lambda: 1.0 if writer.store_up else 0.0))
         r.add(Gauge("respan_gateway_log_records_written_total", "Log records written to the store by this process.", source=lambda: writer.written))
         r.add(Gauge("respan_gateway_log_records_spilled_total", "Log records written to a spill file by this process.", source=lambda: writer.spilled))
+        r.add(Gauge("respan_gateway_log_records_quarantined_total", "Log records the store refused, set aside in a quarantine file.", source=lambda: writer.quarantined))
 
     def observe(self, record: Any, call: Call) -> None:
         model, provider = record.model or "", record.provider_id or ""

@@ -125,7 +125,10 @@ class GatewayServer:
 class GatewayProcess:
     """The real CLI, ``respan-gateway serve``, as a subprocess on a free port (for start-up, signal
     and multi-worker tests). ``env`` adds to the environment (e.g. ``PYTHONPATH`` for a plugin
-    installed in a folder)."""
+    installed in a folder).
+
+    It runs in a process group of its own (its workers too), as under systemd: :meth:`stop` ends
+    the whole group, gracefully first, so that no worker outlives a test."""
 
     def __init__(self, config_path: str, *, workers: int = 1, env: dict[str, str] | None = None, ready_timeout: float = 30) -> None:
         with socket.socket() as s:
@@ -145,7 +148,8 @@ class GatewayProcess:
     def start(self) -> GatewayProcess:
         # Output goes to a file, not a pipe: a pipe nobody reads would block a chatty gateway.
         self._log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(self.command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -161,21 +165,67 @@ class GatewayProcess:
         self._read_output()
         raise RuntimeError(f"respan-gateway did not become healthy in {self.ready_timeout} s:\n{self.output}")
 
-    def terminate(self, timeout: float = 30) -> int:
-        """SIGTERM, then wait: returns the exit code; ``output`` holds what it printed."""
-        self.process.send_signal(signal.SIGTERM)
+    def terminate(self, timeout: float = 30, *, group: bool = False) -> int:
+        """SIGTERM to the master (``group``: to every process of the group, as systemd sends it),
+        then wait for the master: returns its exit code; ``output`` holds what it printed."""
+        if group:
+            self._signal_group(signal.SIGTERM)
+        else:
+            self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout)
         self._read_output()
         return code
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the master's worker processes (its children, multiprocessing's helper left out)."""
+        try:
+            with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as f:
+                children = [int(pid) for pid in f.read().split()]
+        except OSError:
+            return []
+        workers = []
+        for pid in children:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"resource_tracker" in f.read():
+                        continue
+            except OSError:
+                continue
+            workers.append(pid)
+        return workers
+
+    def group_alive(self) -> bool:
+        """Whether any process of the gateway's group is still running."""
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
 
     def _read_output(self) -> str:
         self._log.seek(0)
         self.output = self._log.read().decode(errors="replace")
         return self.output
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+    def stop(self, timeout: float = 15) -> None:
+        """SIGTERM to the whole group, wait up to ``timeout``, then SIGKILL what is left of it."""
+        if self.process is None:
+            return
+        if self.process.poll() is None or self.group_alive():
+            self._signal_group(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while (self.process.poll() is None or self.group_alive()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.process.poll() is None or self.group_alive():
+                self._signal_group(signal.SIGKILL)
             self.process.wait(10)
 
     def __enter__(self) -> GatewayProcess:

@@ -96,6 +96,20 @@ def test_unreadable_body_is_logged(logged_gateway, body: bytes) -> None:
     assert record["upstream_attempts"] == 0
 
 
+@pytest.mark.parametrize("model", ["gpt-test", "mock/any"])
+def test_body_that_is_not_utf8_is_400_and_logged(logged_gateway, fake_upstream, model: str) -> None:
+    gw = logged_gateway()
+    body = b'{"model": "%s", "messages": [{"role": "user", "content": "bad \xff byte"}]}' % model.encode()
+    r = httpx2.post(gw.base_url + "chat/completions", content=body, timeout=10,
+                    headers={"authorization": f"Bearer {TEST_KEY}", "content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and "not valid UTF-8" in error["message"]
+    record = Logs(gw.url).get(r.headers["x-respan-log-id"])
+    assert record["status_code"] == 400 and record["error_message"] == error["message"]
+    assert fake_upstream.requests == []
+
+
 def test_fallback_lists_every_attempt_and_the_model_that_answered(logged_gateway) -> None:
     gw = logged_gateway()
     raw = gw.openai().chat.completions.with_raw_response.create(
