@@ -82,7 +82,9 @@ class StreamResponse(Response):
 
     Hypercorn drops sends silently after a disconnect, so ``receive()`` is watched: when the client
     leaves, the stream loop is cancelled and the chunk iterator closed, which closes the upstream
-    request. A failure after the first chunk ends the stream with an error event, never a silent end.
+    request. The cancel alone is not enough: while every awaited read completes at once (a fast
+    upstream) it is never delivered, so the watcher also sets a flag that the loop checks per chunk.
+    A failure after the first chunk ends the stream with an error event, never a silent end.
     """
 
     media_type = "text/event-stream"
@@ -94,6 +96,7 @@ class StreamResponse(Response):
         self.style = style
         self.status_code = result.status
         self.background = None
+        self.client_gone = False  # set by the disconnect watcher, checked between chunks
         self.init_headers({
             "content-type": "text/event-stream; charset=utf-8",
             "cache-control": "no-cache",
@@ -107,7 +110,7 @@ class StreamResponse(Response):
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+                tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope)
                 await self._send_chunks(chunks, send)
                 tg.cancel_scope.cancel()
         finally:
@@ -119,6 +122,8 @@ class StreamResponse(Response):
             if self.first is not None:
                 await send({"type": "http.response.body", "body": frame(self.first), "more_body": True})
             async for chunk in chunks:
+                if self.client_gone:
+                    return  # the iterator is closed by the caller: the upstream stops, the log says 499
                 await send({"type": "http.response.body", "body": frame(chunk), "more_body": True})
             tail = DONE_FRAME if self.style == "openai" else b""
         except GatewayError as exc:
@@ -135,13 +140,13 @@ class StreamResponse(Response):
             return frame(Chunk(exc.render("anthropic"), "error"))
         return frame(Chunk(exc.render("openai")))
 
-
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return
+    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.client_gone = True
+                scope.cancel()
+                return
 
 
 async def send_result(result: Result, call: Call, style: str) -> Response:

@@ -458,6 +458,9 @@ class FakeUpstream:
             for index, frame in enumerate(frames):
                 if index and scenario.chunk_gap and await ex.pause(scenario.chunk_gap):
                     return
+                # Hypercorn drops sends after a disconnect and they complete at once: yield, so that
+                # the watcher sees the disconnect of a peer that leaves a fast stream.
+                await asyncio.sleep(0)
                 if ex.gone.is_set():
                     return
                 await ex.body(frame, more=True)
