@@ -45,10 +45,12 @@ async def read_events(source: AsyncIterable[bytes]) -> AsyncIterator[Chunk]:
 
 
 def frame(chunk: Chunk) -> bytes:
-    """One event as it goes to the client."""
+    """One event as it goes to the client; data of several lines (an upstream event of several
+    ``data`` lines, joined by the reader) goes out as several ``data`` lines again."""
+    data = chunk.data.replace(b"\n", b"\ndata: ") if b"\n" in chunk.data else chunk.data
     if chunk.event is None:
-        return b"data: " + chunk.data + b"\n\n"
-    return b"event: " + chunk.event.encode() + b"\ndata: " + chunk.data + b"\n\n"
+        return b"data: " + data + b"\n\n"
+    return b"event: " + chunk.event.encode() + b"\ndata: " + data + b"\n\n"
 
 
 DONE_FRAME = b"data: [DONE]\n\n"

@@ -49,3 +49,14 @@ def test_a_client_leaving_a_fast_stream_stops_the_upstream_and_is_logged_499(
         assert fake_upstream.wait_for_disconnect(10), f"{server}: the gateway read the whole upstream stream after the client left"
         record = wait_for_record(gateway.url, log_id)
         assert record["status_code"] == 499 and record["status"] == "error"
+
+
+def test_an_upstream_event_of_several_data_lines_reaches_the_sdk_whole(gateway) -> None:
+    # The upstream splits each event's JSON over two `data:` lines: one event, whose data is the two
+    # lines joined by a newline. Re-framed without `data:` on the second line, the SDK gets half a JSON.
+    stream = gateway.openai().chat.completions.create(
+        model="gpt-test", messages=MESSAGES, stream=True,
+        extra_body={"extra_headers": {"x-fake-scenario": "multiline-data"}})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from the fake upstream!"
+    assert chunks[-1].choices[0].finish_reason == "stop"

@@ -52,6 +52,8 @@ ignored (so ``model="fake-model"`` is just a model).
   F ``malformed-after-<n>``    streaming: role chunk + n chunks, ``data: {not json``, then the rest.
   F ``no-done``                streaming: the whole stream but no ``data: [DONE]``.
   F ``midstream-error``        streaming: role chunk + 2 chunks, ``data: {"error": {...}}``, clean end.
+    ``multiline-data``         streaming: each event's JSON split over two ``data:`` lines (valid SSE:
+                               the lines of one event join with a newline, valid JSON whitespace).
 
 The streaming-only faults are ignored by non-streaming requests and other endpoints. Chunk counts
 (<n>) count SSE events after the first (role) chunk: content pieces, then the finish chunk, then
@@ -138,6 +140,7 @@ class Scenario:
     finish: str | None = None  # the provider's own stop reason (fake_providers)
     cache_read: int = 0  # cached prompt tokens reported in usage
     cache_write: int = 0
+    multiline: bool = False  # each SSE event's data on two `data:` lines
 
 
 _NUMBERED = re.compile(
@@ -156,6 +159,8 @@ def parse_scenario(value: str, *, strict: bool = True) -> Scenario:
             pass
         elif name in ("tool_call", "tool-call"):
             scenario = replace(scenario, tool_call=True)
+        elif name == "multiline-data":
+            scenario = replace(scenario, multiline=True)
         elif name == "chunks":
             scenario = replace(scenario, chunks=max(number, 1))
         elif name == "slow-chunks":
@@ -452,6 +457,8 @@ class FakeUpstream:
             error = {"message": "fake upstream mid-stream error", "type": "server_error", "param": None,
                      "code": "internal_error"}
             frames = frames[:3] + [error_frame or _sse({"error": error})]
+        if scenario.multiline:
+            frames = [_two_data_lines(f) for f in frames]
         self._stream_delta(+1)
         try:
             await ex.start(200, SSE_HEADERS)
@@ -496,6 +503,14 @@ class FakeUpstream:
 # -- pure helpers ------------------------------------------------------------------------------
 def _sse(payload: Any) -> bytes:
     return b"data: " + msgspec.json.encode(payload) + b"\n\n"
+
+
+def _two_data_lines(frame: bytes) -> bytes:
+    """``data: {"a":1,"b":2}`` as ``data: {"a":1,`` + ``data: "b":2}``; other frames unchanged."""
+    head, sep, rest = frame.partition(b',"')
+    if not sep or not frame.startswith(b"data: {"):
+        return frame
+    return head + b',\ndata: "' + rest
 
 
 def _answer_pieces(n: int) -> list[str]:
