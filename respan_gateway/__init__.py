@@ -16,6 +16,7 @@ from .errors import (
     StreamInterrupted,
     UpstreamError,
     UpstreamTimeout,
+    UpstreamTooLarge,
     UpstreamUnreachable,
 )
 from .gateway import Gateway
@@ -29,7 +30,8 @@ __all__ = [
     "ANONYMOUS", "Attempt", "AuthenticationFailed", "BadRequest", "Call", "CallNext", "Chunk", "Config",
     "ConfigError", "Gateway", "GatewayError", "JSONResult", "ModelNotFound", "NotFound", "Principal",
     "ProviderAdapter", "ProviderSettings", "RateLimited", "RespanParams", "Result", "Settings",
-    "StreamInterrupted", "StreamResult", "Target", "UpstreamError", "UpstreamTimeout", "UpstreamUnreachable",
+    "StreamInterrupted", "StreamResult", "Target", "UpstreamError", "UpstreamTimeout", "UpstreamTooLarge",
+    "UpstreamUnreachable",
     "hookimpl", "create_app",
 ]
 

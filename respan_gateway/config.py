@@ -52,6 +52,10 @@ class UpstreamSettings(Settings):
     # Which transport carries upstream requests: "aiohttp" (default, measured fastest) or "httpx2".
     # See docs/performance.md.
     transport: str = "aiohttp"
+    # Largest answer body read from a provider (non-streamed) and largest single event (or line) of
+    # its stream; larger is a 502 `upstream_response_too_large` (an error event once streaming).
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_event_bytes: int = 16 * 1024 * 1024
     # Hosts a request-supplied `api_base` may point at (credential_override); empty = none allowed.
     api_base_allowlist: list[str] = []
 

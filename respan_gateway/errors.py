@@ -190,6 +190,17 @@ class UpstreamTimeout(UpstreamError):
         super().__init__(message, status=504, **kw)
 
 
+class UpstreamTooLarge(UpstreamError):
+    """502: the provider's answer body, or one event of its stream, is larger than the ``[upstream]``
+    limit (``max_body_bytes``, ``max_event_bytes``). Not retried: the same request gets the same answer."""
+
+    code = "upstream_response_too_large"
+    retryable = False  # type: ignore[assignment]
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, status=502, **kw)
+
+
 class StreamInterrupted(UpstreamError):
     """The provider's stream failed after the client had received bytes: sent as an error event."""
 

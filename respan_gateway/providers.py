@@ -12,14 +12,16 @@ for ``chat``), as a :class:`JSONResult` or a :class:`StreamResult`. It reports f
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx2
 import msgspec
 
-from .call import Call, Result, Target
+from .call import Call, Chunk, Result, Target
 from .config import ConfigError, ModelEntry, ProviderSettings
-from .errors import BadRequest, ModelNotFound, UpstreamError
+from .errors import BadRequest, ModelNotFound, UpstreamError, UpstreamTooLarge
+from .sse import read_events
 from .upstream import parse_retry_after, parsed_url, redact, timeout_for, transport_error
 
 #: Headers a client may not set upstream through the `extra_headers` param: hop-by-hop ones and every
@@ -142,24 +144,51 @@ class ProviderAdapter:
             raise UpstreamError(f"provider `{self.id}` did not answer the streaming request with an event stream", status=502, provider=self.id)
         return response
 
+    def events(self, response: httpx2.Response) -> AsyncIterator[Chunk]:
+        """The events of a streamed answer (:func:`~respan_gateway.sse.read_events`); one larger than
+        ``[upstream] max_event_bytes`` raises 502 ``upstream_response_too_large``. The caller still
+        closes the response (and maps transport errors)."""
+        return read_events(response.aiter_bytes(), self.gateway.config.upstream.max_event_bytes, self.id)
+
     async def read_body(self, response: httpx2.Response, target: Target) -> bytes:
-        """The whole body of a (non-streamed) answer; a transport failure while reading raises 502/504."""
+        """The whole body of a (non-streamed) answer, at most ``[upstream] max_body_bytes`` (larger is a
+        502 ``upstream_response_too_large``); a transport failure while reading raises 502/504."""
         try:
-            await response.aread()
+            return await self._read_limited(response)
         except httpx2.TransportError as exc:
             raise self.transport_error(exc, target) from None
         finally:
             await response.aclose()
-        return response.content
+
+    async def _read_limited(self, response: httpx2.Response) -> bytes:
+        limit = self.gateway.config.upstream.max_body_bytes
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise self._too_large(limit)
+        body = bytearray()
+        async for piece in response.aiter_bytes():
+            body += piece
+            if len(body) > limit:
+                raise self._too_large(limit)
+        return bytes(body)
+
+    def _too_large(self, limit: int) -> UpstreamTooLarge:
+        return UpstreamTooLarge(
+            f"provider `{self.id}` answered with a body larger than {limit} bytes ([upstream] max_body_bytes)", provider=self.id
+        )
 
     async def read_json(self, response: httpx2.Response, target: Target) -> dict[str, Any]:
         """The answer decoded; anything but a JSON object is a 502."""
+        return self.parse_json(await self.read_body(response, target), response.status_code)
+
+    def parse_json(self, content: bytes, status: int) -> dict[str, Any]:
+        """An answer body (from :meth:`read_body`) decoded; anything but a JSON object is a 502."""
         try:
-            answer = _decode(await self.read_body(response, target))
+            answer = _decode(content)
         except msgspec.DecodeError:
             answer = None
         if not isinstance(answer, dict):
-            raise UpstreamError(f"provider `{self.id}` answered {response.status_code} with something that is not a JSON object", status=502, provider=self.id)
+            raise UpstreamError(f"provider `{self.id}` answered {status} with something that is not a JSON object", status=502, provider=self.id)
         return answer
 
     def secrets(self, target: Target) -> tuple[str, ...]:
@@ -170,8 +199,7 @@ class ProviderAdapter:
 
     async def error_from_response(self, response: httpx2.Response, target: Target) -> UpstreamError:
         """The provider's error answer as an :class:`UpstreamError` keeping its status and message."""
-        await response.aread()
-        message, type_, param, code = _error_fields(response.content)
+        message, type_, param, code = _error_fields(await self._read_limited(response))
         if not message:
             message = f"provider `{self.id}` answered {response.status_code}"
         return UpstreamError(
@@ -194,7 +222,8 @@ def _error_fields(content: bytes) -> tuple[str, str | None, str | None, str | No
     if isinstance(body, dict):
         err = body.get("error", body)
         if isinstance(err, dict):
-            code = err.get("code")
+            # Gemini's `status` ("UNAVAILABLE") names the error better than its numeric `code`.
+            code = err.get("status") if isinstance(err.get("status"), str) else err.get("code")
             return (
                 str(err.get("message") or err.get("detail") or ""),
                 err.get("type") if isinstance(err.get("type"), str) else None,

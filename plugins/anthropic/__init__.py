@@ -24,7 +24,6 @@ from starlette.responses import Response
 from respan_gateway import Call, Chunk, GatewayError, JSONResult, ProviderAdapter, ProviderSettings, Result, StreamInterrupted, StreamResult, Target, UpstreamError, hookimpl
 from respan_gateway.app import build_call, error_response, send_result
 from respan_gateway.openai_chat import include_usage
-from respan_gateway.sse import read_events
 
 from .translate import StreamTranslator, message_to_openai, request_to_anthropic, stream_error
 
@@ -66,8 +65,9 @@ class AnthropicAdapter(ProviderAdapter):
         response = await self._send(call, target, call.encoded_body(), client_beta=call.headers.get("anthropic-beta"))
         if call.stream:
             return StreamResult(self._relay(response, target))
-        await self._json(response, target)
-        return JSONResult(200, response.content)
+        content = await self.read_body(response, target)
+        self._message(self.parse_json(content, response.status_code))
+        return JSONResult(200, content)
 
     # -- the exchange -----------------------------------------------------------------------------
     def headers(self, call: Call, target: Target, client_beta: str | None = None) -> dict[str, str]:
@@ -85,7 +85,9 @@ class AnthropicAdapter(ProviderAdapter):
         return await self.send(call, target, url, body, self.headers(call, target, client_beta))
 
     async def _json(self, response: httpx2.Response, target: Target) -> dict[str, Any]:
-        message = await self.read_json(response, target)
+        return self._message(await self.read_json(response, target))
+
+    def _message(self, message: dict[str, Any]) -> dict[str, Any]:
         if message.get("type") != "message":
             raise UpstreamError(f"provider `{self.id}` answered 200 with something that is not a Message", status=502, provider=self.id)
         return message
@@ -93,7 +95,7 @@ class AnthropicAdapter(ProviderAdapter):
     async def _events(self, response: httpx2.Response, target: Target) -> AsyncIterator[tuple[Chunk, dict[str, Any]]]:
         """The upstream's events, decoded; a broken connection raises StreamInterrupted."""
         try:
-            async for chunk in read_events(response.aiter_bytes()):
+            async for chunk in self.events(response):
                 try:
                     event = _decode(chunk.data)
                 except msgspec.DecodeError:

@@ -17,7 +17,6 @@ import msgspec
 
 from respan_gateway import Call, Chunk, JSONResult, ProviderAdapter, ProviderSettings, Result, StreamInterrupted, StreamResult, Target, UpstreamError, hookimpl
 from respan_gateway.openai_chat import include_usage
-from respan_gateway.sse import read_events
 
 from .translate import embeddings_request, embeddings_to_openai, request_to_gemini, response_to_openai, StreamTranslator
 
@@ -67,20 +66,13 @@ class GeminiAdapter(ProviderAdapter):
     async def _send(self, call: Call, target: Target, method: str, body: bytes, stream: bool | None = None) -> httpx2.Response:
         return await self.send(call, target, self.url(target, method), body, self.headers(call, target), stream=stream)
 
-    async def error_from_response(self, response: httpx2.Response, target: Target) -> UpstreamError:
-        error = await super().error_from_response(response, target)
-        status = _gemini_status(response.content)
-        if status:
-            error.code = status
-        return error
-
     async def _json(self, response: httpx2.Response, target: Target) -> dict[str, Any]:
         return await self.read_json(response, target)
 
     async def _stream(self, response: httpx2.Response, target: Target, usage: bool) -> AsyncIterator[Chunk]:
         translator = StreamTranslator(self.id, target.upstream_model, usage)
         try:
-            async for event in read_events(response.aiter_bytes()):
+            async for event in self.events(response):
                 try:
                     data = _decode(event.data)
                 except msgspec.DecodeError:
@@ -95,16 +87,6 @@ class GeminiAdapter(ProviderAdapter):
             await response.aclose()
         for chunk in translator.close():
             yield chunk
-
-
-def _gemini_status(content: bytes) -> str | None:
-    try:
-        body = _decode(content)
-    except msgspec.DecodeError:
-        return None
-    error = body.get("error") if isinstance(body, dict) else None
-    status = error.get("status") if isinstance(error, dict) else None
-    return status if isinstance(status, str) else None
 
 
 @hookimpl

@@ -17,7 +17,7 @@ import msgspec
 
 from respan_gateway import Call, Chunk, JSONResult, ProviderAdapter, Result, StreamInterrupted, StreamResult, Target, UpstreamError, hookimpl
 from respan_gateway.config import ConfigError
-from respan_gateway.sse import DONE, read_events
+from respan_gateway.sse import DONE
 
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
 
@@ -57,7 +57,7 @@ class OpenAIAdapter(ProviderAdapter):
         """The provider's SSE stream as chunks; a cut, an error event or an early end raise."""
         finished = False
         try:
-            async for chunk in read_events(response.aiter_bytes()):
+            async for chunk in self.events(response):
                 data = chunk.data
                 if data == DONE:
                     return

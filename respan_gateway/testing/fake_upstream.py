@@ -52,6 +52,8 @@ ignored (so ``model="fake-model"`` is just a model).
   F ``malformed-after-<n>``    streaming: role chunk + n chunks, ``data: {not json``, then the rest.
   F ``no-done``                streaming: the whole stream but no ``data: [DONE]``.
   F ``midstream-error``        streaming: role chunk + 2 chunks, ``data: {"error": {...}}``, clean end.
+    ``big-<n>``                the answer text is n bytes in one piece (stream: one event of n bytes).
+  F ``no-newline-<n>``         streaming: ``data: `` and n bytes that never end their line, then the end.
     ``multiline-data``         streaming: each event's JSON split over two ``data:`` lines (valid SSE:
                                the lines of one event join with a newline, valid JSON whitespace).
 
@@ -141,11 +143,12 @@ class Scenario:
     cache_read: int = 0  # cached prompt tokens reported in usage
     cache_write: int = 0
     multiline: bool = False  # each SSE event's data on two `data:` lines
+    big: int = 0  # the answer text as one piece of this many bytes
 
 
 _NUMBERED = re.compile(
     r"(error-text|error|retry-after|slow-first-byte|slow-chunks|chunks|cut-after|stall-after|malformed-after"
-    r"|cache-read|cache-write)-(\d+)"
+    r"|cache-read|cache-write|big|no-newline)-(\d+)"
 )
 
 
@@ -167,6 +170,8 @@ def parse_scenario(value: str, *, strict: bool = True) -> Scenario:
             scenario = replace(scenario, chunk_gap=number / 1000)
         elif name == "slow-first-byte":
             scenario = replace(scenario, first_byte_delay=number / 1000)
+        elif name == "big":
+            scenario = replace(scenario, big=number)
         elif name in ("cache-read", "cache-write"):
             scenario = replace(scenario, **{name.replace("-", "_"): number})
         elif name.startswith("finish-") and len(name) > 7:
@@ -412,7 +417,7 @@ class FakeUpstream:
     async def _chat(self, ex: _Exchange, body: Message, scenario: Scenario, *, preamble: list[bytes] = ()) -> None:
         model = str(body.get("model", "fake-model"))
         tool_name = _tool_name(body, scenario)
-        pieces = TOOL_ARGUMENT_FRAGMENTS if tool_name else _answer_pieces(scenario.chunks)
+        pieces = TOOL_ARGUMENT_FRAGMENTS if tool_name else ["x" * scenario.big] if scenario.big else _answer_pieces(scenario.chunks)
         prompt_tokens = _count_words(body.get("messages")) + scenario.cache_read
         usage = {
             "prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
@@ -453,6 +458,8 @@ class FakeUpstream:
             frames.insert(1 + n, b"data: {not json\n\n")
         elif fault == "no-done":
             frames.pop()
+        elif fault == "no-newline":  # one line that never ends, written 64 KiB at a time
+            frames = [b"data: "] + [b"x" * min(65536, n - i) for i in range(0, n, 65536)]
         elif fault == "midstream-error":
             error = {"message": "fake upstream mid-stream error", "type": "server_error", "param": None,
                      "code": "internal_error"}

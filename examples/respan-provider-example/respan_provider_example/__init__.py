@@ -21,7 +21,7 @@ from respan_gateway import (
     Call, Chunk, JSONResult, ProviderAdapter, ProviderSettings, Result, StreamInterrupted, StreamResult, Target,
     UpstreamError, hookimpl,
 )
-from respan_gateway.sse import DONE, read_events
+from respan_gateway.sse import DONE
 
 _decode = msgspec.json.decode
 UNSUPPORTED = ("parallel_tool_calls", "user")
@@ -59,7 +59,7 @@ class ExampleAdapter(ProviderAdapter):
     async def _chunks(self, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
         finished = False
         try:
-            async for event in read_events(response.aiter_bytes()):
+            async for event in self.events(response):  # bounded by [upstream] max_event_bytes
                 if event.data == DONE:
                     break
                 data = _decode(event.data)
