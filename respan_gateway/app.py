@@ -17,6 +17,7 @@ import anyio
 import msgspec
 import structlog
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -179,6 +180,38 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
+def bounded_body(app: ASGIApp, limit: int) -> ASGIApp:
+    """``app`` (a route a plugin registers) with its request body read first, at most ``limit`` bytes:
+    larger is a 413 before the endpoint runs, so no plugin endpoint reads an unbounded body."""
+
+    async def bounded(scope: Scope, receive: Receive, send: Send) -> None:
+        length = Headers(scope=scope).get("content-length")
+        too_large = PayloadTooLarge(f"request body is larger than {limit} bytes")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await error_response(too_large, _style(scope["path"]))(scope, receive, send)
+            return
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > limit:
+                await error_response(too_large, _style(scope["path"]))(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await app(scope, replay, send)
+
+    return bounded
+
+
 async def build_call(request: Request, kind: Kind, gateway: Gateway, *, needs_model: bool = True) -> Call:
     """The call for this request. A body that is not a JSON object (or has a mistyped ``model`` or
     ``stream``) does not stop here: the call carries the error as ``rejection``, raised by the first
@@ -297,9 +330,14 @@ def core_routes() -> list[Route]:
 
 # -- errors the router and Starlette raise ----------------------------------------------------------
 
+def _style(path: str) -> str:
+    """The error envelope of a path: Anthropic's on its native endpoints, else OpenAI's."""
+    return "anthropic" if path.startswith("/api/anthropic/") else "openai"
+
+
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    style = "anthropic" if request.url.path.startswith("/api/anthropic/") else "openai"
+    style = _style(request.url.path)
     if exc.status_code == 404:
         return error_response(NotFound(f"no route for {request.method} {request.url.path}"), style)
     if exc.status_code == 405:
@@ -311,7 +349,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return error_response(exc, "anthropic" if request.url.path.startswith("/api/anthropic/") else "openai")
+    return error_response(exc, _style(request.url.path))
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -327,7 +365,10 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None, 
         if config is None:
             raise TypeError("create_app() needs a config or a gateway")
         gateway = Gateway.build(config, plugins)
-    routes = core_routes() + [Route(path, endpoint, methods=methods) for path, endpoint, methods in gateway.routes]
+    plugin_routes = [Route(path, endpoint, methods=methods) for path, endpoint, methods in gateway.routes]
+    for route in plugin_routes:
+        route.app = bounded_body(route.app, gateway.config.server.max_body_bytes)
+    routes = core_routes() + plugin_routes
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -48,3 +48,17 @@ def test_an_endless_upstream_line_is_a_502_before_the_first_byte_and_closes_the_
     assert r.status_code == 502
     assert r.json()["error"]["code"] == "upstream_response_too_large"
     assert fake_upstream.wait_for_disconnect(10), "the gateway kept reading the endless line"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_plugin_route_refuses_a_body_over_max_body_bytes_with_413(gateway_factory, chunked: bool) -> None:
+    # The logs API is a plugin route: like every route a plugin registers, its body is bounded.
+    gw = gateway_factory("[server]\nmax_body_bytes = 1048576\n")
+    big = b'{"filters": {}, "pad": "' + b"x" * 2_000_000 + b'"}'
+    content = (big[i:i + 65536] for i in range(0, len(big), 65536)) if chunked else big
+    r = httpx2.post(gw.url + "/api/request-logs/list/", content=content, timeout=10,
+                    headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "request_too_large" and "1048576" in r.json()["error"]["message"]
+    small = httpx2.post(gw.url + "/api/request-logs/list/", json={"filters": {}}, headers=AUTH, timeout=10)
+    assert small.status_code == 200, small.text
