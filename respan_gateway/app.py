@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .call import Call, Chunk, JSONResult, Kind, Result, StreamResult
 from .config import Config
-from .errors import BadRequest, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from .errors import BadRequest, GatewayError, MethodNotAllowed, NotFound, Overloaded, PayloadTooLarge
 from .gateway import Gateway
 from .model_catalog import public_listing
 from .sse import DONE_FRAME, frame
@@ -65,6 +65,34 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class AdmissionMiddleware:
+    """At most ``[server] max_in_flight`` requests of this worker in the app at once (a stream until
+    it ends); one more gets a fast 503 with ``Retry-After`` rather than a place in an unbounded queue.
+    The health probes are never refused: an overloaded worker is alive and, for a load balancer, best
+    told apart by its 503s."""
+
+    EXEMPT = frozenset({"/healthz", "/readyz"})
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            err = Overloaded(f"the gateway is at its limit of {self.limit} requests in flight; retry shortly")
+            await error_response(err, _style(scope["path"]))(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 # -- responses --------------------------------------------------------------------------------------
@@ -384,4 +412,5 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None, 
         exception_handlers={HTTPException: _http_exception, GatewayError: _gateway_error, Exception: _unexpected},
     )
     app.state.gateway = gateway
-    return RequestIdMiddleware(app, gateway)
+    limit = gateway.config.server.max_in_flight
+    return RequestIdMiddleware(AdmissionMiddleware(app, limit) if limit > 0 else app, gateway)

@@ -34,6 +34,9 @@ class ServerSettings(Settings):
     graceful_timeout: float = 60.0
     backlog: int = 2048
     keep_alive_timeout: float = 75.0
+    # Requests one worker answers at once (streams count until they end); more get a fast 503 with
+    # Retry-After instead of queueing. /healthz and /readyz are never refused. 0 = no limit.
+    max_in_flight: int = 1000
     # Largest request body accepted; larger is a 413.
     max_body_bytes: int = 32 * 1024 * 1024
     # Show loaded plugins and versions at GET /-/plugins.

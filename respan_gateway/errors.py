@@ -143,6 +143,18 @@ class RateLimited(GatewayError):
         return body
 
 
+class Overloaded(GatewayError):
+    """503 made by the gateway: this worker already answers ``[server] max_in_flight`` requests."""
+
+    status = 503
+    type = "server_error"
+    code = "gateway_overloaded"
+
+    def __init__(self, message: str, *, retry_after: int = 1, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.headers.setdefault("retry-after", str(retry_after))
+
+
 class UpstreamError(GatewayError):
     """An error answered by the provider. Keeps the provider's status and message.
 
