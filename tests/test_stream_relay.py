@@ -36,7 +36,8 @@ def test_a_client_leaving_a_fast_stream_stops_the_upstream_and_is_logged_499(
     path.write_text(test_config(fake_upstream.url, f'[logging]\nspill_dir = "{tmp_path}/spill"\nflush_interval = 0.05\n'))
     gateway = GatewayProcess(str(path))
     gateway.command += ["--server", server]
-    with gateway.start():
+    gateway.start()
+    try:
         # A fast upstream stream (no gap between events) far longer than the socket buffers.
         body = {"model": "gpt-test", "messages": MESSAGES, "stream": True,
                 "extra_headers": {"x-fake-scenario": "chunks-50000"}}
@@ -49,6 +50,9 @@ def test_a_client_leaving_a_fast_stream_stops_the_upstream_and_is_logged_499(
         assert fake_upstream.wait_for_disconnect(10), f"{server}: the gateway read the whole upstream stream after the client left"
         record = wait_for_record(gateway.url, log_id)
         assert record["status_code"] == 499 and record["status"] == "error"
+    finally:
+        gateway.terminate()  # SIGTERM: the server stops its workers (stop()'s SIGKILL leaves them behind)
+        gateway.stop()
 
 
 def test_an_upstream_event_of_several_data_lines_reaches_the_sdk_whole(gateway) -> None:
