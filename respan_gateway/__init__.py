@@ -17,6 +17,7 @@ from .errors import (
     StreamInterrupted,
     UpstreamError,
     UpstreamTimeout,
+    UpstreamTooLarge,
     UpstreamUnreachable,
 )
 from .gateway import Gateway
@@ -33,7 +34,8 @@ __all__ = [
     "ConfigError", "Gateway", "GatewayError", "JSONResult", "ModelNotFound", "NotFound", "Principal",
     "AdapterContext", "ErrorFields", "OpenAIAdapter", "OpenAICompatibleAdapter", "StreamMark", "aclose",
     "ProviderAdapter", "ProviderSettings", "RateLimited", "RespanParams", "Result", "Settings",
-    "StreamInterrupted", "StreamResult", "Target", "UpstreamError", "UpstreamTimeout", "UpstreamUnreachable",
+    "StreamInterrupted", "StreamResult", "Target", "UpstreamError", "UpstreamTimeout", "UpstreamTooLarge",
+    "UpstreamUnreachable",
     "hookimpl", "create_app",
 ]
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 import msgspec
 import structlog
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .call import Call, Chunk, JSONResult, Result, StreamResult, aclose
 from .config import Config
 from .endpoints import Accumulator, Endpoint
-from .errors import BadRequest, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from .errors import BadRequest, GatewayError, MethodNotAllowed, NotFound, Overloaded, PayloadTooLarge
 from .gateway import Gateway
 from .model_catalog import public_listing
 from .openai_chat import check_messages
@@ -70,6 +71,34 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class AdmissionMiddleware:
+    """At most ``[server] max_in_flight`` requests of this worker in the app at once (a stream until
+    it ends); one more gets a fast 503 with ``Retry-After`` rather than a place in an unbounded queue.
+    The health probes are never refused: an overloaded worker is alive and, for a load balancer, best
+    told apart by its 503s."""
+
+    EXEMPT = frozenset({"/healthz", "/readyz"})
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            err = Overloaded(f"the gateway is at its limit of {self.limit} requests in flight; retry shortly")
+            await error_response(err, style_for(scope["path"]))(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 # -- responses --------------------------------------------------------------------------------------
 
 def json_response(status: int, content: bytes, headers: dict[str, str] | None = None) -> Response:
@@ -86,7 +115,9 @@ class StreamResponse(Response):
 
     Hypercorn drops sends silently after a disconnect, so ``receive()`` is watched: when the client
     leaves, the stream loop is cancelled and the chunk iterator closed, which closes the upstream
-    request. A failure after the first chunk ends the stream with an error event, never a silent end.
+    request. The cancel alone is not enough: while every awaited read completes at once (a fast
+    upstream) it is never delivered, so the watcher also sets a flag that the loop checks per chunk.
+    A failure after the first chunk ends the stream with an error event, never a silent end.
     """
 
     media_type = "text/event-stream"
@@ -101,6 +132,7 @@ class StreamResponse(Response):
         self.accumulator = accumulator
         self.status_code = result.status
         self.background = None
+        self.client_gone = False  # set by the disconnect watcher, checked between chunks
         self.init_headers({
             "content-type": "text/event-stream; charset=utf-8",
             "cache-control": "no-cache",
@@ -118,7 +150,7 @@ class StreamResponse(Response):
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+                tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope)
                 await self._send_chunks(chunks, send)
                 tg.cancel_scope.cancel()
         finally:
@@ -141,6 +173,8 @@ class StreamResponse(Response):
                 await send({"type": "http.response.body", "body": frame(self.first), "more_body": True})
                 outcome.chunks += 1
             async for chunk in chunks:
+                if self.client_gone:
+                    return  # the iterator is closed by the caller: the upstream stops, the log says 499
                 if accumulator is not None:
                     accumulator.feed(chunk)
                 await send({"type": "http.response.body", "body": frame(chunk), "more_body": True})
@@ -164,13 +198,13 @@ class StreamResponse(Response):
             return frame(Chunk(exc.render("anthropic"), "error"))
         return frame(Chunk(exc.render("openai")))
 
-
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return
+    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.client_gone = True
+                scope.cancel()
+                return
 
 
 class CallResponse(Response):
@@ -226,6 +260,38 @@ async def read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise PayloadTooLarge(f"request body is larger than {limit} bytes")
     return body
+
+
+def bounded_body(app: ASGIApp, limit: int, style_for: Callable[[str], str]) -> ASGIApp:
+    """``app`` (a route a plugin registers) with its request body read first, at most ``limit`` bytes:
+    larger is a 413 before the endpoint runs, so no plugin endpoint reads an unbounded body."""
+
+    async def bounded(scope: Scope, receive: Receive, send: Send) -> None:
+        length = Headers(scope=scope).get("content-length")
+        too_large = PayloadTooLarge(f"request body is larger than {limit} bytes")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await error_response(too_large, style_for(scope["path"]))(scope, receive, send)
+            return
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > limit:
+                await error_response(too_large, style_for(scope["path"]))(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await app(scope, replay, send)
+
+    return bounded
 
 
 async def build_call(request: Request, kind: str, gateway: Gateway, *, needs_model: bool = True) -> Call:
@@ -400,7 +466,10 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None, 
         if config is None:
             raise TypeError("create_app() needs a config or a gateway")
         gateway = Gateway.build(config, plugins)
-    routes = core_routes(gateway) + [Route(path, endpoint, methods=methods) for path, endpoint, methods in gateway.routes]
+    plugin_routes = [Route(path, endpoint, methods=methods) for path, endpoint, methods in gateway.routes]
+    for route in plugin_routes:
+        route.app = bounded_body(route.app, gateway.config.server.max_body_bytes, gateway.style_for)
+    routes = core_routes(gateway) + plugin_routes
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -416,4 +485,5 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None, 
         exception_handlers={HTTPException: _http_exception, GatewayError: _gateway_error, Exception: _unexpected},
     )
     app.state.gateway = gateway
-    return RequestIdMiddleware(app, gateway)
+    limit = gateway.config.server.max_in_flight
+    return RequestIdMiddleware(AdmissionMiddleware(app, limit) if limit > 0 else app, gateway)

@@ -34,6 +34,9 @@ class ServerSettings(Settings):
     graceful_timeout: float = 60.0
     backlog: int = 2048
     keep_alive_timeout: float = 75.0
+    # Requests one worker answers at once (streams count until they end); more get a fast 503 with
+    # Retry-After instead of queueing. /healthz and /readyz are never refused. 0 = no limit.
+    max_in_flight: int = 1000
     # Largest request body accepted; larger is a 413.
     max_body_bytes: int = 32 * 1024 * 1024
     # Show loaded plugins and versions at GET /-/plugins.
@@ -52,6 +55,10 @@ class UpstreamSettings(Settings):
     # Which transport carries upstream requests: "aiohttp" (default, measured fastest) or "httpx2".
     # See docs/performance.md.
     transport: str = "aiohttp"
+    # Largest answer body read from a provider (non-streamed) and largest single event (or line) of
+    # its stream; larger is a 502 `upstream_response_too_large` (an error event once streaming).
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_event_bytes: int = 16 * 1024 * 1024
     # Hosts a request-supplied `api_base` may point at (credential_override); empty = none allowed.
     api_base_allowlist: list[str] = []
 

@@ -166,6 +166,18 @@ class RateLimited(GatewayError):
         return body
 
 
+class Overloaded(GatewayError):
+    """503 made by the gateway: this worker already answers ``[server] max_in_flight`` requests."""
+
+    status = 503
+    type = "server_error"
+    code = "gateway_overloaded"
+
+    def __init__(self, message: str, *, retry_after: int = 1, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.headers.setdefault("retry-after", str(retry_after))
+
+
 class UpstreamError(GatewayError):
     """An error answered by the provider. Keeps the provider's status and message.
 
@@ -211,6 +223,17 @@ class UpstreamTimeout(UpstreamError):
 
     def __init__(self, message: str, **kw: Any) -> None:
         super().__init__(message, status=504, **kw)
+
+
+class UpstreamTooLarge(UpstreamError):
+    """502: the provider's answer body, or one event of its stream, is larger than the ``[upstream]``
+    limit (``max_body_bytes``, ``max_event_bytes``). Not retried: the same request gets the same answer."""
+
+    code = "upstream_response_too_large"
+    retryable = False  # type: ignore[assignment]
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, status=502, **kw)
 
 
 class StreamInterrupted(UpstreamError):

@@ -143,7 +143,11 @@ def register_providers(register: RegisterProvider) -> None:
 
 @hookspec
 def register_routes(register: RegisterRoute) -> None:
-    """Called once at start-up to collect extra HTTP routes (logs API, prompts API...)."""
+    """Called once at start-up to collect extra HTTP routes (logs API, prompts API...).
+
+    The core bounds every such route's request body (``[server] max_body_bytes``, larger is a 413
+    in the OpenAI error envelope) before the endpoint runs: ``await request.body()`` is safe.
+    """
 
 
 @hookspec

@@ -26,7 +26,7 @@ import msgspec
 
 from .call import Call, Chunk, Result, Target
 from .config import ConfigError, ModelEntry, ProviderSettings, UpstreamSettings
-from .errors import BadRequest, GatewayError, ModelNotFound, StreamInterrupted, UpstreamError
+from .errors import BadRequest, GatewayError, ModelNotFound, StreamInterrupted, UpstreamError, UpstreamTooLarge
 from .sse import read_events
 from .upstream import parse_retry_after, parsed_url, timeout_for, transport_error
 
@@ -193,23 +193,44 @@ class ProviderAdapter:
         return response
 
     async def read_body(self, response: httpx2.Response, target: Target) -> bytes:
-        """The whole body of a (non-streamed) answer; a transport failure while reading raises 502/504."""
+        """The whole body of a (non-streamed) answer, at most ``[upstream] max_body_bytes`` (larger is a
+        502 ``upstream_response_too_large``); a transport failure while reading raises 502/504."""
         try:
-            await response.aread()
+            return await self._read_limited(response)
         except httpx2.TransportError as exc:
             raise self.transport_error(exc, target) from None
         finally:
             await response.aclose()
-        return response.content
+
+    async def _read_limited(self, response: httpx2.Response) -> bytes:
+        limit = self.context.upstream.max_body_bytes
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise self._too_large(limit)
+        body = bytearray()
+        async for piece in response.aiter_bytes():
+            body += piece
+            if len(body) > limit:
+                raise self._too_large(limit)
+        return bytes(body)
+
+    def _too_large(self, limit: int) -> UpstreamTooLarge:
+        return UpstreamTooLarge(
+            f"provider `{self.id}` answered with a body larger than {limit} bytes ([upstream] max_body_bytes)", provider=self.id
+        )
 
     async def read_json(self, response: httpx2.Response, target: Target) -> dict[str, Any]:
         """The answer decoded; anything but a JSON object is a 502."""
+        return self.parse_json(await self.read_body(response, target), response.status_code)
+
+    def parse_json(self, content: bytes, status: int) -> dict[str, Any]:
+        """An answer body (from :meth:`read_body`) decoded; anything but a JSON object is a 502."""
         try:
-            answer = _decode(await self.read_body(response, target))
+            answer = _decode(content)
         except msgspec.DecodeError:
             answer = None
         if not isinstance(answer, dict):
-            raise UpstreamError(f"provider `{self.id}` answered {response.status_code} with something that is not a JSON object", status=502, provider=self.id)
+            raise UpstreamError(f"provider `{self.id}` answered {status} with something that is not a JSON object", status=502, provider=self.id)
         return answer
 
     def configured_secrets(self) -> tuple[str, ...]:
@@ -227,8 +248,7 @@ class ProviderAdapter:
 
     async def error_from_response(self, response: httpx2.Response, target: Target) -> UpstreamError:
         """The provider's error answer as an :class:`UpstreamError` keeping its status and message."""
-        await response.aread()
-        fields = self.error_fields(response.content)
+        fields = self.error_fields(await self._read_limited(response))
         return UpstreamError(
             fields.message or f"provider `{self.id}` answered {response.status_code}",
             status=response.status_code,
@@ -255,7 +275,8 @@ class ProviderAdapter:
         """
         complete = False
         try:
-            async for chunk in read_events(response.aiter_bytes()):
+            # One event larger than [upstream] max_event_bytes raises 502 upstream_response_too_large.
+            async for chunk in read_events(response.aiter_bytes(), self.context.upstream.max_event_bytes, self.id):
                 error = self.stream_error(chunk)
                 if error is not None:
                     raise error

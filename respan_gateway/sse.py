@@ -11,18 +11,31 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 
 from .call import Chunk
+from .config import UpstreamSettings
+from .errors import UpstreamTooLarge
 
 DONE = b"[DONE]"
+_MAX_EVENT_BYTES = UpstreamSettings().max_event_bytes
 
 
-async def read_events(source: AsyncIterable[bytes]) -> AsyncIterator[Chunk]:
-    """Parse a byte stream into events. A trailing event without its blank line is dropped, per spec."""
+async def read_events(
+    source: AsyncIterable[bytes], max_event_bytes: int = _MAX_EVENT_BYTES, provider: str = ""
+) -> AsyncIterator[Chunk]:
+    """Parse a byte stream into events. A trailing event without its blank line is dropped, per spec.
+
+    An event (or a line still waiting for its end) larger than ``max_event_bytes`` raises
+    :class:`UpstreamTooLarge`: nothing from upstream is buffered without bound. Adapters call it
+    through :meth:`ProviderAdapter.events`, which passes the configured limit.
+    """
     buffer = b""
     event: str | None = None
     data: list[bytes] = []
+    size = 0  # bytes of `data`
     async for piece in source:
         buffer += piece
         if b"\n" not in piece:
+            if len(buffer) > max_event_bytes:
+                raise _too_large(max_event_bytes, provider)
             continue
         *lines, buffer = buffer.split(b"\n")
         for line in lines:
@@ -31,7 +44,7 @@ async def read_events(source: AsyncIterable[bytes]) -> AsyncIterator[Chunk]:
             if not line:
                 if data:
                     yield Chunk(data[0] if len(data) == 1 else b"\n".join(data), event)
-                event, data = None, []
+                event, data, size = None, [], 0
                 continue
             if line[0] == 58:  # b":" comment / keep-alive
                 continue
@@ -39,16 +52,30 @@ async def read_events(source: AsyncIterable[bytes]) -> AsyncIterator[Chunk]:
             if value[:1] == b" ":
                 value = value[1:]
             if name == b"data":
+                size += len(value) + 1
+                if size > max_event_bytes:
+                    raise _too_large(max_event_bytes, provider)
                 data.append(value)
             elif name == b"event":
                 event = value.decode("utf-8", "replace")
+        if len(buffer) > max_event_bytes:  # the start of a line longer than the limit
+            raise _too_large(max_event_bytes, provider)
+
+
+def _too_large(limit: int, provider: str) -> UpstreamTooLarge:
+    return UpstreamTooLarge(
+        f"provider `{provider}` sent a stream event larger than {limit} bytes ([upstream] max_event_bytes)",
+        provider=provider,
+    )
 
 
 def frame(chunk: Chunk) -> bytes:
-    """One event as it goes to the client."""
+    """One event as it goes to the client; data of several lines (an upstream event of several
+    ``data`` lines, joined by the reader) goes out as several ``data`` lines again."""
+    data = chunk.data.replace(b"\n", b"\ndata: ") if b"\n" in chunk.data else chunk.data
     if chunk.event is None:
-        return b"data: " + chunk.data + b"\n\n"
-    return b"event: " + chunk.event.encode() + b"\ndata: " + chunk.data + b"\n\n"
+        return b"data: " + data + b"\n\n"
+    return b"event: " + chunk.event.encode() + b"\ndata: " + data + b"\n\n"
 
 
 DONE_FRAME = b"data: [DONE]\n\n"

@@ -105,7 +105,9 @@ class AnthropicAdapter(ProviderAdapter):
         return await self.send(call, target, url, body, self.headers(call, target, client_beta))
 
     async def _json(self, response: httpx2.Response, target: Target) -> dict[str, Any]:
-        message = await self.read_json(response, target)
+        return self._message(await self.read_json(response, target))
+
+    def _message(self, message: dict[str, Any]) -> dict[str, Any]:
         if message.get("type") != "message":
             raise UpstreamError(f"provider `{self.id}` answered 200 with something that is not a Message", status=502, provider=self.id)
         return message

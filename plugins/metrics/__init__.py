@@ -28,9 +28,14 @@ REQUEST_LABELS = ("endpoint", "model", "provider", "status_code")
 MODEL_LABELS = ("model", "provider")
 
 
+OTHER = "other"  # the label value of every model / provider / status the config does not name
+
+
 class MetricsSettings(Settings):
     # Require a gateway API key on GET /metrics (default: open, like /healthz; keep it off the internet).
     require_auth: bool = False
+    # Most label sets one series may hold; later new ones are counted under all-"other" labels.
+    max_series: int = 2000
     latency_buckets: list[float] = msgspec.field(default_factory=lambda: list(LATENCY_BUCKETS))
     overhead_buckets: list[float] = msgspec.field(default_factory=lambda: list(OVERHEAD_BUCKETS))
 
@@ -41,7 +46,7 @@ class GatewayMetrics:
     def __init__(self, settings: MetricsSettings, gateway: Any) -> None:
         self.settings = settings
         self.gateway = gateway
-        r = self.registry = Registry()
+        r = self.registry = Registry(settings.max_series)
         self.in_flight = r.add(Gauge("respan_gateway_requests_in_flight", "Requests being answered (streams until they end)."))
         self.requests = r.add(Counter("respan_gateway_requests_total", "Requests answered, by final model, provider and status.", REQUEST_LABELS))
         self.errors = r.add(Counter("respan_gateway_request_errors_total", "Requests that ended with a status >= 400 (499 = client left).", REQUEST_LABELS))
@@ -69,9 +74,18 @@ class GatewayMetrics:
         r.add(Gauge("respan_gateway_log_records_spilled_total", "Log records written to a spill file by this process.", source=lambda: writer.spilled))
         r.add(Gauge("respan_gateway_log_records_quarantined_total", "Log records the store refused, set aside in a quarantine file.", source=lambda: writer.quarantined))
 
+    # Labels are values the config names: a client's made-up model name is "other", never a new series.
+    def _model(self, model: str | None) -> str:
+        if not model or model == "respan/cache" or self.gateway.catalog.entry(model) is not None:
+            return model or ""
+        return OTHER
+
+    def _provider(self, provider: str | None) -> str:
+        return "" if not provider else provider if provider in self.gateway.providers else OTHER
+
     def observe(self, record: Any, call: Call) -> None:
-        model, provider = record.model or "", record.provider_id or ""
-        labels = (record.endpoint or "", model, provider, str(record.status_code))
+        model, provider = self._model(record.model), self._provider(record.provider_id)
+        labels = (record.endpoint or "", model, provider, _status(record.status_code))
         self.requests.inc(labels)
         if record.status_code >= 400:
             self.errors.inc(labels)
@@ -90,7 +104,7 @@ class GatewayMetrics:
         if record.cache_hit:
             self.cache_hits.inc((record.endpoint or "",))
         for attempt in call.attempts:
-            self.attempts.inc((attempt.model, attempt.provider, str(attempt.status or "")))
+            self.attempts.inc((self._model(attempt.model), self._provider(attempt.provider), _status(attempt.status)))
 
     async def __call__(self, call: Call, call_next: CallNext) -> Result:
         self.in_flight.inc(1)
@@ -115,6 +129,10 @@ class GatewayMetrics:
                 await chunks.aclose()  # type: ignore[attr-defined]
             except Exception:
                 pass
+
+
+def _status(status: int | None) -> str:
+    return "" if not status else str(status) if 100 <= status <= 599 else OTHER
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 LabelValues = tuple[str, ...]
 
@@ -33,9 +34,18 @@ def _num(value: float) -> str:
 
 class Metric:
     kind = "untyped"
+    #: Most label sets this metric holds (set by the registry); a new one beyond it is counted under
+    #: all-"other" labels, so that no input can grow the exposition without bound.
+    max_series = 2000
 
     def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()) -> None:
         self.name, self.help, self.label_names = name, help, labels
+        self.values: dict[LabelValues, Any] = {}
+
+    def _bounded(self, labels: LabelValues) -> LabelValues:
+        if labels in self.values or len(self.values) < self.max_series:
+            return labels
+        return ("other",) * len(labels)
 
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
@@ -49,6 +59,7 @@ class Counter(Metric):
         self.values: dict[LabelValues, float] = {}
 
     def inc(self, labels: LabelValues = (), amount: float = 1.0) -> None:
+        labels = self._bounded(labels)
         self.values[labels] = self.values.get(labels, 0.0) + amount
 
     def render(self) -> list[str]:
@@ -66,9 +77,10 @@ class Gauge(Metric):
         self.source = source
 
     def set(self, value: float, labels: LabelValues = ()) -> None:
-        self.values[labels] = value
+        self.values[self._bounded(labels)] = value
 
     def inc(self, amount: float = 1.0, labels: LabelValues = ()) -> None:
+        labels = self._bounded(labels)
         self.values[labels] = self.values.get(labels, 0.0) + amount
 
     def render(self) -> list[str]:
@@ -86,6 +98,7 @@ class Histogram(Metric):
         self.values: dict[LabelValues, list] = {}
 
     def observe(self, value: float, labels: LabelValues = ()) -> None:
+        labels = self._bounded(labels)
         slot = self.values.get(labels)
         if slot is None:
             slot = self.values[labels] = [[0] * (len(self.buckets) + 1), 0.0, 0]
@@ -107,10 +120,12 @@ class Histogram(Metric):
 
 
 class Registry:
-    def __init__(self) -> None:
+    def __init__(self, max_series: int = Metric.max_series) -> None:
         self.metrics: list[Metric] = []
+        self.max_series = max_series
 
     def add(self, metric: Metric) -> Metric:
+        metric.max_series = self.max_series
         self.metrics.append(metric)
         return metric
 

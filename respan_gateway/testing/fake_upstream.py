@@ -55,6 +55,10 @@ ignored (so ``model="fake-model"`` is just a model).
     ``echo-headers``           the error messages of ``error-<status>`` and ``midstream-error`` quote
                                every request header (``name: value``), as a careless provider or
                                proxy does: for tests that no secret gets past the gateway.
+    ``big-<n>``                the answer text is n bytes in one piece (stream: one event of n bytes).
+  F ``no-newline-<n>``         streaming: ``data: `` and n bytes that never end their line, then the end.
+    ``multiline-data``         streaming: each event's JSON split over two ``data:`` lines (valid SSE:
+                               the lines of one event join with a newline, valid JSON whitespace).
 
 The streaming-only faults are ignored by non-streaming requests and other endpoints. Chunk counts
 (<n>) count SSE events after the first (role) chunk: content pieces, then the finish chunk, then
@@ -142,11 +146,13 @@ class Scenario:
     cache_read: int = 0  # cached prompt tokens reported in usage
     cache_write: int = 0
     echo_headers: bool = False  # error messages quote the request's headers
+    multiline: bool = False  # each SSE event's data on two `data:` lines
+    big: int = 0  # the answer text as one piece of this many bytes
 
 
 _NUMBERED = re.compile(
     r"(error-text|error|retry-after|slow-first-byte|slow-chunks|chunks|cut-after|stall-after|malformed-after"
-    r"|cache-read|cache-write)-(\d+)"
+    r"|cache-read|cache-write|big|no-newline)-(\d+)"
 )
 
 
@@ -162,12 +168,16 @@ def parse_scenario(value: str, *, strict: bool = True) -> Scenario:
             scenario = replace(scenario, echo_headers=True)
         elif name in ("tool_call", "tool-call"):
             scenario = replace(scenario, tool_call=True)
+        elif name == "multiline-data":
+            scenario = replace(scenario, multiline=True)
         elif name == "chunks":
             scenario = replace(scenario, chunks=max(number, 1))
         elif name == "slow-chunks":
             scenario = replace(scenario, chunk_gap=number / 1000)
         elif name == "slow-first-byte":
             scenario = replace(scenario, first_byte_delay=number / 1000)
+        elif name == "big":
+            scenario = replace(scenario, big=number)
         elif name in ("cache-read", "cache-write"):
             scenario = replace(scenario, **{name.replace("-", "_"): number})
         elif name.startswith("finish-") and len(name) > 7:
@@ -413,7 +423,7 @@ class FakeUpstream:
     async def _chat(self, ex: _Exchange, body: Message, scenario: Scenario, *, preamble: list[bytes] = ()) -> None:
         model = str(body.get("model", "fake-model"))
         tool_name = _tool_name(body, scenario)
-        pieces = TOOL_ARGUMENT_FRAGMENTS if tool_name else _answer_pieces(scenario.chunks)
+        pieces = TOOL_ARGUMENT_FRAGMENTS if tool_name else ["x" * scenario.big] if scenario.big else _answer_pieces(scenario.chunks)
         prompt_tokens = _count_words(body.get("messages")) + scenario.cache_read
         usage = {
             "prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
@@ -454,16 +464,23 @@ class FakeUpstream:
             frames.insert(1 + n, b"data: {not json\n\n")
         elif fault == "no-done":
             frames.pop()
+        elif fault == "no-newline":  # one line that never ends, written 64 KiB at a time
+            frames = [b"data: "] + [b"x" * min(65536, n - i) for i in range(0, n, 65536)]
         elif fault == "midstream-error":
             error = {"message": f"fake upstream mid-stream error{_echo(ex, scenario)}", "type": "server_error", "param": None,
                      "code": "internal_error"}
             frames = frames[:3] + [error_frame or _sse({"error": error})]
+        if scenario.multiline:
+            frames = [_two_data_lines(f) for f in frames]
         self._stream_delta(+1)
         try:
             await ex.start(200, SSE_HEADERS)
             for index, frame in enumerate(frames):
                 if index and scenario.chunk_gap and await ex.pause(scenario.chunk_gap):
                     return
+                # Hypercorn drops sends after a disconnect and they complete at once: yield, so that
+                # the watcher sees the disconnect of a peer that leaves a fast stream.
+                await asyncio.sleep(0)
                 if ex.gone.is_set():
                     return
                 await ex.body(frame, more=True)
@@ -507,6 +524,14 @@ def _echo(ex: _Exchange, scenario: Scenario) -> str:
 
 def _sse(payload: Any) -> bytes:
     return b"data: " + msgspec.json.encode(payload) + b"\n\n"
+
+
+def _two_data_lines(frame: bytes) -> bytes:
+    """``data: {"a":1,"b":2}`` as ``data: {"a":1,`` + ``data: "b":2}``; other frames unchanged."""
+    head, sep, rest = frame.partition(b',"')
+    if not sep or not frame.startswith(b"data: {"):
+        return frame
+    return head + b',\ndata: "' + rest
 
 
 def _answer_pieces(n: int) -> list[str]:

@@ -54,7 +54,7 @@ def test_metrics_parse_and_counters_move(gateway_factory, tmp_path) -> None:
         client.chat.completions.create(model="fake/fake-error-400", messages=MESSAGES)
     after = scrape(gw.url)
     assert after["respan_gateway_requests_total" + ok] == 2
-    err = '{endpoint="chat",model="fake/fake-error-400",provider="fake",status_code="400"}'
+    err = '{endpoint="chat",model="other",provider="fake",status_code="400"}'  # a slug the catalog does not name
     assert after["respan_gateway_request_errors_total" + err] == 1
     assert after['respan_gateway_request_duration_seconds_count{model="gpt-test",provider="fake"}'] == 2
     assert after['respan_gateway_time_to_first_token_seconds_count{model="gpt-test",provider="fake"}'] == 1
@@ -73,3 +73,45 @@ def test_metrics_can_require_a_key(gateway_factory, tmp_path) -> None:
     assert httpx2.get(gw.url + "/metrics", timeout=10).status_code == 401
     r = httpx2.get(gw.url + "/metrics", headers={"authorization": f"Bearer {TEST_KEY}"}, timeout=10)
     assert r.status_code == 200 and parse(r.text)
+
+
+def test_made_up_model_names_do_not_grow_the_metrics(gateway_factory, tmp_path) -> None:
+    # Unknown slugs (404) and `<provider>/<anything>` slugs the catalog does not name are one "other"
+    # model: 200 distinct names leave /metrics as large as 2 did.
+    gw = gateway_factory(f'[database]\nurl = "sqlite:///{tmp_path}/m.sqlite3"\n[logging]\nspill_dir = "{tmp_path}/spill"\nflush_interval = 0.05\n')
+    client = gw.openai()
+
+    def burst(names: range) -> None:
+        for i in names:
+            with pytest.raises(openai.NotFoundError):
+                client.chat.completions.create(model=f"no-such-model-{i}", messages=MESSAGES)
+            client.chat.completions.create(model=f"fake/made-up-{i}", messages=MESSAGES)
+
+    burst(range(2))
+    before = scrape(gw.url)
+    burst(range(2, 200))
+    after = scrape(gw.url)
+    assert set(after) == set(before)
+    assert after['respan_gateway_requests_total{endpoint="chat",model="other",provider="fake",status_code="200"}'] == 200
+    assert after['respan_gateway_requests_total{endpoint="chat",model="other",provider="",status_code="404"}'] == 200
+    assert not any("made-up" in key or "no-such-model" in key for key in after)
+
+
+def test_every_label_set_is_bounded(gateway_factory, tmp_path) -> None:
+    # Label values the config names can still multiply (models x providers x statuses): past
+    # `max_series` label sets, a series counts new ones under all-"other" labels.
+    gw = gateway_factory(f'[database]\nurl = "sqlite:///{tmp_path}/m.sqlite3"\n[logging]\nspill_dir = "{tmp_path}/spill"\nflush_interval = 0.05\n'
+                         '[metrics]\nmax_series = 2\n')
+    client = gw.openai()
+    client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    for status in (400, 401, 429):
+        with pytest.raises(openai.APIStatusError):
+            client.chat.completions.create(model="gpt-test", messages=MESSAGES,
+                                           extra_body={"extra_headers": {"x-fake-scenario": f"error-{status}"}})
+    after = scrape(gw.url)
+    requests = {k: v for k, v in after.items() if k.startswith("respan_gateway_requests_total{")}
+    assert requests == {
+        'respan_gateway_requests_total{endpoint="chat",model="gpt-test",provider="fake",status_code="200"}': 1,
+        'respan_gateway_requests_total{endpoint="chat",model="gpt-test",provider="fake",status_code="400"}': 1,
+        'respan_gateway_requests_total{endpoint="other",model="other",provider="other",status_code="other"}': 2,
+    }

@@ -1,0 +1,66 @@
+"""How the gateway relays an upstream event stream: it stops when the client leaves, and re-frames
+each event as the client's SSE parser reads it."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from respan_gateway.testing import TEST_KEY, FakeUpstream, GatewayProcess, test_config
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+AUTH = {"authorization": f"Bearer {TEST_KEY}"}
+
+
+def wait_for_record(url: str, log_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx2.get(f"{url}/api/request-logs/{log_id}/", headers=AUTH, timeout=10)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            assert r.status_code == 200, r.text
+            return r.json()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("server", ["hypercorn", "uvicorn", "granian"])
+def test_a_client_leaving_a_fast_stream_stops_the_upstream_and_is_logged_499(
+        tmp_path: Path, fake_upstream: FakeUpstream, server: str) -> None:
+    if importlib.util.find_spec(server) is None:
+        pytest.skip(f"{server} is not installed (pip install 'respan-gateway[servers]')")
+    path = tmp_path / "gateway.toml"
+    path.write_text(test_config(fake_upstream.url, f'[logging]\nspill_dir = "{tmp_path}/spill"\nflush_interval = 0.05\n'))
+    gateway = GatewayProcess(str(path))
+    gateway.command += ["--server", server]
+    gateway.start()
+    try:
+        # A fast upstream stream (no gap between events) far longer than the socket buffers.
+        body = {"model": "gpt-test", "messages": MESSAGES, "stream": True,
+                "extra_headers": {"x-fake-scenario": "chunks-50000"}}
+        with httpx2.stream("POST", gateway.base_url + "chat/completions", headers=AUTH, json=body, timeout=10) as r:
+            assert r.status_code == 200
+            log_id = r.headers["x-respan-log-id"]
+            for i, _ in enumerate(r.iter_lines()):
+                if i == 6:
+                    break  # leave after the first few events
+        assert fake_upstream.wait_for_disconnect(10), f"{server}: the gateway read the whole upstream stream after the client left"
+        record = wait_for_record(gateway.url, log_id)
+        assert record["status_code"] == 499 and record["status"] == "error"
+    finally:
+        gateway.terminate()  # SIGTERM: the server stops its workers (stop()'s SIGKILL leaves them behind)
+        gateway.stop()
+
+
+def test_an_upstream_event_of_several_data_lines_reaches_the_sdk_whole(gateway) -> None:
+    # The upstream splits each event's JSON over two `data:` lines: one event, whose data is the two
+    # lines joined by a newline. Re-framed without `data:` on the second line, the SDK gets half a JSON.
+    stream = gateway.openai().chat.completions.create(
+        model="gpt-test", messages=MESSAGES, stream=True,
+        extra_body={"extra_headers": {"x-fake-scenario": "multiline-data"}})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from the fake upstream!"
+    assert chunks[-1].choices[0].finish_reason == "stop"
