@@ -79,9 +79,10 @@ class AdmissionMiddleware:
 
     EXEMPT = frozenset({"/healthz", "/readyz"})
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, style_for: Callable[[str], str]) -> None:
         self.app = app
         self.limit = limit
+        self.style_for = style_for
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -90,7 +91,7 @@ class AdmissionMiddleware:
             return
         if self.in_flight >= self.limit:
             err = Overloaded(f"the gateway is at its limit of {self.limit} requests in flight; retry shortly")
-            await error_response(err, style_for(scope["path"]))(scope, receive, send)
+            await error_response(err, self.style_for(scope["path"]))(scope, receive, send)
             return
         self.in_flight += 1
         try:
@@ -361,6 +362,7 @@ def pipeline_endpoint(endpoint: Endpoint) -> Any:
         call = None
         try:
             call = await build_call(request, endpoint.kind, gateway)
+            call.own_fields = endpoint.own_fields
             if endpoint.prepare is not None and call.rejection is None:
                 endpoint.prepare(call)
             result = await gateway.handle(call)
@@ -486,4 +488,4 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None, 
     )
     app.state.gateway = gateway
     limit = gateway.config.server.max_in_flight
-    return RequestIdMiddleware(AdmissionMiddleware(app, limit) if limit > 0 else app, gateway)
+    return RequestIdMiddleware(AdmissionMiddleware(app, limit, gateway.style_for) if limit > 0 else app, gateway)

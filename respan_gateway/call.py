@@ -165,6 +165,11 @@ class Call(msgspec.Struct, kw_only=True):
     body: dict[str, msgspec.Raw]
     body_changed: bool = False
     params: RespanParams = msgspec.field(default_factory=RespanParams)
+    # True once the Respan params have left the body (the params stage, else the core before a
+    # provider call: see respan_gateway.params.strip_params).
+    params_collected: bool = False
+    # Body fields the endpoint's wire format owns even where a Respan param has the name (Endpoint.own_fields).
+    own_fields: frozenset[str] = frozenset()
     principal: Principal = ANONYMOUS
     # The requested model (None when the request names none, e.g. a load-balance group decides).
     model: str | None = None

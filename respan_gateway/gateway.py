@@ -25,7 +25,7 @@ from .endpoints import Endpoint
 from .errors import BadRequest, GatewayError
 from .log import add_secrets
 from .model_catalog import available_models
-from .params import request_secrets
+from .params import request_secrets, strip_params
 from .openai_chat import ChatAccumulator
 from .providers import AdapterContext, Catalog, ProviderAdapter, forbidden_headers
 from .upstream import create_client
@@ -401,6 +401,8 @@ class Gateway:
         """Resolve the target when no stage did, then run one upstream attempt and record it."""
         if call.rejection is not None:
             raise call.rejection
+        if not call.params_collected:  # no params stage ran: no Respan param may reach a provider
+            strip_params(call)
         target = call.target
         if target is None:
             if not call.model:

@@ -12,6 +12,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+if TYPE_CHECKING:
+    from .call import Call
+
 from .log import SECRET_KEY_NAMES
 
 
@@ -176,6 +179,26 @@ def request_secrets(params: RespanParams) -> tuple[str, ...]:
 
 #: Body keys that are Respan params (removed before the upstream call).
 PARAM_NAMES: frozenset[str] = frozenset(RespanParams.__struct_fields__)
+#: Body objects that carry Respan params nested (``respan_params``, legacy ``keywordsai_params``).
+NESTED_PARAM_OBJECTS = ("keywordsai_params", "respan_params")
+
+
+def strip_params(call: Call) -> None:
+    """Take every Respan param out of the body, unread: what the core does before a provider call
+    when no stage collected them (the ``params`` plugin disabled), so that no param, credentials
+    included, ever reaches a provider. A field the endpoint's wire format owns (``call.own_fields``,
+    Anthropic's ``metadata``) stays, less the Respan params nested in it."""
+    for name in [k for k in call.body if (k in PARAM_NAMES and k not in call.own_fields) or k in NESTED_PARAM_OBJECTS]:
+        call.pop(name)
+    for name in call.own_fields:
+        value = call.get(name)
+        if isinstance(value, dict) and any(nested in value for nested in NESTED_PARAM_OBJECTS):
+            kept = {k: v for k, v in value.items() if k not in NESTED_PARAM_OBJECTS}
+            if kept:
+                call.set(name, kept)
+            else:
+                call.pop(name)
+    call.params_collected = True
 #: Object-valued params merged key by key across the channels.
 MERGED_OBJECT_PARAMS: frozenset[str] = frozenset(
     {"metadata", "properties", "customer_params", "cache_options", "retry_params"}

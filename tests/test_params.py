@@ -260,3 +260,44 @@ def test_unknown_route_and_wrong_method(gateway: GatewayServer) -> None:
     assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
     assert wrong.json()["error"]["type"] == "invalid_request_error"
     assert wrong.headers["x-respan-gateway-request-id"]
+
+
+def test_with_params_disabled_no_respan_param_reaches_the_provider(gateway_factory, fake_upstream) -> None:
+    """Stripping the params is the core's job: without the params plugin they still never go upstream."""
+    gateway = gateway_factory(f"""
+[plugins]
+disabled = ["params"]
+
+[providers.claude]
+type = "anthropic"
+base_url = "{fake_upstream.url}"
+api_key = "sk-ant-config-key"
+""")
+    secret = "sk-request-secret-1234"
+    gateway.openai().chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "hi"}], user="end-user",
+        extra_body={
+            "customer_identifier": "c1", "metadata": {"feature": "x"},
+            "credential_override": {"openai": {"api_key": secret}},
+            "customer_credentials": {"openai": {"api_key": secret}},
+            "respan_params": {"customer_identifier": "c2"}, "keywordsai_params": {"thread_identifier": "t"},
+        },
+    )
+    sent = fake_upstream.requests[-1]
+    assert sent.json["user"] == "end-user" and sent.json["messages"] == [{"role": "user", "content": "hi"}]
+    for name in ("customer_identifier", "metadata", "credential_override", "customer_credentials",
+                 "respan_params", "keywordsai_params"):
+        assert name not in sent.json
+    assert secret.encode() not in sent.body
+
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=gateway.url + "/api/anthropic", api_key=TEST_KEY, max_retries=0)
+    client.messages.create(
+        model="claude/claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "hi"}],
+        metadata={"user_id": "u1", "respan_params": {"customer_identifier": "c3"}},  # type: ignore[typeddict-unknown-key]
+        extra_body={"customer_identifier": "c4"},
+    )
+    sent = fake_upstream.requests[-1]
+    assert sent.json["metadata"] == {"user_id": "u1"}  # Anthropic's own field stays, less the params
+    assert "customer_identifier" not in sent.json

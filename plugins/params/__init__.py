@@ -59,12 +59,14 @@ def collect(call: Call) -> None:
             if not isinstance(nested, dict):
                 raise BadRequest(f"`{name}` must be an object", param=name)
             layers.append(_known(nested))
-    if call.kind == "anthropic_messages":
+    if "metadata" in call.own_fields:
         layers += _anthropic_metadata_layers(call)
-    # On the native Anthropic endpoint `metadata` is Anthropic's own (user_id), not the Respan param.
-    top = [k for k in call.body if k in PARAM_NAMES and not (k == "metadata" and call.kind == "anthropic_messages")]
+    # A field the endpoint's wire format owns (the native Anthropic endpoint's `metadata`, with its
+    # `user_id`) is not the Respan param of that name.
+    top = [k for k in call.body if k in PARAM_NAMES and k not in call.own_fields]
     if top:
         layers.append({k: v for k in top if (v := _pop(call, k)) is not None})
+    call.params_collected = True
 
     route = headers.get("x-respan-route-provider")
     if route:
