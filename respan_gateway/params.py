@@ -8,14 +8,14 @@ read the typed fields. Names and meanings follow ``shared/reference/respan-api-n
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
+from .log import SECRET_KEY_NAMES
+
 if TYPE_CHECKING:
     from .call import Call
-
-from .log import SECRET_KEY_NAMES
 
 
 # Ranges checked when the params are decoded (a 400 naming the param): every integer fits the signed
