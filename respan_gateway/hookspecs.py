@@ -39,7 +39,7 @@ class RegisterMiddleware(Protocol):
         with ``async def __call__(call, call_next) -> Result``, and optionally ``async def startup()``,
         ``async def shutdown()`` and ``async def ready() -> bool`` (for ``/readyz``).
         ``order``: the default position when the config gives no ``pipeline`` (lower runs first;
-        bundled: metrics 50, auth 100, logging 150, params 200, limits 400, prompts 500, cache 600,
+        bundled: metrics 50, auth 100, logging 150, params 200, request_breakdown 250, limits 400, prompts 500, cache 600,
         routing 700, reliability 800).
         ``settings``: a ``respan_gateway.Settings`` subclass; the ``[name]`` section is decoded into it.
         ``requires``: names of middlewares or observers that must run too (``deployments`` requires

@@ -20,9 +20,11 @@ import httpx2
 import msgspec
 
 from respan_gateway import Call, Chunk, Endpoint, JSONResult, ProviderAdapter, ProviderSettings, Result, StreamInterrupted, StreamResult, Target, UpstreamError, hookimpl
+from respan_gateway.hookspecs import RegisterEndpoint, RegisterProvider
 from respan_gateway.openai_chat import include_usage
 from respan_gateway.sse import read_events
 
+from .accumulator import MessagesAccumulator
 from .translate import StreamTranslator, message_to_openai, request_to_anthropic, stream_error
 
 _decode = msgspec.json.decode
@@ -136,15 +138,15 @@ def _native_defaults(call: Call) -> None:
 #: ``POST /api/anthropic/v1/messages``: Anthropic's Messages API, errors in Anthropic's envelope.
 NATIVE_ENDPOINT = Endpoint(
     kind="anthropic_messages", paths=(NATIVE_PATH,), style="anthropic", prepare=_native_defaults,
-    own_fields=frozenset({"metadata"}),
+    accumulator=MessagesAccumulator, own_fields=frozenset({"metadata"}),
 )
 
 
 @hookimpl
-def register_providers(register: Any) -> None:
+def register_providers(register: RegisterProvider) -> None:
     register("anthropic", AnthropicAdapter)
 
 
 @hookimpl
-def register_endpoints(register: Any) -> None:
+def register_endpoints(register: RegisterEndpoint) -> None:
     register(NATIVE_ENDPOINT)

@@ -20,10 +20,12 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from respan_gateway import BadRequest, GatewayError, NotFound
+from respan_gateway import BadRequest, Gateway, GatewayError, NotFound
 from respan_gateway.database import StoreUnavailable
+from respan_gateway.params import coerce_metadata
 
-from .record import MUTABLE_FIELDS, coerce_metadata
+from .observer import LoggingObserver
+from .record import MUTABLE_FIELDS
 from .store import OPERATORS, LogQuery, parse_time
 
 _encode = msgspec.json.Encoder().encode
@@ -46,19 +48,19 @@ def _json(status: int, body: Any) -> Response:
     return Response(_encode(body), status_code=status, media_type="application/json")
 
 
-async def _context(request: Request) -> tuple[Any, str]:
-    gateway = request.app.state.gateway
+async def _context(request: Request) -> tuple[LoggingObserver, str]:
+    gateway: Gateway = request.app.state.gateway
     principal = await gateway.authenticate(request.headers)
-    middleware = dict(gateway.middlewares).get("logging")
-    if middleware is None or middleware.store is None:
-        raise NotFound("the logs API needs the `logging` middleware in the pipeline")
-    return middleware, principal.tenant
+    observer = dict(gateway.observers).get("logging")  # this plugin's own observer
+    if not isinstance(observer, LoggingObserver) or observer.store is None:
+        raise NotFound("the logs API needs the `logging` observer running")
+    return observer, principal.tenant
 
 
-async def _flush(middleware: Any) -> None:
+async def _flush(observer: LoggingObserver) -> None:
     """Read-your-writes in this process: queued records go to the store before a read."""
     try:
-        await asyncio.wait_for(middleware.writer.flush(), READ_FLUSH_TIMEOUT)
+        await asyncio.wait_for(observer.writer.flush(), READ_FLUSH_TIMEOUT)
     except (asyncio.TimeoutError, Exception):
         pass
 
@@ -145,11 +147,11 @@ def _page_url(request: Request, page: int) -> str:
 
 
 async def list_logs(request: Request) -> Response:
-    middleware, tenant = await _context(request)
+    observer, tenant = await _context(request)
     query = _query(request, await _body(request))
-    await _flush(middleware)
+    await _flush(observer)
     try:
-        count, results = await middleware.store.list(tenant, query)
+        count, results = await observer.store.list(tenant, query)
     except StoreUnavailable as exc:
         raise StoreDown(f"the log store is unavailable: {exc}") from None
     has_next = query.page * query.page_size < count
@@ -162,31 +164,31 @@ async def list_logs(request: Request) -> Response:
 
 
 async def summary(request: Request) -> Response:
-    middleware, tenant = await _context(request)
+    observer, tenant = await _context(request)
     query = _query(request, await _body(request))
-    await _flush(middleware)
+    await _flush(observer)
     try:
-        return _json(200, await middleware.store.summary(tenant, query))
+        return _json(200, await observer.store.summary(tenant, query))
     except StoreUnavailable as exc:
         raise StoreDown(f"the log store is unavailable: {exc}") from None
 
 
 async def one_log(request: Request) -> Response:
-    middleware, tenant = await _context(request)
+    observer, tenant = await _context(request)
     unique_id = request.path_params["unique_id"]
     body = await _body(request)
     try:
-        record = await middleware.store.get(tenant, unique_id)
+        record = await observer.store.get(tenant, unique_id)
         if record is None:
-            await _flush(middleware)
-            record = await middleware.store.get(tenant, unique_id)
+            await _flush(observer)
+            record = await observer.store.get(tenant, unique_id)
         if record is None:
             raise NotFound(f"no request log `{unique_id}`")
         if request.method == "GET":
             return _json(200, record)
         changes = _changes(body, record)
         if changes:
-            await middleware.store.patch(tenant, unique_id, changes)
+            await observer.store.patch(tenant, unique_id, changes)
             record.update(changes)
         return _json(200, record)
     except StoreUnavailable as exc:
