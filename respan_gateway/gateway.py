@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx2
@@ -54,8 +54,8 @@ class MiddlewareRegistration:
 class ObserverRegistration:
     __slots__ = ("name", "factory", "settings", "plugin", "requires", "needs_answer")
 
-    def __init__(self, name: str, factory: Any, settings: type | None, plugin: str, requires: tuple[str, ...],
-                 needs_answer: bool) -> None:
+    def __init__(self, name: str, factory: Callable[[Any, Gateway], hookspecs.Observer], settings: type | None,
+                 plugin: str, requires: tuple[str, ...], needs_answer: bool) -> None:
         self.name, self.factory, self.settings, self.plugin = name, factory, settings, plugin
         self.requires, self.needs_answer = tuple(requires), needs_answer
 
@@ -80,7 +80,7 @@ class Gateway:
         self.adapter_types: dict[str, type[ProviderAdapter]] = {}
         self.middlewares: list[tuple[str, Any]] = []
         # Observers of finished calls, in registration order; `needs_answer`: some observer reads the answer.
-        self.observers: list[tuple[str, Any]] = []
+        self.observers: list[tuple[str, hookspecs.Observer]] = []
         self.needs_answer = False
         self.endpoints: list[Endpoint] = []
         # Which plugin contributed each path (endpoints and routes): a path registered twice fails the start.
@@ -152,7 +152,7 @@ class Gateway:
             impl.function(register=add_middleware)
 
         for impl in self.pm.hook.register_observers.get_hookimpls():
-            def add_observer(name: str, factory: Any, *, settings: type | None = None, requires: tuple[str, ...] = (),
+            def add_observer(name: str, factory: Callable[[Any, Gateway], hookspecs.Observer], *, settings: type | None = None, requires: tuple[str, ...] = (),
                              needs_answer: bool = False, _p: str = impl.plugin_name) -> None:
                 other = observers.get(name) or registrations.get(name)
                 if other is not None and other.plugin != _p:

@@ -52,7 +52,9 @@ class Observer(Protocol):
 
     def observe(self, call: Call) -> None:
         """Called once per call, after the answer was sent or the stream ended (complete, errored, cut,
-        or left by the client), with ``call.outcome`` complete. Synchronous and quick: queue any I/O."""
+        or left by the client), with ``call.outcome`` complete (``Gateway.settle``: who answered, the
+        durations, the usage, read from the answer or estimated, and the cost). Synchronous and quick:
+        queue any I/O. Metrics go in the gateway's registry (``gateway.metrics``), added at start-up."""
 
 
 class RegisterObserver(Protocol):

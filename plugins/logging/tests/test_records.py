@@ -277,3 +277,15 @@ def test_native_anthropic_stream_record_is_assembled_by_the_endpoints_accumulato
     assert (record["endpoint"], record["stream"], record["status_code"]) == ("anthropic_messages", True, 200)
     assert record["completion_message"] == {"role": "assistant", "content": [{"type": "text", "text": ANSWER}]}
     assert record["usage_estimated"] is False and record["prompt_tokens"] > 0 and record["completion_tokens"] > 0
+
+
+def test_customer_is_normalised_once_from_customer_params(logged_gateway) -> None:
+    gw = logged_gateway()
+    raw = gw.openai().chat.completions.with_raw_response.create(
+        model="gpt-test", messages=MESSAGES,
+        extra_body={"customer_params": {"customer_identifier": 42, "name": "Ada", "email": "ada@example.com"},
+                    "customer_email": "top@example.com"})
+    record = Logs(gw.url).get(raw.headers["x-respan-log-id"])
+    assert (record["customer_identifier"], record["customer_name"]) == ("42", "Ada")
+    assert record["customer_email"] == "top@example.com"  # the top-level param wins
+    assert record["customer_params"]["email"] == "ada@example.com"
