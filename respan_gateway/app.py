@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -233,11 +234,12 @@ async def send_result(result: Result, call: Call, style: str, gateway: Gateway |
         if gateway is None:
             return json_response(result.status, result.content, headers)
         call.outcome.status = result.status
-        if gateway.needs_answer:
+        if gateway.needs_answer and call.outcome.answer is None:  # a stage may have kept the provider's answer
             call.outcome.answer = result.data
         return CallResponse(result.status, result.content, headers, call, gateway)
     try:
         first = await anext(result.chunks)
+        call.timings.first_byte = time.perf_counter()
     except StopAsyncIteration:
         first = None
     except BaseException:
@@ -365,7 +367,10 @@ def pipeline_endpoint(endpoint: Endpoint) -> Any:
             call.own_fields = endpoint.own_fields
             if endpoint.prepare is not None and call.rejection is None:
                 endpoint.prepare(call)
-            result = await gateway.handle(call)
+            try:
+                result = await gateway.handle(call)
+            finally:
+                call.timings.answered = time.perf_counter()
             return await send_result(result, call, style, gateway, endpoint)
         except GatewayError as exc:
             if call is None:
@@ -373,9 +378,13 @@ def pipeline_endpoint(endpoint: Endpoint) -> Any:
             call.outcome.status, call.outcome.error = exc.status, exc
             headers = {**exc.headers, **call.response_headers}
             return CallResponse(exc.status, exc.render(style), headers, call, gateway)
-        except BaseException:
+        except BaseException as exc:
             if call is not None:  # the client left (a cancel) or the gateway failed: still one outcome
-                call.outcome.status = CLIENT_GONE if _cancelled() else 500
+                if _cancelled():
+                    call.outcome.status = CLIENT_GONE
+                else:
+                    call.outcome.status = 500
+                    call.outcome.error = GatewayError(f"internal gateway error ({type(exc).__name__})")
                 gateway.finish(call)
             raise
 

@@ -20,7 +20,7 @@ import msgspec
 
 from .errors import GatewayError
 from .outcome import Outcome
-from .params import RespanParams
+from .params import NESTED_PARAM_OBJECTS, PARAM_NAMES, RespanParams
 
 #: The bundled endpoint kinds; a plugin may declare others (``respan_gateway.Endpoint``).
 Kind = Literal["chat", "embeddings", "responses", "anthropic_messages"]
@@ -150,6 +150,9 @@ class Timings(msgspec.Struct, kw_only=True):
     # Wall-clock start, for the log record.
     started_at: float = msgspec.field(default_factory=time.time)
     upstream_start: float | None = None
+    # The pipeline returned its answer (a stream's head) or raised its error (set by the core).
+    answered: float | None = None
+    # Streams: the first chunk reached the endpoint (set by the core).
     first_byte: float | None = None
     end: float | None = None
 
@@ -208,6 +211,27 @@ class Call(msgspec.Struct, kw_only=True):
             return None
         self.body_changed = True
         return _decode(raw)
+
+    def prompt(self) -> Any:
+        """The request's ``messages`` (chat, Anthropic Messages), else its ``input`` (embeddings,
+        Responses), decoded; None when it has neither or it cannot be read."""
+        raw = self.body.get("messages") or self.body.get("input")
+        if raw is None:
+            return None
+        try:
+            return _decode(raw)
+        except msgspec.DecodeError:
+            return None
+
+    def request_without_params(self) -> msgspec.Raw | None:
+        """The request body less every Respan param (credentials never reach a log or an answer);
+        None for a body the gateway could not read (its params cannot be stripped)."""
+        if self.rejection is not None:
+            return None
+        if not any(k in PARAM_NAMES or k in NESTED_PARAM_OBJECTS for k in self.body):
+            return msgspec.Raw(self.encoded_body())
+        return msgspec.Raw(_encode({k: v for k, v in self.body.items()
+                                    if k not in PARAM_NAMES and k not in NESTED_PARAM_OBJECTS}))
 
     def encoded_body(self, **overrides: Any) -> bytes:
         """The body to send upstream: the original bytes when nothing changed, else re-encoded."""

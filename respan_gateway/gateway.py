@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
 import httpx2
@@ -20,6 +20,7 @@ from . import hookspecs
 from .call import ANONYMOUS, Attempt, Call, CallNext, Chunk, JSONResult, Principal, Result, StreamResult, Target, aclose
 from .config import Config, ConfigError, Settings
 from .cost import cost as price
+from .cost import usage_from
 from .database import Database, Migration
 from .endpoints import Endpoint
 from .errors import BadRequest, GatewayError
@@ -27,7 +28,9 @@ from .log import add_secrets
 from .model_catalog import available_models
 from .params import request_secrets, strip_params
 from .openai_chat import ChatAccumulator
+from .metrics import Registry
 from .providers import AdapterContext, Catalog, ProviderAdapter, forbidden_headers
+from .tokens import estimate
 from .upstream import create_client
 
 ENTRY_POINT_GROUP = "respan_gateway"
@@ -54,8 +57,8 @@ class MiddlewareRegistration:
 class ObserverRegistration:
     __slots__ = ("name", "factory", "settings", "plugin", "requires", "needs_answer")
 
-    def __init__(self, name: str, factory: Any, settings: type | None, plugin: str, requires: tuple[str, ...],
-                 needs_answer: bool) -> None:
+    def __init__(self, name: str, factory: Callable[[Any, Gateway], hookspecs.Observer], settings: type | None,
+                 plugin: str, requires: tuple[str, ...], needs_answer: bool) -> None:
         self.name, self.factory, self.settings, self.plugin = name, factory, settings, plugin
         self.requires, self.needs_answer = tuple(requires), needs_answer
 
@@ -80,13 +83,15 @@ class Gateway:
         self.adapter_types: dict[str, type[ProviderAdapter]] = {}
         self.middlewares: list[tuple[str, Any]] = []
         # Observers of finished calls, in registration order; `needs_answer`: some observer reads the answer.
-        self.observers: list[tuple[str, Any]] = []
+        self.observers: list[tuple[str, hookspecs.Observer]] = []
         self.needs_answer = False
         self.endpoints: list[Endpoint] = []
         # Which plugin contributed each path (endpoints and routes): a path registered twice fails the start.
         self.path_owners: dict[str, str] = {}
         self._styles: dict[str, str] = {}
         self.routes: list[tuple[str, Any, list[str]]] = []
+        # The process's metrics: plugins add their series at start-up (respan_gateway.metrics).
+        self.metrics = Registry()
         # Database schemas declared by plugins (register_stores); the database opens only if there are some.
         self.stores: dict[str, list[Migration]] = {}
         self.database: Database | None = None
@@ -151,7 +156,7 @@ class Gateway:
             impl.function(register=add_middleware)
 
         for impl in self.pm.hook.register_observers.get_hookimpls():
-            def add_observer(name: str, factory: Any, *, settings: type | None = None, requires: tuple[str, ...] = (),
+            def add_observer(name: str, factory: Callable[[Any, Gateway], hookspecs.Observer], *, settings: type | None = None, requires: tuple[str, ...] = (),
                              needs_answer: bool = False, _p: str = impl.plugin_name) -> None:
                 other = observers.get(name) or registrations.get(name)
                 if other is not None and other.plugin != _p:
@@ -374,27 +379,50 @@ class Gateway:
         outcome = call.outcome
         if outcome.ended is None:
             outcome.ended = time.perf_counter()
+        answered = outcome.stream_end is not None or outcome.status < 400  # a stream's part counts
+        self.settle(call, outcome.answer if answered else None)
+        for name, observer in self.observers:
+            try:
+                observer.observe(call)
+            except Exception:  # one observer's failure must not fail the call or the others
+                log.exception("observer_failed", observer=name, request_id=call.request_id)
+
+    def settle(self, call: Call, answer: Any = None) -> None:
+        """Who answered, the durations, the usage and the cost of ``call.outcome``: the one computation
+        that log records, metrics and ``request_breakdown`` share (``finish`` runs it; a stage that
+        shows them before the answer is sent runs it too, and the result is the same).
+
+        ``answer``: what was answered, in the endpoint's shape (None when nothing was). When the
+        provider adapter reported no usage, the answer's ``usage`` is read; when it has none either
+        (or the stream was cut before it), the tokens are estimated (``usage.estimated``)."""
+        outcome, timings = call.outcome, call.timings
         if outcome.cache_hit:
             outcome.model, outcome.provider, outcome.deployment = "respan/cache", None, None
         else:
-            answered = next((a for a in reversed(call.attempts) if a.error is None and (a.status or 200) < 400), None)
-            last = answered or (call.attempts[-1] if call.attempts else None)
+            ok = next((a for a in reversed(call.attempts) if a.error is None and (a.status or 200) < 400), None)
+            last = ok or (call.attempts[-1] if call.attempts else None)
             if last is not None:
                 outcome.model, outcome.provider, outcome.deployment = last.model, last.provider, last.deployment
             elif call.target is not None:
                 outcome.model, outcome.provider, outcome.deployment = call.target.model, call.target.provider, call.target.deployment
             else:
                 outcome.model = call.model
-            if outcome.usage is not None:
-                p = call.params
-                entry = self.catalog.entry(outcome.model) if outcome.model else None
-                outcome.cost = price(entry, outcome.usage, prompt_unit_price=p.prompt_unit_price,
-                                     completion_unit_price=p.completion_unit_price)
-        for name, observer in self.observers:
-            try:
-                observer.observe(call)
-            except Exception:  # one observer's failure must not fail the call or the others
-                log.exception("observer_failed", observer=name, request_id=call.request_id)
+        now = outcome.ended if outcome.ended is not None else time.perf_counter()
+        outcome.latency = now - timings.start
+        upstream = sum(a.duration for a in call.attempts)
+        outcome.overhead = max(0.0, ((timings.answered if timings.answered is not None else now) - timings.start) - upstream)
+        if timings.first_byte is not None:
+            outcome.time_to_first_token = timings.first_byte - timings.start
+        if timings.upstream_start is not None:
+            outcome.routing_time = max(0.0, timings.upstream_start - timings.start)
+        if outcome.usage is None and answer is not None:
+            reported = usage_from(answer.get("usage")) if isinstance(answer, dict) else None
+            outcome.usage = reported or estimate(call.prompt(), answer)
+        if outcome.usage is not None and not outcome.cache_hit:
+            p = call.params
+            entry = self.catalog.entry(outcome.model) if outcome.model else None
+            outcome.cost = price(entry, outcome.usage, prompt_unit_price=p.prompt_unit_price,
+                                 completion_unit_price=p.completion_unit_price)
 
     # -- the terminal stage -----------------------------------------------------------------------
     async def dispatch(self, call: Call) -> Result:

@@ -51,8 +51,8 @@ class RegisterMiddleware(Protocol):
         with ``async def __call__(call, call_next) -> Result``, and optionally ``async def startup()``,
         ``async def shutdown()`` and ``async def ready() -> bool`` (for ``/readyz``).
         ``order``: the default position when the config gives no ``pipeline`` (lower runs first;
-        bundled: metrics 50, auth 100, logging 150, params 200, limits 400, prompts 500, cache 600,
-        routing 700, reliability 800, dashboard 1000).
+        bundled: metrics 50, auth 100, logging 150, params 200, request_breakdown 250, limits 400, prompts 500,
+        cache 600, routing 700, reliability 800, deployments 850, credentials 900, dashboard 1000).
         ``settings``: a ``respan_gateway.Settings`` subclass; the ``[name]`` section is decoded into it.
         ``requires``: names of middlewares or observers that must run too (``deployments`` requires
         ``routing``); a missing one stops the start, naming both.
@@ -64,7 +64,9 @@ class Observer(Protocol):
 
     def observe(self, call: Call) -> None:
         """Called once per call, after the answer was sent or the stream ended (complete, errored, cut,
-        or left by the client), with ``call.outcome`` complete. Synchronous and quick: queue any I/O."""
+        or left by the client), with ``call.outcome`` complete (``Gateway.settle``: who answered, the
+        durations, the usage, read from the answer or estimated, and the cost). Synchronous and quick:
+        queue any I/O. Metrics go in the gateway's registry (``gateway.metrics``), added at start-up."""
 
 
 class RegisterObserver(Protocol):

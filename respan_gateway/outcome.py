@@ -65,6 +65,14 @@ class Outcome(msgspec.Struct, kw_only=True):
     chunks: int = 0
     # perf_counter() of the end of the response (the last byte sent).
     ended: float | None = None
+    # Durations in seconds, derived once so that logs and metrics agree: first byte in to last byte
+    # out; streams: to the first chunk; time in the gateway itself up to the answer (a stream's head,
+    # or the error), upstream attempts excluded (retry back-off waits count as gateway time).
+    latency: float = 0.0
+    time_to_first_token: float | None = None
+    overhead: float = 0.0
+    # Start of the request to the first upstream attempt (None when none was made).
+    routing_time: float | None = None
     # Who answered: the last successful attempt, else the last one tried, else the request's model
     # (``respan/cache`` with no provider for a cache hit).
     model: str | None = None
@@ -75,8 +83,9 @@ class Outcome(msgspec.Struct, kw_only=True):
 
     # -- set by stages while the call runs --------------------------------------------------------
     # Normalised token usage, reported by the provider adapter (or a cache hit's stored one); when the
-    # call ends without one the core estimates it (``usage.estimated``).
+    # call ends without one the core reads the answer's, else estimates it (``usage.estimated``).
     usage: Usage | None = None
+    # Normalised once from the typed params (the params plugin, with respan_gateway.params.customer_of).
     customer: Customer | None = None
     cache: CacheInfo | None = None
     prompt: PromptRef | None = None
@@ -85,6 +94,9 @@ class Outcome(msgspec.Struct, kw_only=True):
     load_balance_group_id: str | None = None
     # No log record for this call (a cache hit with ``cache_options.omit_log``).
     omit_log: bool = False
+    # The id of the call's log record (the ``x-respan-log-id`` header), set by the logging plugin when
+    # it will write one; None when nothing logs the call.
+    log_id: str | None = None
 
     @property
     def cache_hit(self) -> bool:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 
 from .log import SECRET_KEY_NAMES
+from .outcome import Customer
 
 if TYPE_CHECKING:
     from .call import Call
@@ -98,7 +99,32 @@ class PromptParams(Params):
     patch: dict[str, Any] | None = None
 
 
-class RespanParams(Params):
+class ObservabilityParams(Params):
+    """The observability params (SPEC section 8) that a log record keeps under the same names: the one
+    list of them. :class:`RespanParams` and the logging plugin's record both derive from it."""
+
+    metadata: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = None
+    custom_identifier: str | None = None
+    thread_identifier: str | None = None
+    group_identifier: str | None = None
+    span_name: str | None = None
+    trace_unique_id: str | None = None
+    span_unique_id: str | None = None
+    span_parent_id: str | None = None
+    span_workflow_name: str | None = None
+    trace_group_identifier: str | None = None
+    session_identifier: str | None = None
+    positive_feedback: bool | None = None
+    prompt_unit_price: float | None = None
+    completion_unit_price: float | None = None
+
+
+#: The names of :class:`ObservabilityParams`, in order.
+OBSERVABILITY_FIELDS: tuple[str, ...] = ObservabilityParams.__struct_fields__
+
+
+class RespanParams(ObservabilityParams):
     """Every Respan param a request may carry. All optional; defaults mean "not asked for"."""
 
     # Routing and reliability (SPEC section 4).
@@ -132,20 +158,7 @@ class RespanParams(Params):
     customer_email: str | None = None
     customer_name: str | None = None
     customer_params: CustomerParams | None = None
-    # Observability (SPEC section 8).
-    metadata: dict[str, Any] | None = None
-    properties: dict[str, Any] | None = None
-    custom_identifier: str | None = None
-    thread_identifier: str | None = None
-    group_identifier: str | None = None
-    span_name: str | None = None
-    trace_unique_id: str | None = None
-    span_unique_id: str | None = None
-    span_parent_id: str | None = None
-    span_workflow_name: str | None = None
-    trace_group_identifier: str | None = None
-    session_identifier: str | None = None
-    positive_feedback: bool | None = None
+    # Observability (SPEC section 8): the fields of ObservabilityParams, and these.
     disable_log: bool = False
     request_breakdown: bool = False
     prompt_unit_price: Amount | None = None
@@ -205,3 +218,39 @@ MERGED_OBJECT_PARAMS: frozenset[str] = frozenset(
 )
 #: Longest customer identifier kept (SPEC section 7); longer ones are cut.
 MAX_IDENTIFIER_LENGTH = 254
+
+_encode = msgspec.json.Encoder().encode
+
+
+def customer_of(params: RespanParams) -> Customer | None:
+    """The call's customer, normalised once: ``customer_identifier`` (else ``customer_params``'s),
+    cut to :data:`MAX_IDENTIFIER_LENGTH`; name and email from the top-level params, else
+    ``customer_params``; the group from ``customer_params.group_identifier``. None without an identifier."""
+    cp = params.customer_params
+    identifier = params.customer_identifier
+    if identifier is None and cp is not None:
+        identifier = cp.customer_identifier
+    if identifier is None:
+        return None
+    return Customer(
+        identifier=str(identifier)[:MAX_IDENTIFIER_LENGTH],
+        name=params.customer_name if params.customer_name is not None else (cp.name if cp else None),
+        email=params.customer_email if params.customer_email is not None else (cp.email if cp else None),
+        group=cp.group_identifier if cp else None,
+    )
+
+
+def coerce_metadata(metadata: Any) -> dict[str, str] | None:
+    """Respan keeps ``metadata`` values as strings: strings as they are, ``true``/``false`` for
+    booleans, numbers as written, objects and lists as compact JSON, null as ``""``."""
+    if not isinstance(metadata, dict):
+        return None
+    out: dict[str, str] = {}
+    for key, value in metadata.items():
+        if isinstance(value, str):
+            out[str(key)] = value
+        elif value is None:
+            out[str(key)] = ""
+        else:
+            out[str(key)] = _encode(value).decode()
+    return out

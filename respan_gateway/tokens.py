@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from .cost import Usage
+
 #: The BPE encoding used; :func:`use` changes it ("heuristic" = never load a tokenizer).
 ENCODING = "o200k_base"
 # Per-message framing tokens of the chat format (role, separators), as OpenAI's cookbook counts them.
@@ -115,6 +117,41 @@ def count_json(value: Any) -> int:
     return count(_encode(value).decode())
 
 
+def completion_parts(answer: Any) -> list[str]:
+    """The generated text of an answer in its endpoint's shape, as the pieces an estimate counts: a
+    chat answer's first message (content, then each tool call's arguments), an Anthropic Messages
+    answer's text blocks. Nothing for other shapes (embeddings)."""
+    if not isinstance(answer, dict):
+        return []
+    choices = answer.get("choices")
+    if isinstance(choices, list) and choices:
+        message = choices[0].get("message") if isinstance(choices[0], dict) else None
+        if not isinstance(message, dict):
+            return []
+        parts = [text_of(message.get("content"))]
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                parts.append(str(function.get("arguments") or ""))
+        return parts
+    if answer.get("type") == "message":  # Anthropic Messages
+        return [text_of(answer.get("content"))]
+    return []
+
+
+def estimate(prompt: Any, answer: Any) -> Usage:
+    """The usage of a call whose provider reported none (or whose stream was cut before it), marked
+    ``estimated``: ``prompt`` is the request's ``messages`` (or ``input``), ``answer`` what was answered."""
+    if isinstance(prompt, list):
+        prompt_tokens = count_messages(prompt)
+    elif isinstance(prompt, str):
+        prompt_tokens = count(prompt)
+    else:
+        prompt_tokens = 0
+    completion = sum(count(part) for part in completion_parts(answer))
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, estimated=True)
+
+
 def breakdown(messages: Any, tools: Any) -> dict[str, int]:
     """Per-part estimates: ``system_tokens``, ``user_message_tokens``, ``assistant_message_tokens``,
     ``tool_message_tokens`` and ``tools_tokens`` (the tool definitions)."""
@@ -129,4 +166,4 @@ def breakdown(messages: Any, tools: Any) -> dict[str, int]:
     return parts
 
 
-__all__ = ["breakdown", "count", "count_json", "count_message", "count_messages", "method", "preload", "text_of"]
+__all__ = ["breakdown", "completion_parts", "count", "estimate", "count_json", "count_message", "count_messages", "method", "preload", "text_of"]

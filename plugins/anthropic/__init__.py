@@ -27,6 +27,7 @@ from respan_gateway.hookspecs import RegisterEndpoint, RegisterProvider
 from respan_gateway.openai_chat import include_usage
 from respan_gateway.providers import generic_error_fields
 
+from .accumulator import MessagesAccumulator
 from .translate import StreamTranslator, message_to_openai, normalised_usage, request_to_anthropic, stream_error
 
 _decode = msgspec.json.decode
@@ -176,7 +177,7 @@ def _native_defaults(call: Call) -> None:
 #: ``POST /api/anthropic/v1/messages``: Anthropic's Messages API, errors in Anthropic's envelope.
 NATIVE_ENDPOINT = Endpoint(
     kind="anthropic_messages", paths=(NATIVE_PATH,), style="anthropic", prepare=_native_defaults,
-    own_fields=frozenset({"metadata"}),
+    accumulator=MessagesAccumulator, own_fields=frozenset({"metadata"}),
 )
 
 

@@ -19,12 +19,12 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from respan_gateway import BadRequest, GatewayError, NotFound
+from respan_gateway import BadRequest, Gateway, GatewayError, NotFound
 from respan_gateway.database import StoreUnavailable
-
 from respan_gateway.hookspecs import LogQuery, RequestLogReader
+from respan_gateway.params import coerce_metadata
 
-from .record import MUTABLE_FIELDS, coerce_metadata
+from .record import MUTABLE_FIELDS
 from .store import OPERATORS, parse_time
 
 _encode = msgspec.json.Encoder().encode
@@ -51,11 +51,11 @@ def _json(status: int, body: Any) -> Response:
 async def _context(request: Request) -> tuple[Any, RequestLogReader, str]:
     gateway = request.app.state.gateway
     principal = await gateway.authenticate(request.headers)
-    middleware = dict(gateway.middlewares).get("logging")
+    observer = dict(gateway.observers).get("logging")  # this plugin's own observer
     reader = gateway.service(RequestLogReader)
-    if middleware is None or reader is None:
-        raise NotFound("the logs API needs the `logging` middleware in the pipeline")
-    return middleware, reader, principal.tenant
+    if observer is None or reader is None:
+        raise NotFound("the logs API needs the `logging` observer running")
+    return observer, reader, principal.tenant
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -172,7 +172,7 @@ async def summary(request: Request) -> Response:
 
 
 async def one_log(request: Request) -> Response:
-    middleware, reader, tenant = await _context(request)
+    observer, reader, tenant = await _context(request)
     unique_id = request.path_params["unique_id"]
     body = await _body(request)
     try:
@@ -183,7 +183,7 @@ async def one_log(request: Request) -> Response:
             return _json(200, record)
         changes = _changes(body, record)
         if changes:
-            await middleware.store.patch(tenant, unique_id, changes)
+            await observer.store.patch(tenant, unique_id, changes)
             record.update(changes)
         return _json(200, record)
     except StoreUnavailable as exc:

@@ -17,8 +17,8 @@ READ_FLUSH_TIMEOUT = 2.0
 
 
 class LogReader:
-    def __init__(self, middleware: Any) -> None:
-        self._middleware = middleware
+    def __init__(self, observer: Any) -> None:
+        self._middleware = observer  # the logging observer: its store and writer
 
     @property
     def _store(self) -> Any:

@@ -6,9 +6,12 @@ record and the store, ISO 8601 in the logs API; durations are seconds; cost is U
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import msgspec
+
+from respan_gateway.params import ObservabilityParams
 
 # The column kind of every field: text, int, float, bool, time (epoch seconds) or json.
 KINDS: dict[str, str] = {
@@ -27,17 +30,12 @@ KINDS: dict[str, str] = {
     # tokens and cost
     "prompt_tokens": "int", "completion_tokens": "int", "total_request_tokens": "int",
     "prompt_cache_hit_tokens": "int", "prompt_cache_creation_tokens": "int", "reasoning_tokens": "int",
-    "usage_estimated": "bool", "cost": "float", "prompt_unit_price": "float", "completion_unit_price": "float",
+    "usage_estimated": "bool", "cost": "float",
     # cache
     "cache_enabled": "bool", "cache_hit": "bool", "cache_key": "text",
-    # customer and grouping
+    # customer (the observability params, grouping and feedback among them, are added below)
     "customer_identifier": "text", "customer_email": "text", "customer_name": "text", "customer_params": "json",
-    "metadata": "json", "properties": "json", "custom_identifier": "text", "thread_identifier": "text",
-    "group_identifier": "text", "span_name": "text", "trace_unique_id": "text", "span_unique_id": "text",
-    "span_parent_id": "text", "span_workflow_name": "text", "trace_group_identifier": "text",
-    "session_identifier": "text",
-    # feedback
-    "positive_feedback": "bool", "note": "text",
+    "note": "text",
     # prompt management and limits
     "prompt_id": "text", "prompt_version_number": "int", "limit_info": "json",
     # content (dropped by disable_log)
@@ -45,6 +43,19 @@ KINDS: dict[str, str] = {
     "tool_choice": "json", "tool_calls": "json", "variables": "json", "full_request": "json",
     "full_response": "json",
 }
+
+
+
+def _column_kind(type_: Any) -> str:
+    args = set(typing.get_args(type_)) or {type_}
+    for python, kind in ((bool, "bool"), (int, "int"), (float, "float"), (str, "text")):
+        if python in args:
+            return kind
+    return "json"
+
+
+# The observability params keep their names and types in the record (one list: ObservabilityParams).
+KINDS.update({f.name: _column_kind(f.type) for f in msgspec.structs.fields(ObservabilityParams)})
 
 #: What ``disable_log: true`` keeps out of the record (Respan: messages, prompt, completion, tools, full request/response).
 CONTENT_FIELDS = frozenset({
@@ -56,8 +67,10 @@ CONTENT_FIELDS = frozenset({
 MUTABLE_FIELDS = frozenset({"metadata", "positive_feedback", "note"})
 
 
-class LogRecord(msgspec.Struct, kw_only=True):
-    """One request. JSON fields may hold ``msgspec.Raw`` (bytes passed through undecoded)."""
+class LogRecord(ObservabilityParams, kw_only=True, omit_defaults=False):
+    """One request. JSON fields may hold ``msgspec.Raw`` (bytes passed through undecoded). The fields
+    of :class:`~respan_gateway.params.ObservabilityParams` (metadata, properties, the thread, span and
+    trace ids, positive_feedback, the unit prices) are inherited: the request's params, as sent."""
 
     unique_id: str
     gateway_request_id: str | None = None
@@ -93,8 +106,6 @@ class LogRecord(msgspec.Struct, kw_only=True):
     reasoning_tokens: int = 0
     usage_estimated: bool = False
     cost: float = 0.0
-    prompt_unit_price: float | None = None
-    completion_unit_price: float | None = None
     cache_enabled: bool = False
     cache_hit: bool = False
     cache_key: str | None = None
@@ -102,19 +113,6 @@ class LogRecord(msgspec.Struct, kw_only=True):
     customer_email: str | None = None
     customer_name: str | None = None
     customer_params: Any = None
-    metadata: Any = None
-    properties: Any = None
-    custom_identifier: str | None = None
-    thread_identifier: str | None = None
-    group_identifier: str | None = None
-    span_name: str | None = None
-    trace_unique_id: str | None = None
-    span_unique_id: str | None = None
-    span_parent_id: str | None = None
-    span_workflow_name: str | None = None
-    trace_group_identifier: str | None = None
-    session_identifier: str | None = None
-    positive_feedback: bool | None = None
     note: str | None = None
     prompt_id: str | None = None
     prompt_version_number: int | None = None
@@ -136,22 +134,6 @@ COLUMNS: tuple[str, ...] = LogRecord.__struct_fields__
 JSON_COLUMNS = frozenset(k for k, v in KINDS.items() if v == "json")
 
 _encode = msgspec.json.Encoder().encode
-
-
-def coerce_metadata(metadata: Any) -> dict[str, str] | None:
-    """Respan stores ``metadata`` values as strings: strings as they are, ``true``/``false`` for
-    booleans, numbers as written, objects and lists as compact JSON, null as ``""``."""
-    if not isinstance(metadata, dict):
-        return None
-    out: dict[str, str] = {}
-    for key, value in metadata.items():
-        if isinstance(value, str):
-            out[str(key)] = value
-        elif value is None:
-            out[str(key)] = ""
-        else:
-            out[str(key)] = _encode(value).decode()
-    return out
 
 
 def to_row(record: LogRecord) -> tuple[Any, ...]:

@@ -1,26 +1,23 @@
 """Metrics: ``GET /metrics`` in the Prometheus text format.
 
-Per-request series come from the log records (the ``logging`` plugin computes latency, time to first
-token, tokens, cost and attempts once; this plugin subscribes to its finished records), so metrics and
-logs agree. Without the logging plugin only the in-flight gauge and process series are exported.
-See README.md beside this file.
+The per-request series come from what the core says happened to each call (``call.outcome``: who
+answered, status, durations, usage, cost, cache), through an observer, so metrics and logs agree
+without either knowing the other. The series live in the gateway's registry (``gateway.metrics``),
+where other plugins add their own (logging its writer's gauges); this plugin serves them all and
+counts the requests in flight with a middleware. See README.md beside this file.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import msgspec
-import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from respan_gateway import Call, CallNext, Chunk, NotFound, Result, Settings, StreamResult, hookimpl
-
-from .prometheus import CONTENT_TYPE, Counter, Gauge, Histogram, Registry
-
-log = structlog.get_logger("respan_gateway.metrics")
+from respan_gateway import Call, CallNext, Chunk, Gateway, NotFound, Result, Settings, StreamResult, hookimpl
+from respan_gateway.hookspecs import RegisterMiddleware, RegisterObserver, RegisterRoute
+from respan_gateway.metrics import CONTENT_TYPE
 
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
 OVERHEAD_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1]
@@ -40,39 +37,78 @@ class MetricsSettings(Settings):
     overhead_buckets: list[float] = msgspec.field(default_factory=lambda: list(OVERHEAD_BUCKETS))
 
 
-class GatewayMetrics:
-    """The middleware (counts requests in flight) and the owner of the registry."""
+class InFlight:
+    """The middleware: requests being answered (streams until they end), rejected ones included."""
 
-    def __init__(self, settings: MetricsSettings, gateway: Any) -> None:
+    def __init__(self, settings: MetricsSettings, gateway: Gateway) -> None:
+        self.gauge = gateway.metrics.gauge("respan_gateway_requests_in_flight", "Requests being answered (streams until they end).")
+
+    async def __call__(self, call: Call, call_next: CallNext) -> Result:
+        self.gauge.inc(1)
+        try:
+            result = await call_next(call)
+        except BaseException:
+            self.gauge.inc(-1)
+            raise
+        if isinstance(result, StreamResult):
+            result.chunks = self._track(result.chunks)
+        else:
+            self.gauge.inc(-1)
+        return result
+
+    async def _track(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            self.gauge.inc(-1)
+            try:
+                await chunks.aclose()  # type: ignore[attr-defined]
+            except Exception:
+                pass
+
+
+class RequestMetrics:
+    """The observer: the per-request series, from each finished call's outcome."""
+
+    def __init__(self, settings: MetricsSettings, gateway: Gateway) -> None:
         self.settings = settings
         self.gateway = gateway
-        r = self.registry = Registry(settings.max_series)
-        self.in_flight = r.add(Gauge("respan_gateway_requests_in_flight", "Requests being answered (streams until they end)."))
-        self.requests = r.add(Counter("respan_gateway_requests_total", "Requests answered, by final model, provider and status.", REQUEST_LABELS))
-        self.errors = r.add(Counter("respan_gateway_request_errors_total", "Requests that ended with a status >= 400 (499 = client left).", REQUEST_LABELS))
-        self.latency = r.add(Histogram("respan_gateway_request_duration_seconds", "Request latency, first byte in to last byte out.", MODEL_LABELS, settings.latency_buckets))
-        self.overhead = r.add(Histogram("respan_gateway_overhead_seconds", "Time spent in the gateway itself, upstream attempts excluded.", ("endpoint",), settings.overhead_buckets))
-        self.ttft = r.add(Histogram("respan_gateway_time_to_first_token_seconds", "Streams: time to the first chunk.", MODEL_LABELS, settings.latency_buckets))
-        self.tokens = r.add(Counter("respan_gateway_tokens_total", "Tokens, by type (prompt, completion, cache_read, cache_write).", (*MODEL_LABELS, "type")))
-        self.cost = r.add(Counter("respan_gateway_cost_usd_total", "Cost in USD at catalog prices.", MODEL_LABELS))
-        self.attempts = r.add(Counter("respan_gateway_upstream_attempts_total", "Upstream attempts (retries and fallbacks included).", (*MODEL_LABELS, "status_code")))
-        self.cache_hits = r.add(Counter("respan_gateway_cache_hits_total", "Requests answered from the response cache.", ("endpoint",)))
-        self._logging: Any = None
+        r = gateway.metrics
+        r.bound(settings.max_series)
+        self.requests = r.counter("respan_gateway_requests_total", "Requests answered, by final model, provider and status.", REQUEST_LABELS)
+        self.errors = r.counter("respan_gateway_request_errors_total", "Requests that ended with a status >= 400 (499 = client left).", REQUEST_LABELS)
+        self.latency = r.histogram("respan_gateway_request_duration_seconds", "Request latency, first byte in to last byte out.", MODEL_LABELS, settings.latency_buckets)
+        self.overhead = r.histogram("respan_gateway_overhead_seconds", "Time spent in the gateway itself, upstream attempts excluded.", ("endpoint",), settings.overhead_buckets)
+        self.ttft = r.histogram("respan_gateway_time_to_first_token_seconds", "Streams: time to the first chunk.", MODEL_LABELS, settings.latency_buckets)
+        self.tokens = r.counter("respan_gateway_tokens_total", "Tokens, by type (prompt, completion, cache_read, cache_write).", (*MODEL_LABELS, "type"))
+        self.cost = r.counter("respan_gateway_cost_usd_total", "Cost in USD at catalog prices.", MODEL_LABELS)
+        self.attempts = r.counter("respan_gateway_upstream_attempts_total", "Upstream attempts (retries and fallbacks included).", (*MODEL_LABELS, "status_code"))
+        self.cache_hits = r.counter("respan_gateway_cache_hits_total", "Requests answered from the response cache.", ("endpoint",))
 
-    async def startup(self) -> None:
-        self._logging = dict(self.gateway.middlewares).get("logging")
-        if self._logging is None or not hasattr(self._logging, "subscribe"):
-            log.warning("metrics_without_logging", message="per-request metrics need the logging plugin in the pipeline")
-            return
-        self._logging.subscribe(self.observe)
-        writer = self._logging.writer
-        r = self.registry
-        r.add(Gauge("respan_gateway_log_queue_depth", "Log records in memory, not yet written.", source=lambda: len(writer.queue)))
-        r.add(Gauge("respan_gateway_log_spill_pending", "Log records in spill files, waiting for the store.", source=lambda: writer.spill.pending))
-        r.add(Gauge("respan_gateway_log_store_up", "1 when the log store accepts writes.", source=lambda: 1.0 if writer.store_up else 0.0))
-        r.add(Gauge("respan_gateway_log_records_written_total", "Log records written to the store by this process.", source=lambda: writer.written))
-        r.add(Gauge("respan_gateway_log_records_spilled_total", "Log records written to a spill file by this process.", source=lambda: writer.spilled))
-        r.add(Gauge("respan_gateway_log_records_quarantined_total", "Log records the store refused, set aside in a quarantine file.", source=lambda: writer.quarantined))
+    def observe(self, call: Call) -> None:
+        o = call.outcome
+        model, provider = self._model(o.model), self._provider(o.provider)
+        labels = (call.kind, model, provider, _status(o.status))
+        self.requests.inc(labels)
+        if o.status >= 400:
+            self.errors.inc(labels)
+        self.latency.observe(o.latency, (model, provider))
+        self.overhead.observe(o.overhead, (call.kind,))
+        if o.time_to_first_token is not None:
+            self.ttft.observe(o.time_to_first_token, (model, provider))
+        if o.usage is not None:
+            u = o.usage
+            for kind, n in (("prompt", u.prompt_tokens), ("completion", u.completion_tokens),
+                            ("cache_read", u.cache_read_tokens), ("cache_write", u.cache_write_tokens)):
+                if n:
+                    self.tokens.inc((model, provider, kind), n)
+        if o.cost:
+            self.cost.inc((model, provider), o.cost)
+        if o.cache_hit:
+            self.cache_hits.inc((call.kind,))
+        for attempt in call.attempts:
+            self.attempts.inc((self._model(attempt.model), self._provider(attempt.provider), _status(attempt.status)))
 
     # Labels are values the config names: a client's made-up model name is "other", never a new series.
     def _model(self, model: str | None) -> str:
@@ -83,77 +119,37 @@ class GatewayMetrics:
     def _provider(self, provider: str | None) -> str:
         return "" if not provider else provider if provider in self.gateway.providers else OTHER
 
-    def observe(self, record: Any, call: Call) -> None:
-        model, provider = self._model(record.model), self._provider(record.provider_id)
-        labels = (record.endpoint or "", model, provider, _status(record.status_code))
-        self.requests.inc(labels)
-        if record.status_code >= 400:
-            self.errors.inc(labels)
-        if record.latency is not None:
-            self.latency.observe(record.latency, (model, provider))
-        if record.gateway_overhead is not None:
-            self.overhead.observe(record.gateway_overhead, (record.endpoint or "",))
-        if record.time_to_first_token is not None:
-            self.ttft.observe(record.time_to_first_token, (model, provider))
-        for kind, n in (("prompt", record.prompt_tokens), ("completion", record.completion_tokens),
-                        ("cache_read", record.prompt_cache_hit_tokens), ("cache_write", record.prompt_cache_creation_tokens)):
-            if n:
-                self.tokens.inc((model, provider, kind), n)
-        if record.cost:
-            self.cost.inc((model, provider), record.cost)
-        if record.cache_hit:
-            self.cache_hits.inc((record.endpoint or "",))
-        for attempt in call.attempts:
-            self.attempts.inc((self._model(attempt.model), self._provider(attempt.provider), _status(attempt.status)))
-
-    async def __call__(self, call: Call, call_next: CallNext) -> Result:
-        self.in_flight.inc(1)
-        try:
-            result = await call_next(call)
-        except BaseException:
-            self.in_flight.inc(-1)
-            raise
-        if isinstance(result, StreamResult):
-            result.chunks = self._track(result.chunks)
-        else:
-            self.in_flight.inc(-1)
-        return result
-
-    async def _track(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-        try:
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            self.in_flight.inc(-1)
-            try:
-                await chunks.aclose()  # type: ignore[attr-defined]
-            except Exception:
-                pass
-
 
 def _status(status: int | None) -> str:
     return "" if not status else str(status) if 100 <= status <= 599 else OTHER
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    gateway = request.app.state.gateway
-    metrics = dict(gateway.middlewares).get("metrics")
-    if metrics is None:
-        raise NotFound("metrics are off: the `metrics` middleware is not in the pipeline")
+    gateway: Gateway = request.app.state.gateway
+    metrics = dict(gateway.observers).get("metrics")  # this plugin's own observer
+    if not isinstance(metrics, RequestMetrics):
+        raise NotFound("metrics are off: the `metrics` observer is not running")
     if metrics.settings.require_auth:
         await gateway.authenticate(request.headers)
-    return Response(metrics.registry.render(), media_type=CONTENT_TYPE)
+    return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
 
 @hookimpl
-def register_middlewares(register: Any) -> None:
+def register_middlewares(register: RegisterMiddleware) -> None:
     # First in the chain: in-flight counts every request, rejected ones included.
-    register("metrics", GatewayMetrics, order=50, settings=MetricsSettings)
+    register("metrics", InFlight, order=50, settings=MetricsSettings)
 
 
 @hookimpl
-def register_routes(register: Any) -> None:
+def register_observers(register: RegisterObserver) -> None:
+    # needs_answer: until the provider adapters report usage themselves, the core reads the usage
+    # behind the tokens and cost series from the answer (or estimates it from the answer).
+    register("metrics", RequestMetrics, settings=MetricsSettings, needs_answer=True)
+
+
+@hookimpl
+def register_routes(register: RegisterRoute) -> None:
     register("/metrics", metrics_endpoint, methods=["GET"])
 
 
-__all__ = ["GatewayMetrics", "MetricsSettings"]
+__all__ = ["InFlight", "MetricsSettings", "RequestMetrics"]

@@ -20,17 +20,26 @@ from typing import Any
 
 import msgspec
 
-from respan_gateway import BadRequest, Call, CallNext, RespanParams, Result, hookimpl
+from respan_gateway import BadRequest, Call, CallNext, Gateway, RespanParams, Result, hookimpl
 from respan_gateway.config import describe_validation_error
-from respan_gateway.params import MAX_IDENTIFIER_LENGTH, MERGED_OBJECT_PARAMS, PARAM_NAMES, PATTERN_MEANINGS, RetryParams
+from respan_gateway.hookspecs import RegisterMiddleware
+from respan_gateway.params import (
+    MAX_IDENTIFIER_LENGTH,
+    MERGED_OBJECT_PARAMS,
+    NESTED_PARAM_OBJECTS,
+    PARAM_NAMES,
+    PATTERN_MEANINGS,
+    RetryParams,
+    customer_of,
+)
 
 _decode = msgspec.json.decode
-_NESTED = ("keywordsai_params", "respan_params")  # lower precedence first
+_NESTED = NESTED_PARAM_OBJECTS  # lower precedence first
 _HEADERS = ("x-data-keywordsai-params", "x-data-respan-params")
 
 
 class ParamsMiddleware:
-    def __init__(self, settings: Any, gateway: Any) -> None:
+    def __init__(self, settings: object, gateway: Gateway) -> None:
         pass
 
     async def __call__(self, call: Call, call_next: CallNext) -> Result:
@@ -76,6 +85,7 @@ def collect(call: Call) -> None:
         call.beta_flags = frozenset(f.strip().lower() for f in beta.split(",") if f.strip())
     if layers:
         call.params = typed(merge(layers))
+        call.outcome.customer = customer_of(call.params)
 
 
 def _anthropic_metadata_layers(call: Call) -> list[dict[str, Any]]:
@@ -170,5 +180,5 @@ def _display(header: str) -> str:
 
 
 @hookimpl
-def register_middlewares(register: Any) -> None:
+def register_middlewares(register: RegisterMiddleware) -> None:
     register("params", ParamsMiddleware, order=200)

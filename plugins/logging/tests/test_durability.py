@@ -168,7 +168,7 @@ def test_postgres_stopped_and_restarted_under_load_loses_nothing(gateway_factory
                 proxy.open()
 
         ids = _load(gw.base_url, 45, outage)
-        writer = dict(gw.gateway.middlewares)["logging"].writer
+        writer = dict(gw.gateway.observers)["logging"].writer
         assert writer.spilled > 0, "the outage must have sent records to the spill file"
         stored = _all_stored(lambda: _pg_ids(schema), len(ids))
         assert sorted(stored) == sorted(ids)  # every record, once
@@ -195,7 +195,7 @@ def test_sqlite_locked_under_load_loses_nothing(gateway_factory, tmp_path) -> No
             blocker.close()
 
     ids = _load(gw.base_url, 30, outage)
-    writer = dict(gw.gateway.middlewares)["logging"].writer
+    writer = dict(gw.gateway.observers)["logging"].writer
     assert writer.spilled > 0
     stored = _all_stored(lambda: _sqlite_ids(db), len(ids))
     assert sorted(stored) == sorted(ids)

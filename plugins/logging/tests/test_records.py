@@ -208,59 +208,6 @@ def test_prompt_and_completion_unit_price_override_the_catalog(logged_gateway) -
     assert (record["prompt_unit_price"], record["completion_unit_price"]) == (10.0, 100.0)
 
 
-def test_request_breakdown_in_the_body(logged_gateway) -> None:
-    gw = logged_gateway()
-    raw = gw.openai().chat.completions.with_raw_response.create(
-        model="gpt-test", messages=MESSAGES, extra_body={"request_breakdown": True, "metadata": {"k": 1}})
-    breakdown = raw.parse().model_extra["request_breakdown"]
-    assert breakdown["prompt_tokens"] == 7 and breakdown["completion_tokens"] == 5
-    assert breakdown["cost"] == pytest.approx(COST)
-    assert breakdown["model"] == "gpt-test" and breakdown["cached"] is False and breakdown["stream"] is False
-    assert breakdown["status_code"] == 200 and breakdown["latency"] > 0 and breakdown["routing_time"] >= 0
-    assert breakdown["prompt_messages"] == MESSAGES and breakdown["completion_message"]["content"] == ANSWER
-    assert breakdown["full_request"] == {"model": "gpt-test", "messages": MESSAGES} and breakdown["metadata"] == {"k": "1"}
-    assert breakdown["log_id"] == raw.headers["x-respan-log-id"]
-
-
-def test_request_breakdown_streams_as_a_final_chunk_before_done(logged_gateway) -> None:
-    gw = logged_gateway()
-    with httpx2.stream("POST", gw.base_url + "chat/completions", headers={"authorization": f"Bearer {TEST_KEY}"},
-                       json={"model": "gpt-test", "messages": MESSAGES, "stream": True, "request_breakdown": True,
-                             "stream_options": {"include_usage": True}}, timeout=10) as r:
-        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
-    assert events[-1] == "[DONE]"
-    last = json.loads(events[-2])
-    assert last["id"] == "request_breakdown" and last["model"] == "extra_parameter"
-    breakdown = last["choices"][0]["request_breakdown"]
-    assert breakdown["stream"] is True and breakdown["completion_tokens"] == 5
-    assert breakdown["completion_message"]["content"] == ANSWER and breakdown["cost"] == pytest.approx(COST)
-    assert all(json.loads(e)["id"] != "request_breakdown" for e in events[:-2])
-    # The openai SDK reads the extra chunk like any other.
-    chunks = list(gw.openai().chat.completions.create(model="gpt-test", messages=MESSAGES, stream=True,
-                                                      extra_body={"request_breakdown": True}))
-    assert chunks[-1].id == "request_breakdown"
-
-
-def test_request_breakdown_chunk_is_valid_for_strict_sdks(logged_gateway) -> None:
-    """No ``usage: {}`` (the SDK requires the token fields, or null), no second role, no second finish_reason."""
-    gw = logged_gateway()
-    client = gw.openai(_strict_response_validation=True)
-    chunks = list(client.chat.completions.create(model="gpt-test", messages=MESSAGES, stream=True,
-                                                 stream_options={"include_usage": True}, extra_body={"request_breakdown": True}))
-    last = chunks[-1]
-    assert last.id == "request_breakdown" and last.usage is None
-    assert last.choices[0].model_extra["request_breakdown"]["completion_tokens"] == 5
-    assert [c.choices[0].delta.role for c in chunks if c.choices and c.choices[0].delta.role] == ["assistant"]
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
-    assert chunks[-2].usage is not None and chunks[-2].usage.total_tokens > 0  # the usage chunk still comes
-    # The SDK's .stream() helper assembles the answer as without the breakdown.
-    with client.chat.completions.stream(model="gpt-test", messages=MESSAGES, extra_body={"request_breakdown": True}) as stream:
-        events = [event.type for event in stream]
-        final = stream.get_final_completion()
-    assert final.choices[0].message.content == ANSWER and final.choices[0].finish_reason == "stop"
-    assert events.count("content.done") == 1
-
-
 def test_token_breakdown_beta_puts_per_part_estimates_in_properties(logged_gateway) -> None:
     from respan_gateway import tokens
 
@@ -318,3 +265,41 @@ def test_records_are_scoped_to_the_callers_tenant(logged_gateway, fake_upstream,
     assert theirs.list()["count"] == 0 and theirs.summary()["number_of_requests"] == 0
     assert httpx2.get(f"{gw.url}/api/request-logs/{log_id}/", headers=theirs.headers, timeout=10).status_code == 404
     assert httpx2.get(f"{gw.url}/api/request-logs/{log_id}/", timeout=10).status_code == 401
+
+
+def test_records_are_written_with_the_metrics_plugin_disabled(logged_gateway) -> None:
+    gw = logged_gateway('[plugins]\ndisabled = ["metrics"]\n')
+    assert httpx2.get(gw.url + "/metrics", timeout=10).status_code == 404
+    raw = gw.openai().chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices) == ANSWER
+    record = Logs(gw.url).wait_for(raw.headers["x-respan-log-id"])
+    assert record["completion_message"] == {"role": "assistant", "content": ANSWER}
+    assert record["usage_estimated"] is True and record["cost"] > 0
+
+
+def test_native_anthropic_stream_record_is_assembled_by_the_endpoints_accumulator(logged_gateway, fake_upstream) -> None:
+    import anthropic
+
+    gw = logged_gateway(f'[providers.claude]\ntype = "anthropic"\nbase_url = "{fake_upstream.url}"\napi_key = "sk-ant-k"\n'
+                        '[models."claude-test"]\nprovider = "claude"\nupstream_model = "claude-sonnet-4-5"\n')
+    client = anthropic.Anthropic(base_url=gw.url + "/api/anthropic", api_key=TEST_KEY, max_retries=0)
+    raw = client.messages.with_raw_response.create(model="claude-test", max_tokens=50, messages=[{"role": "user", "content": "Hi"}],
+                                                   stream=True)
+    text = "".join(e.delta.text for e in raw.parse() if e.type == "content_block_delta")
+    assert text == ANSWER
+    record = Logs(gw.url).wait_for(raw.headers["x-respan-log-id"])
+    assert (record["endpoint"], record["stream"], record["status_code"]) == ("anthropic_messages", True, 200)
+    assert record["completion_message"] == {"role": "assistant", "content": [{"type": "text", "text": ANSWER}]}
+    assert record["usage_estimated"] is False and record["prompt_tokens"] > 0 and record["completion_tokens"] > 0
+
+
+def test_customer_is_normalised_once_from_customer_params(logged_gateway) -> None:
+    gw = logged_gateway()
+    raw = gw.openai().chat.completions.with_raw_response.create(
+        model="gpt-test", messages=MESSAGES,
+        extra_body={"customer_params": {"customer_identifier": 42, "name": "Ada", "email": "ada@example.com"},
+                    "customer_email": "top@example.com"})
+    record = Logs(gw.url).get(raw.headers["x-respan-log-id"])
+    assert (record["customer_identifier"], record["customer_name"]) == ("42", "Ada")
+    assert record["customer_email"] == "top@example.com"  # the top-level param wins
+    assert record["customer_params"]["email"] == "ada@example.com"

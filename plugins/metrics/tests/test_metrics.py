@@ -115,3 +115,16 @@ def test_every_label_set_is_bounded(gateway_factory, tmp_path) -> None:
         'respan_gateway_requests_total{endpoint="chat",model="gpt-test",provider="fake",status_code="400"}': 1,
         'respan_gateway_requests_total{endpoint="other",model="other",provider="other",status_code="other"}': 2,
     }
+
+
+def test_metrics_count_requests_with_the_logging_plugin_disabled(gateway_factory) -> None:
+    gw = gateway_factory('[plugins]\ndisabled = ["logging"]\n')
+    client = gw.openai()
+    client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    list(client.chat.completions.create(model="gpt-test", messages=MESSAGES, stream=True))
+    after = scrape(gw.url)
+    ok = '{endpoint="chat",model="gpt-test",provider="fake",status_code="200"}'
+    assert after["respan_gateway_requests_total" + ok] == 2
+    assert after['respan_gateway_tokens_total{model="gpt-test",provider="fake",type="completion"}'] > 0
+    assert after['respan_gateway_time_to_first_token_seconds_count{model="gpt-test",provider="fake"}'] == 1
+    assert not any(name.startswith("respan_gateway_log_") for name in after)  # logging's own gauges are gone with it

@@ -1,6 +1,9 @@
-"""Counters, gauges and histograms with labels, rendered in the Prometheus text format (0.0.4).
+"""The gateway's metrics: counters, gauges and histograms with labels, in the Prometheus text format (0.0.4).
 
-Small on purpose: one process, one event loop, no locks; updates are dict operations.
+One :class:`Registry` per gateway (``gateway.metrics``): each plugin adds its own series at start-up
+(the ``metrics`` plugin the per-request series and ``GET /metrics``, ``logging`` its writer's gauges),
+so no plugin looks another up. Small on purpose: one process, one event loop, no locks; updates are
+dict operations. The interface is what a plugin needs: ``counter``/``gauge``/``histogram`` and ``render``.
 """
 
 from __future__ import annotations
@@ -120,20 +123,47 @@ class Histogram(Metric):
 
 
 class Registry:
+    """The series of one gateway, rendered in the order they were added; a name is added once."""
+
     def __init__(self, max_series: int = Metric.max_series) -> None:
-        self.metrics: list[Metric] = []
+        self.metrics: dict[str, Counter | Gauge | Histogram] = {}
         self.max_series = max_series
 
-    def add(self, metric: Metric) -> Metric:
+    def bound(self, max_series: int) -> None:
+        """Most label sets each metric holds (``[metrics] max_series``), for every metric, now and later."""
+        self.max_series = max_series
+        for metric in self.metrics.values():
+            metric.max_series = max_series
+
+    def _add(self, metric: Counter | Gauge | Histogram) -> None:
+        if metric.name in self.metrics:
+            raise ValueError(f"metric `{metric.name}` is already registered")
         metric.max_series = self.max_series
-        self.metrics.append(metric)
+        self.metrics[metric.name] = metric
+
+    def counter(self, name: str, help: str, labels: tuple[str, ...] = ()) -> Counter:
+        metric = Counter(name, help, labels)
+        self._add(metric)
+        return metric
+
+    def gauge(self, name: str, help: str, labels: tuple[str, ...] = (), source: Callable[[], float] | None = None) -> Gauge:
+        """A gauge set by its owner, or read from ``source()`` at scrape time."""
+        metric = Gauge(name, help, labels, source)
+        self._add(metric)
+        return metric
+
+    def histogram(self, name: str, help: str, labels: tuple[str, ...] = (), buckets: Iterable[float] = ()) -> Histogram:
+        metric = Histogram(name, help, labels, buckets)
+        self._add(metric)
         return metric
 
     def render(self) -> bytes:
         lines: list[str] = []
-        for metric in self.metrics:
-            lines.extend(metric.render())  # type: ignore[attr-defined]
+        for metric in self.metrics.values():
+            lines.extend(metric.render())
         return ("\n".join(lines) + "\n").encode()
 
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+__all__ = ["CONTENT_TYPE", "Counter", "Gauge", "Histogram", "Registry"]

@@ -1,0 +1,138 @@
+"""The record of a finished call, built from ``call`` and the outcome the core completed.
+
+Everything computed is the core's (``call.outcome``: who answered, durations, usage, cost, the cache,
+prompt and limit slots); the record adds the request's ids and params, the attempts, and the content
+(which :mod:`.privacy` may strip).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from respan_gateway import Call, tokens
+from respan_gateway.params import OBSERVABILITY_FIELDS, coerce_metadata
+
+from .privacy import asks_disable_log, strip_content
+from .record import LogRecord
+
+TOKEN_BREAKDOWN_FLAG = "token-breakdown-2026-03-26"
+CLIENT_GONE = 499  # nginx's "client closed request": the client left before the answer ended
+LOG_TYPES = {"chat": "chat", "embeddings": "embedding", "responses": "response", "anthropic_messages": "chat"}
+
+
+def build_record(call: Call) -> LogRecord:
+    o, timings, p = call.outcome, call.timings, call.params
+    assert o.log_id is not None, "only a call the logging middleware named has a record"
+    observability: dict[str, Any] = {name: getattr(p, name) for name in OBSERVABILITY_FIELDS}
+    observability["metadata"] = coerce_metadata(p.metadata)
+    observability["properties"] = dict(p.properties) if p.properties else None
+    customer = o.customer
+    record = LogRecord(
+        unique_id=o.log_id,
+        gateway_request_id=call.request_id,
+        tenant=call.principal.tenant,
+        key_id=call.principal.key_id,
+        environment=call.principal.environment,
+        log_type=LOG_TYPES.get(call.kind, call.kind),
+        endpoint=call.kind,
+        start_time=timings.started_at,
+        timestamp=timings.started_at + o.latency,
+        latency=o.latency,
+        time_to_first_token=o.time_to_first_token,
+        routing_time=o.routing_time,
+        gateway_overhead=o.overhead,
+        model=o.model,
+        requested_model=call.model,
+        provider_id=o.provider,
+        deployment_name=o.deployment,
+        status_code=o.status,
+        status="success" if o.status < 400 else "error",
+        error_message=_error_message(call),
+        stream=call.stream,
+        upstream_attempts=len(call.attempts),
+        cost=o.cost,
+        cache_enabled=p.cache_enabled,
+        cache_hit=o.cache_hit,
+        cache_key=o.cache.key if o.cache is not None else None,
+        customer_identifier=customer.identifier if customer is not None else None,
+        customer_email=customer.email if customer is not None else None,
+        customer_name=customer.name if customer is not None else None,
+        customer_params=p.customer_params,
+        limit_info=o.limits,
+        load_balance_group_id=o.load_balance_group_id or (p.load_balance_group.group_id if p.load_balance_group else None),
+        disable_log=asks_disable_log(call),
+        **observability,
+    )
+    if o.prompt is not None:
+        record.prompt_id, record.prompt_version_number, record.variables = o.prompt.prompt_id, o.prompt.version, o.prompt.variables
+    elif p.prompt is not None:
+        record.prompt_id = p.prompt.prompt_id
+        record.prompt_version_number = p.prompt.version if isinstance(p.prompt.version, int) else None
+        record.variables = p.prompt.variables or None
+    if call.attempts:
+        record.warnings = [
+            {"model": a.model, "provider": a.provider, "deployment": a.deployment, "status_code": a.status,
+             "error": a.error, "duration": round(a.duration, 6)} for a in call.attempts
+        ]
+    usage = o.usage
+    if usage is not None:
+        record.prompt_tokens = usage.prompt_tokens
+        record.completion_tokens = usage.completion_tokens
+        record.total_request_tokens = usage.total_tokens
+        record.prompt_cache_hit_tokens = usage.cache_read_tokens
+        record.prompt_cache_creation_tokens = usage.cache_write_tokens
+        record.reasoning_tokens = usage.reasoning_tokens
+        record.usage_estimated = usage.estimated
+        generation = o.latency - (o.time_to_first_token or 0.0)
+        if usage.completion_tokens and generation > 0:
+            record.tokens_per_second = usage.completion_tokens / generation
+    if o.answer is not None and (o.stream_end is not None or o.status < 400):
+        _answer_content(record, o.answer, streamed=o.stream_end is not None)
+
+    if TOKEN_BREAKDOWN_FLAG in call.beta_flags:
+        props = dict(record.properties or {})
+        messages = call.prompt()
+        props.update(tokens.breakdown(messages if isinstance(messages, list) else [], call.get("tools")))
+        props["token_breakdown_method"] = tokens.method()
+        record.properties = props
+
+    if record.disable_log:
+        strip_content(record)
+        return record
+    record.prompt_messages = call.body.get("messages") or call.body.get("input")
+    record.tools = call.body.get("tools")
+    record.tool_choice = call.body.get("tool_choice")
+    record.full_request = call.request_without_params()
+    return record
+
+
+def _answer_content(record: LogRecord, answer: Any, *, streamed: bool) -> None:
+    """The completion of an answer in its endpoint's shape; a non-streamed one is kept whole too."""
+    if not isinstance(answer, dict):
+        return
+    choices = answer.get("choices")
+    if choices:  # chat
+        message = choices[0].get("message") if isinstance(choices[0], dict) else None
+        if isinstance(message, dict):
+            record.completion_message = message
+            record.tool_calls = message.get("tool_calls")
+    elif "content" in answer:  # Anthropic Messages
+        record.completion_message = {"role": "assistant", "content": answer["content"]}
+    elif "output" in answer:  # Responses
+        record.completion_message = answer["output"]
+    if not streamed:
+        record.full_response = answer
+
+
+def _error_message(call: Call) -> str | None:
+    o = call.outcome
+    if o.error is not None:
+        return o.error.message
+    if o.status == CLIENT_GONE:
+        if o.stream_end is not None:
+            return "the client closed the connection before the stream ended"
+        return "the client closed the connection before the answer"
+    return None
+
+
+__all__ = ["LOG_TYPES", "TOKEN_BREAKDOWN_FLAG", "build_record"]

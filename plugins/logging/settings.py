@@ -1,0 +1,27 @@
+"""The ``[logging]`` section (see README.md beside this file)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from respan_gateway import Settings
+
+
+class LoggingSettings(Settings):
+    # Records per INSERT, and the longest a record waits in memory before it is written (seconds).
+    batch_size: int = 200
+    flush_interval: float = 0.5
+    # Records held in memory at most; beyond, new records go straight to the spill file.
+    queue_size: int = 10000
+    # Where records go while the store is down or slow (one append-only file per process).
+    spill_dir: str = "data/spill"
+    # A batch insert slower than this counts as a failure: the batch is spilled, the store marked down.
+    write_timeout: float = 5.0
+    # While the store is down: seconds between attempts to replay the spill files.
+    retry_interval: float = 2.0
+    # Graceful shutdown: how long the last writes may take before the rest is spilled.
+    shutdown_timeout: float = 10.0
+    # Token estimates (streams without usage, X-Respan-Beta token-breakdown): the BPE encoding, loaded
+    # on first need (o200k_base adds ~60-130 MB per worker, cl100k_base about half), or "heuristic"
+    # (characters/4, nothing loaded).
+    tokenizer: Literal["o200k_base", "cl100k_base", "heuristic"] = "o200k_base"

@@ -1,0 +1,133 @@
+"""request_breakdown: the call's tokens, cost, timings and content in the answer itself (SPEC section 8).
+
+With the Respan param ``request_breakdown: true``, a chat or embeddings answer gets a
+``request_breakdown`` field, and a chat stream an extra chunk (``id: "request_breakdown"``) before
+``[DONE]``. The figures are the core's (``Gateway.settle``: who answered, the one usage normalisation
+and the one cost function), the same that log records and metrics show; ``log_id`` is the call's log
+record (``call.outcome.log_id``) when the logging plugin names one. See README.md beside this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+from respan_gateway import Call, CallNext, Chunk, Gateway, JSONResult, Result, hookimpl
+from respan_gateway.hookspecs import RegisterMiddleware
+from respan_gateway.openai_chat import ChatAccumulator
+from respan_gateway.params import coerce_metadata
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.decode
+
+
+class RequestBreakdown:
+    def __init__(self, settings: object, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, call: Call, call_next: CallNext) -> Result:
+        result = await call_next(call)
+        if not call.params.request_breakdown or result.status >= 400:
+            return result
+        if isinstance(result, JSONResult):
+            data = result.data
+            if call.kind in ("chat", "embeddings") and isinstance(data, dict):
+                call.outcome.answer = data  # observers see the provider's answer, without the field
+                self.gateway.settle(call, data)
+                result.data = {**data, "request_breakdown": breakdown(call, data, result.status)}
+        elif call.kind == "chat":
+            result.chunks = self._append(call, result.chunks, result.status)
+        return result
+
+    async def _append(self, call: Call, chunks: AsyncIterator[Chunk], status: int) -> AsyncIterator[Chunk]:
+        """The stream, then (when it ended well) the breakdown chunk."""
+        acc = ChatAccumulator()
+        try:
+            async for chunk in chunks:
+                acc.feed(chunk)
+                yield chunk
+        finally:
+            with contextlib.suppress(Exception):
+                await chunks.aclose()  # type: ignore[attr-defined]
+        answer = acc.answer()
+        self.gateway.settle(call, answer)
+        yield Chunk(_encode(breakdown_chunk(call, answer, status)))
+
+
+def breakdown(call: Call, answer: dict[str, Any], status: int) -> dict[str, Any]:
+    """The ``request_breakdown`` object (SPEC section 8); cost USD, latency and routing_time seconds."""
+    o, p = call.outcome, call.params
+    content = not p.disable_log
+    usage = o.usage
+    full_request = call.request_without_params()
+    return {
+        "prompt_tokens": usage.prompt_tokens if usage is not None else 0,
+        "completion_tokens": usage.completion_tokens if usage is not None else 0,
+        "cost": o.cost,
+        "prompt_messages": call.prompt() if content else None,
+        "completion_message": _message(answer) if content else None,
+        "model": o.model,
+        "cached": o.cache_hit,
+        "timestamp": _iso(call.timings.started_at + o.latency),
+        "status_code": status,
+        "stream": call.stream,
+        "latency": o.latency,
+        "time_to_first_token": o.time_to_first_token,
+        "routing_time": o.routing_time,
+        "full_request": _decode(full_request) if content and full_request is not None else None,
+        "metadata": coerce_metadata(p.metadata) or {},
+        "usage_estimated": usage.estimated if usage is not None else False,
+        "log_id": o.log_id,
+        "category": None,
+        "scores": {},
+        "sentiment_score": 0,
+    }
+
+
+def breakdown_chunk(call: Call, answer: dict[str, Any], status: int) -> dict[str, Any]:
+    """The extra final chunk of a stream, ``id: "request_breakdown"``, sent before ``[DONE]``.
+
+    Respan's shape (the breakdown in ``choices[0]``), made a valid chunk for the strict OpenAI SDKs:
+    ``usage`` null (Respan sends ``{}``, which lacks the required token counts), an empty delta (the
+    role was in the first chunk) and no ``finish_reason`` (the answer already had its own).
+    """
+    return {
+        "id": "request_breakdown",
+        "object": "chat.completion.chunk",
+        "created": int(call.timings.started_at),
+        "model": "extra_parameter",
+        "system_fingerprint": None,
+        "usage": None,
+        "choices": [{
+            "index": 0,
+            "delta": {},
+            "logprobs": None,
+            "finish_reason": None,
+            "request_breakdown": breakdown(call, answer, status),
+        }],
+    }
+
+
+def _message(answer: dict[str, Any]) -> Any:
+    choices = answer.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return choices[0].get("message")
+    return None
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@hookimpl
+def register_middlewares(register: RegisterMiddleware) -> None:
+    # After params (and inside logging, whose log id is named by then), outside the cache, routing and
+    # reliability: the breakdown is that of the whole call, cache hits, retries and fallbacks included.
+    register("request_breakdown", RequestBreakdown, order=250)
+
+
+__all__ = ["RequestBreakdown", "breakdown", "breakdown_chunk"]
