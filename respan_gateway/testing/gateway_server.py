@@ -195,9 +195,24 @@ class GatewayProcess:
         return workers
 
     def group_alive(self) -> bool:
-        """Whether any process of the gateway's group is still running."""
+        """Whether any process of the gateway's group is still running (a zombie, exited but not yet
+        reaped by whoever inherited it, is not running)."""
+        group = self.process.pid
+        for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            # After the command: state, ppid, pgrp.
+            if int(fields[2]) == group and fields[0] != b"Z":
+                return True
+        if os.path.isdir("/proc"):
+            return False
         try:
-            os.killpg(self.process.pid, 0)
+            os.killpg(group, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
