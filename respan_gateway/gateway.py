@@ -84,6 +84,9 @@ class Gateway:
         self.middlewares: list[tuple[str, Any]] = []
         # Observers of finished calls, in registration order; `needs_answer`: some observer reads the answer.
         self.observers: list[tuple[str, hookspecs.Observer]] = []
+        # Plugins' per-process state outside the request path (register_components), by name.
+        self.components: list[tuple[str, Any]] = []
+        self._component_registrations: dict[str, ObserverRegistration] = {}
         self.needs_answer = False
         self.endpoints: list[Endpoint] = []
         # Which plugin contributed each path (endpoints and routes): a path registered twice fails the start.
@@ -111,11 +114,13 @@ class Gateway:
         gw = cls(config)
         gw._load_plugins(plugins)
         registrations, observers = gw._collect()
-        config.check_sections({r.name for r in registrations.values()} | {o.name for o in observers.values()})
+        components = gw._component_registrations
+        config.check_sections({r.name for r in registrations.values()} | {o.name for o in observers.values()} | set(components))
         gw._build_providers()
         gw._build_pipeline(registrations)
         gw._build_observers(observers)
-        gw._check_requirements(registrations, observers)
+        gw._build_components(components)
+        gw._check_requirements(registrations, {**observers, **components})
         return gw
 
     def _load_plugins(self, extra: Iterable[Any]) -> None:
@@ -142,6 +147,7 @@ class Gateway:
     def _collect(self) -> tuple[dict[str, MiddlewareRegistration], dict[str, ObserverRegistration]]:
         registrations: dict[str, MiddlewareRegistration] = {}
         observers: dict[str, ObserverRegistration] = {}
+        components = self._component_registrations
         plugin_of: dict[str, str] = {}
 
         for impl in self.pm.hook.register_middlewares.get_hookimpls():
@@ -154,6 +160,16 @@ class Gateway:
                 registrations[name] = MiddlewareRegistration(name, factory, order, settings, _p, requires)
 
             impl.function(register=add_middleware)
+
+        for impl in self.pm.hook.register_components.get_hookimpls():
+            def add_component(name: str, factory: Any, *, settings: type | None = None, requires: tuple[str, ...] = (),
+                              _p: str = impl.plugin_name) -> None:
+                other = components.get(name) or registrations.get(name)
+                if other is not None:
+                    raise ConfigError(f"plugin `{_p}` registers component `{name}`, a name already registered by `{other.plugin}`")
+                components[name] = ObserverRegistration(name, factory, settings, _p, requires, False)
+
+            impl.function(register=add_component)
 
         for impl in self.pm.hook.register_observers.get_hookimpls():
             def add_observer(name: str, factory: Callable[[Any, Gateway], hookspecs.Observer], *, settings: type | None = None, requires: tuple[str, ...] = (),
@@ -281,10 +297,21 @@ class Gateway:
             self.observers.append((reg.name, observer))
             self.needs_answer = self.needs_answer or reg.needs_answer
 
+    def _build_components(self, registrations: dict[str, ObserverRegistration]) -> None:
+        for reg in registrations.values():
+            settings = self.config.section(reg.name, reg.settings or NoSettings)
+            try:
+                component = reg.factory(settings, self)
+            except (GatewayError, ConfigError):
+                raise
+            except Exception as exc:
+                raise ConfigError(f"component `{reg.name}` (plugin `{reg.plugin}`) failed to start: {type(exc).__name__}: {exc}") from exc
+            self.components.append((reg.name, component))
+
     def _check_requirements(self, middlewares: dict[str, MiddlewareRegistration],
                             observers: dict[str, ObserverRegistration]) -> None:
         """A declared requirement that is not running stops the start, naming both."""
-        running = {name for name, _ in self.middlewares} | {name for name, _ in self.observers}
+        running = {name for name, _ in [*self.middlewares, *self.observers, *self.components]}
         for reg in [*(middlewares[name] for name, _ in self.middlewares), *observers.values()]:
             for needed in reg.requires:
                 if needed not in running:
@@ -361,7 +388,7 @@ class Gateway:
         checks = {}
         if self.database is not None:
             checks["database"] = await self.database.ping()
-        for name, component in [*self.middlewares, *self.observers, *self.providers.items()]:
+        for name, component in [*self.middlewares, *self.observers, *self.components, *self.providers.items()]:
             if hasattr(component, "ready"):
                 try:
                     checks[name] = bool(await component.ready())
@@ -370,7 +397,7 @@ class Gateway:
         return checks
 
     def _components(self) -> list[Any]:
-        return [m for _, m in self.middlewares] + [o for _, o in self.observers] + list(self.providers.values())
+        return [m for _, m in [*self.middlewares, *self.observers, *self.components]] + list(self.providers.values())
 
     # -- the end of a call ------------------------------------------------------------------------
     def finish(self, call: Call) -> None:

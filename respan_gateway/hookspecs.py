@@ -52,7 +52,7 @@ class RegisterMiddleware(Protocol):
         ``async def shutdown()`` and ``async def ready() -> bool`` (for ``/readyz``).
         ``order``: the default position when the config gives no ``pipeline`` (lower runs first;
         bundled: metrics 50, auth 100, logging 150, params 200, request_breakdown 250, limits 400, prompts 500,
-        cache 600, routing 700, reliability 800, deployments 850, credentials 900, dashboard 1000).
+        cache 600, routing 700, reliability 800, deployments 850, credentials 900).
         ``settings``: a ``respan_gateway.Settings`` subclass; the ``[name]`` section is decoded into it.
         ``requires``: names of middlewares or observers that must run too (``deployments`` requires
         ``routing``); a missing one stops the start, naming both.
@@ -82,6 +82,16 @@ class RegisterObserver(Protocol):
         streamed answer (through the endpoint's accumulator), so observers that need no content cost
         nothing per chunk.
         """
+
+
+class RegisterComponent(Protocol):
+    def __call__(self, name: str, factory: Callable[[Any, Any], Any], *, settings: type | None = None,
+                 requires: tuple[str, ...] = ()) -> None:
+        """Contribute a component: per-process state of a plugin that is not in the request path (the
+        dashboard's sessions and templates). ``factory(settings, gateway)`` is called once per process
+        with the ``[name]`` section decoded into ``settings``; the object may have ``startup``,
+        ``shutdown`` and ``ready`` as a middleware; the plugin's routes find it in
+        ``gateway.components``. Nothing of it runs per request unless a route calls it."""
 
 
 class RegisterEndpoint(Protocol):
@@ -131,6 +141,11 @@ def register_middlewares(register: RegisterMiddleware) -> None:
 @hookspec
 def register_observers(register: RegisterObserver) -> None:
     """Called once at start-up to collect observers of finished calls (logging, metrics...)."""
+
+
+@hookspec
+def register_components(register: RegisterComponent) -> None:
+    """Called once at start-up to collect components: a plugin's per-process state with a config section."""
 
 
 @hookspec

@@ -28,9 +28,9 @@ class DashboardSettings(Settings):
 
 
 @hookimpl
-def register_middlewares(register: Any) -> None:
-    # A pass-through stage (last): it owns the [dashboard] section and the pages' state (it never touches a call).
-    register("dashboard", Dashboard, order=1000, settings=DashboardSettings)
+def register_components(register: Any) -> None:
+    # The pages' state (sessions, templates) and the [dashboard] section: nothing in the request path.
+    register("dashboard", Dashboard, settings=DashboardSettings)
 
 
 @hookimpl

@@ -20,7 +20,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from respan_gateway import AuthenticationFailed, BadRequest, Call, CallNext, Result
+from respan_gateway import AuthenticationFailed, BadRequest
 from respan_gateway.database import StoreUnavailable
 from respan_gateway.hookspecs import LogQuery, RequestLogReader, UsageBucket
 
@@ -80,9 +80,6 @@ class Dashboard:
             log.warning("dashboard_without_logging",
                         message="the dashboard's logs and usage pages need the logging plugin in the pipeline")
 
-    async def __call__(self, call: Call, call_next: CallNext) -> Result:
-        return await call_next(call)
-
     def sections(self) -> list[Section]:
         return [s for s in SECTIONS if self.gateway.service(s.needs) is not None]
 
@@ -99,7 +96,7 @@ class Dashboard:
 # -- helpers ------------------------------------------------------------------------------------------
 
 def _dashboard(request: Request) -> Dashboard | None:
-    return dict(request.app.state.gateway.middlewares).get("dashboard")
+    return dict(request.app.state.gateway.components).get("dashboard")
 
 
 def _not_running() -> Response:
