@@ -268,30 +268,25 @@ class Gateway:
             reg = registrations.get(name)
             if reg is None:
                 raise ConfigError(f"{self.config.source}: `plugins.pipeline`: no loaded plugin provides middleware `{name}`")
-            settings = self.config.section(name, reg.settings or NoSettings)
-            try:
-                middleware = reg.factory(settings, self)
-            except GatewayError:
-                raise
-            except ConfigError:
-                raise
-            except Exception as exc:
-                raise ConfigError(f"middleware `{name}` (plugin `{reg.plugin}`) failed to start: {type(exc).__name__}: {exc}") from exc
-            self.middlewares.append((name, middleware))
+            self.middlewares.append((name, self._make("middleware", name, reg.factory, reg.settings, reg.plugin)))
         handler: CallNext = self.dispatch
         for _, middleware in reversed(self.middlewares):
             handler = _link(middleware, handler)
         self.handle = handler
 
+    def _make(self, what: str, name: str, factory: Any, settings_type: type | None, plugin: str) -> Any:
+        """``factory(settings, gateway)`` with the ``[name]`` section; a failure stops the start, by name."""
+        settings = self.config.section(name, settings_type or NoSettings)
+        try:
+            return factory(settings, self)
+        except (GatewayError, ConfigError):
+            raise
+        except Exception as exc:
+            raise ConfigError(f"{what} `{name}` (plugin `{plugin}`) failed to start: {type(exc).__name__}: {exc}") from exc
+
     def _build_observers(self, registrations: dict[str, ObserverRegistration]) -> None:
         for reg in registrations.values():
-            settings = self.config.section(reg.name, reg.settings or NoSettings)
-            try:
-                observer = reg.factory(settings, self)
-            except (GatewayError, ConfigError):
-                raise
-            except Exception as exc:
-                raise ConfigError(f"observer `{reg.name}` (plugin `{reg.plugin}`) failed to start: {type(exc).__name__}: {exc}") from exc
+            observer = self._make("observer", reg.name, reg.factory, reg.settings, reg.plugin)
             if not callable(getattr(observer, "observe", None)):
                 raise ConfigError(f"observer `{reg.name}` (plugin `{reg.plugin}`) has no observe(call) method")
             self.observers.append((reg.name, observer))
@@ -299,14 +294,7 @@ class Gateway:
 
     def _build_components(self, registrations: dict[str, ObserverRegistration]) -> None:
         for reg in registrations.values():
-            settings = self.config.section(reg.name, reg.settings or NoSettings)
-            try:
-                component = reg.factory(settings, self)
-            except (GatewayError, ConfigError):
-                raise
-            except Exception as exc:
-                raise ConfigError(f"component `{reg.name}` (plugin `{reg.plugin}`) failed to start: {type(exc).__name__}: {exc}") from exc
-            self.components.append((reg.name, component))
+            self.components.append((reg.name, self._make("component", reg.name, reg.factory, reg.settings, reg.plugin)))
 
     def _check_requirements(self, middlewares: dict[str, MiddlewareRegistration],
                             observers: dict[str, ObserverRegistration]) -> None:
