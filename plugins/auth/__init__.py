@@ -7,7 +7,6 @@ authenticator so that other routes (models list, logs API...) authenticate the s
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import time
 from typing import Any, Literal
@@ -16,6 +15,7 @@ import structlog
 
 from respan_gateway import AuthenticationFailed, Call, CallNext, Principal, Result, Settings, hookimpl
 from respan_gateway.config import ConfigError
+from respan_gateway.timestamps import parse_iso
 
 log = structlog.get_logger("respan_gateway.auth")
 
@@ -90,12 +90,9 @@ def _parse_expiry(value: str | None, index: int) -> float | None:
     if not value:
         return None
     try:
-        parsed = dt.datetime.fromisoformat(value)
+        return parse_iso(value)
     except ValueError:
         raise ConfigError(f"`auth.keys[{index}].expires_at`: not an ISO 8601 date: {value!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.timestamp()
 
 
 @hookimpl

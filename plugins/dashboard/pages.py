@@ -12,7 +12,7 @@ import importlib.resources
 import math
 import time
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import parse_qs, urlencode
 
 import jinja2
 import msgspec
@@ -23,6 +23,7 @@ from starlette.responses import RedirectResponse, Response
 from respan_gateway import AuthenticationFailed, BadRequest
 from respan_gateway.database import StoreUnavailable
 from respan_gateway.hookspecs import LogQuery, RequestLogReader, UsageBucket
+from respan_gateway.timestamps import parse_iso
 
 from .session import LOGIN_COOKIE, SESSION_COOKIE, Session, Sessions
 
@@ -179,12 +180,9 @@ def _parse_local(value: str, name: str) -> float | None:
     if not value:
         return None
     try:
-        parsed = dt.datetime.fromisoformat(value)
+        return parse_iso(value)
     except ValueError:
         raise BadRequest(f"`{name}` is not a date-time: {value!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.timestamp()
 
 
 # -- sign-in and sign-out -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import msgspec
 from respan_gateway import BadRequest
 from respan_gateway.database import Database, Migration, RowRejected
 from respan_gateway.hookspecs import LogQuery, UsageBucket
+from respan_gateway.timestamps import parse_iso
 
 from .record import COLUMNS, JSON_COLUMNS, KINDS, LogRecord, to_row
 
@@ -296,10 +297,7 @@ def parse_time(value: Any) -> float:
         return float(text)
     except ValueError:
         pass
-    parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.timestamp()
+    return parse_iso(text)
 
 
 def iso(epoch: float | None) -> str | None:
