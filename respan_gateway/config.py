@@ -130,15 +130,32 @@ class DatabaseSettings(Settings):
     command_timeout: float = 30.0
 
 
+class StateSettings(Settings):
+    """``[state]``: where replicas share state (the Redis client of respan_gateway.state)."""
+
+    # "" = in the process (the embedded default; one process). "redis://[user:password@]host:6379/0",
+    # "rediss://..." (TLS) or "unix:///path/redis.sock" = shared by every process pointed at it.
+    redis_url: str = ""
+    # Seconds to open a connection, and the longest one command may take, before Redis counts as
+    # unreachable for that command (the plugin's fallback then applies).
+    connect_timeout: float = 1.0
+    command_timeout: float = 0.5
+    # Connections per worker process (a command waits for a free one up to command_timeout).
+    max_connections: int = 64
+    # Every key the gateway writes starts with this (several gateways may share one Redis).
+    key_prefix: str = "respan:"
+
+
 class CoreSettings(Settings):
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     plugins: PluginsSettings = PluginsSettings()
     database: DatabaseSettings = DatabaseSettings()
+    state: StateSettings = StateSettings()
     models: dict[str, ModelEntry] = {}
 
 
-CORE_SECTIONS = frozenset({"server", "upstream", "plugins", "database", "models", "providers"})
+CORE_SECTIONS = frozenset({"server", "upstream", "plugins", "database", "state", "models", "providers"})
 
 
 class Config:
@@ -179,6 +196,10 @@ class Config:
     @property
     def database(self) -> DatabaseSettings:
         return self.core.database
+
+    @property
+    def state(self) -> StateSettings:
+        return self.core.state
 
     @property
     def models(self) -> dict[str, ModelEntry]:

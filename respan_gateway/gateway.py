@@ -30,6 +30,7 @@ from .params import request_secrets, strip_params
 from .openai_chat import ChatAccumulator
 from .metrics import Registry
 from .providers import AdapterContext, Catalog, ProviderAdapter, forbidden_headers
+from .state import SharedState
 from .tokens import estimate
 from .upstream import create_client
 
@@ -98,6 +99,13 @@ class Gateway:
         # Database schemas declared by plugins (register_stores); the database opens only if there are some.
         self.stores: dict[str, list[Migration]] = {}
         self.database: Database | None = None
+        # The one Redis client of the process ([state] redis_url), shared by the plugins that keep
+        # state across replicas (respan_gateway.state); not shared when unset (the embedded default).
+        try:
+            self.state = SharedState(config.state)
+        except ValueError as exc:
+            raise ConfigError(f"{config.source}: {exc}") from None
+        add_secrets(self.state.secrets())
         self.catalog: Catalog = Catalog({}, {})
         self._http: httpx2.AsyncClient | None = None
         self._authenticator: Any = None
@@ -358,6 +366,7 @@ class Gateway:
         self._http = create_client(self.config.upstream)
         if self.database is not None:
             await self.database.start()
+        await self.state.start()
         for component in self._components():
             if hasattr(component, "startup"):
                 await component.startup()
@@ -366,6 +375,7 @@ class Gateway:
         for component in reversed(self._components()):
             if hasattr(component, "shutdown"):
                 await component.shutdown()
+        await self.state.close()
         if self.database is not None:
             await self.database.close()
         if self._http is not None:

@@ -8,6 +8,10 @@
 - ``postgres_schema``: a schema-name prefix for this test run on the PostgreSQL at ``PG_URL``
   (append a unique suffix per test); every schema with that prefix is dropped at the end. Skips,
   loudly, when the server is not reachable.
+- ``redis_state``: a ``[state]`` section (TOML text) on the Redis at ``REDIS_URL`` with a key prefix of
+  its own (so tests never see each other's keys); every key under it is deleted after the test. Has
+  ``.url``, ``.prefix`` and ``.client()`` (a sync redis client, to inspect or to flush). Skips, loudly,
+  when Redis is not reachable.
 """
 
 from __future__ import annotations
@@ -25,6 +29,50 @@ from .gateway_server import GatewayServer, test_config
 
 #: The PostgreSQL of the shared-mode tests (trust auth, database ``test``).
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+#: The Redis of the shared-mode tests.
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class RedisState(str):
+    """The ``[state]`` TOML section of one test (a str, to append to a config), and its key prefix."""
+
+    url: str
+    prefix: str
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=3)
+
+    def keys(self) -> list[bytes]:
+        with self.client() as r:
+            return list(r.scan_iter(match=self.prefix + "*", count=1000))
+
+    def flush(self) -> None:
+        with self.client() as r:
+            for key in list(r.scan_iter(match=self.prefix + "*", count=1000)):
+                r.delete(key)
+
+
+@pytest.fixture
+def redis_state() -> Iterator[RedisState]:
+    import redis
+
+    try:
+        with redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2) as r:
+            r.ping()
+    except Exception as exc:  # noqa: BLE001
+        message = f"Redis on 127.0.0.1:6379 is not reachable ({type(exc).__name__}: {exc}): its tests are SKIPPED"
+        warnings.warn(message)
+        pytest.skip(message)
+    prefix = f"respan-test-{uuid.uuid4().hex[:10]}:"
+    state = RedisState(f'\n[state]\nredis_url = "{REDIS_URL}"\nkey_prefix = "{prefix}"\n')
+    state.url, state.prefix = REDIS_URL, prefix
+    yield state
+    try:
+        state.flush()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _pg(sql: str) -> Any:
