@@ -29,6 +29,23 @@ _decode = msgspec.json.decode
 _encode = msgspec.json.Encoder().encode
 
 
+class KeyLimits(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The limits of one gateway API key (``[auth] keys[].limits`` or the keys API); the ``limits``
+    plugin enforces them. Spend in USD; None = no limit of that kind."""
+
+    max_spend: float | None = None  # lifetime
+    spend_per_hour: float | None = None
+    spend_per_day: float | None = None
+    spend_per_month: float | None = None
+    requests_per_minute: int | None = None
+    requests_per_hour: int | None = None
+    requests_per_day: int | None = None
+    requests_per_month: int | None = None
+    tokens_per_hour: int | None = None
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+
+
 class Principal(msgspec.Struct, kw_only=True, frozen=True):
     """Who is calling: the gateway API key's tenant, name and environment."""
 
@@ -37,6 +54,8 @@ class Principal(msgspec.Struct, kw_only=True, frozen=True):
     environment: Literal["production", "test"] = "production"
     # A key flagged ``admin = true`` in [auth]: may sign in to the dashboard (of its tenant only).
     admin: bool = False
+    # The key's limits (None: none set); counted per ``key_id`` by the limits plugin.
+    limits: KeyLimits | None = None
 
 
 ANONYMOUS = Principal()
