@@ -6,7 +6,7 @@ The public names a plugin needs live here; the machinery lives in the submodules
 from .app import create_app
 from .call import ANONYMOUS, Attempt, Call, CallNext, Chunk, JSONResult, KeyLimits, Principal, Result, StreamResult, Target, aclose
 from .config import Config, ConfigError, ProviderSettings, Settings
-from .endpoints import Accumulator, Endpoint
+from .endpoints import Accumulator, ChatTranslation, Endpoint
 from .errors import (
     AuthenticationFailed,
     BadRequest,
@@ -30,7 +30,7 @@ from .providers import AdapterContext, ErrorFields, ProviderAdapter, StreamMark
 __version__ = "0.1.0"
 
 __all__ = [
-    "ANONYMOUS", "Accumulator", "Attempt", "CacheInfo", "Customer", "Endpoint", "Outcome", "PromptRef", "AuthenticationFailed", "BadRequest", "Call", "CallNext", "Chunk", "Config",
+    "ANONYMOUS", "Accumulator", "Attempt", "CacheInfo", "ChatTranslation", "Customer", "Endpoint", "Outcome", "PromptRef", "AuthenticationFailed", "BadRequest", "Call", "CallNext", "Chunk", "Config",
     "ConfigError", "Gateway", "GatewayError", "JSONResult", "KeyLimits", "ModelNotFound", "NotFound", "Principal",
     "AdapterContext", "ErrorFields", "OpenAIAdapter", "OpenAICompatibleAdapter", "StreamMark", "aclose",
     "ProviderAdapter", "ProviderSettings", "RateLimited", "RespanParams", "Result", "Settings",

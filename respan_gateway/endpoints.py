@@ -8,7 +8,7 @@ endpoint runs the same pipeline, so every feature works on each of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -33,6 +33,28 @@ class Accumulator(Protocol):
         """The completion text so far (for token estimates)."""
 
 
+class ChatTranslation(Protocol):
+    """How a call of an endpoint is served by a provider adapter that speaks only chat completions.
+
+    The core's dispatch uses it when the target's adapter has no method for the call's ``kind`` but has
+    ``chat``: ``request`` gives the OpenAI chat body the adapter is called with (``call.body`` is that
+    body while the adapter's ``chat`` runs, then the endpoint's own again; the model is the target's);
+    the adapter's answer comes back through ``answer`` (a ``chat.completion``) or ``stream`` (its
+    ``chat.completion.chunk`` chunks, to be re-framed as the endpoint streams). So a third-party
+    provider that speaks chat serves every endpoint that declares a translation. A field the
+    translation cannot honour is a ``BadRequest`` from ``request``, naming it.
+    """
+
+    def request(self, call: Call) -> dict[str, Any]:
+        """The chat-completions body for this call (Respan params already out of ``call.body``)."""
+
+    def answer(self, completion: dict[str, Any], call: Call) -> Any:
+        """The endpoint's non-stream answer from a ``chat.completion``."""
+
+    def stream(self, chunks: AsyncIterator[Chunk], call: Call) -> AsyncIterator[Chunk]:
+        """The endpoint's stream from the chat chunks (it must ``aclose`` ``chunks`` when it ends early)."""
+
+
 class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     """A pipeline endpoint.
 
@@ -45,6 +67,7 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     ``accumulator``: makes an :class:`Accumulator` per streamed call, when an observer needs the answer.
     ``own_fields``: body fields that belong to this wire format even where a Respan param has the same
     name (Anthropic's ``metadata``), so they are not taken as Respan params.
+    ``via_chat``: a :class:`ChatTranslation`, so that providers that speak only chat serve it too.
     """
 
     kind: str
@@ -53,6 +76,7 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     prepare: Callable[[Call], None] | None = None
     accumulator: Callable[[], Accumulator] | None = None
     own_fields: frozenset[str] = frozenset()
+    via_chat: ChatTranslation | None = None
 
 
-__all__ = ["Accumulator", "Endpoint", "ErrorStyle"]
+__all__ = ["Accumulator", "ChatTranslation", "Endpoint", "ErrorStyle"]

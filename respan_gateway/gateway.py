@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
 import httpx2
+import msgspec
 import pluggy
 import structlog
 
@@ -36,6 +37,7 @@ from .upstream import create_client
 
 ENTRY_POINT_GROUP = "respan_gateway"
 T = TypeVar("T")
+_encode = msgspec.json.Encoder().encode
 #: The plugin name the core's own contributions (chat and embeddings endpoints, core routes) go under.
 CORE = "respan_gateway"
 
@@ -90,6 +92,8 @@ class Gateway:
         self._component_registrations: dict[str, ObserverRegistration] = {}
         self.needs_answer = False
         self.endpoints: list[Endpoint] = []
+        # kind -> how a chat-only adapter serves it (Endpoint.via_chat).
+        self._via_chat: dict[str, Any] = {}
         # Which plugin contributed each path (endpoints and routes): a path registered twice fails the start.
         self.path_owners: dict[str, str] = {}
         self._styles: dict[str, str] = {}
@@ -243,6 +247,8 @@ class Gateway:
             self._claim(path, plugin)
             if endpoint.style != "openai":  # errors under its folder (a 404, a 405) take its style too
                 self._styles["/".join(path.split("/")[:3]) + "/"] = endpoint.style
+        if endpoint.via_chat is not None:
+            self._via_chat[endpoint.kind] = endpoint.via_chat
         self.endpoints.append(endpoint)
 
     def style_for(self, path: str) -> str:
@@ -467,7 +473,11 @@ class Gateway:
             raise BadRequest(f"provider `{target.provider}` is not configured", param="model")
         handler = getattr(adapter, call.kind, None)
         if handler is None:
-            raise BadRequest(f"provider `{target.provider}` does not serve this endpoint", param="model")
+            translation = self._via_chat.get(call.kind)
+            chat = getattr(adapter, "chat", None)
+            if translation is None or chat is None:
+                raise BadRequest(f"provider `{target.provider}` does not serve this endpoint", param="model")
+            handler = _via_chat(chat, translation)
         started = time.perf_counter()
         if call.timings.upstream_start is None:
             call.timings.upstream_start = started
@@ -485,6 +495,25 @@ class Gateway:
         if isinstance(result, StreamResult):
             result.chunks = _redacted(result.chunks, adapter, call, target)
         return result
+
+
+def _via_chat(chat: Callable[[Call, Target], Any], translation: Any) -> Callable[[Call, Target], Any]:
+    """An adapter's ``chat`` serving another endpoint through its ``ChatTranslation`` (endpoints.py)."""
+
+    async def handler(call: Call, target: Target) -> Result:
+        body = translation.request(call)
+        own, changed = call.body, call.body_changed
+        call.body, call.body_changed = {k: msgspec.Raw(_encode(v)) for k, v in body.items()}, True
+        try:
+            result = await chat(call, target)
+        finally:
+            call.body, call.body_changed = own, changed
+        if isinstance(result, StreamResult):
+            result.chunks = translation.stream(result.chunks, call)
+            return result
+        return JSONResult(result.status, data=translation.answer(result.data, call), headers=result.headers)
+
+    return handler
 
 
 def _secrets(adapter: ProviderAdapter, call: Call, target: Target) -> tuple[str, ...]:
