@@ -66,6 +66,8 @@ class UpstreamSettings(Settings):
 class PluginsSettings(Settings):
     # Middleware order. Empty = every loaded plugin's middleware, sorted by its declared default order.
     pipeline: list[str] = []
+    # Observers of finished calls, in order. Empty = every loaded plugin's observers, in registration order.
+    observers: list[str] = []
     # Plugins blocked before entry points load: never imported, never run.
     disabled: list[str] = []
 

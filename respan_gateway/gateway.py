@@ -299,7 +299,12 @@ class Gateway:
             raise ConfigError(f"{what} `{name}` (plugin `{plugin}`) failed to start: {type(exc).__name__}: {exc}") from exc
 
     def _build_observers(self, registrations: dict[str, ObserverRegistration]) -> None:
-        for reg in registrations.values():
+        names = self.config.plugins.observers or list(registrations)
+        for name in names:
+            reg = registrations.get(name)
+            if reg is None:
+                known = ", ".join(registrations) or "none"
+                raise ConfigError(f"{self.config.source}: `plugins.observers`: no loaded plugin provides observer `{name}` (known: {known})")
             observer = self._make("observer", reg.name, reg.factory, reg.settings, reg.plugin)
             if not callable(getattr(observer, "observe", None)):
                 raise ConfigError(f"observer `{reg.name}` (plugin `{reg.plugin}`) has no observe(call) method")
@@ -314,11 +319,11 @@ class Gateway:
                             observers: dict[str, ObserverRegistration]) -> None:
         """A declared requirement that is not running stops the start, naming both."""
         running = {name for name, _ in [*self.middlewares, *self.observers, *self.components]}
-        for reg in [*(middlewares[name] for name, _ in self.middlewares), *observers.values()]:
+        for reg in [*(middlewares[name] for name, _ in self.middlewares), *(observers[name] for name in running if name in observers)]:
             for needed in reg.requires:
                 if needed not in running:
                     why = "is disabled or not installed" if needed not in middlewares and needed not in observers \
-                        else "is not in `plugins.pipeline`"
+                        else "is not in `plugins.pipeline`" if needed in middlewares else "is not in `plugins.observers`"
                     raise ConfigError(
                         f"{self.config.source}: `{reg.name}` (plugin `{reg.plugin}`) requires `{needed}`, which {why}"
                     )

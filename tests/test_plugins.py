@@ -176,6 +176,39 @@ def test_a_missing_requirement_stops_the_start_naming_both(fake_upstream) -> Non
         Gateway.build(config, plugins=(Needy(),))
 
 
+def test_plugins_observers_chooses_and_orders_the_observers(gateway_factory, fake_upstream) -> None:
+    seen: list[str] = []
+
+    class Watchers:
+        __name__ = "watchers"
+
+        @hookimpl
+        def register_observers(self, register: Any) -> None:
+            class Named:
+                def __init__(self, name: str) -> None:
+                    self.name = name
+
+                def observe(self, call: Any) -> None:
+                    seen.append(self.name)
+
+            register("first", lambda settings, gateway: Named("first"))
+            register("second", lambda settings, gateway: Named("second"), requires=("first",))
+
+    # Only the named observers run, in the config's order; `metrics` and `logging` are left out.
+    gw = gateway_factory('[plugins]\nobservers = ["second", "first"]\n', plugins=(Watchers(),))
+    assert [name for name, _ in gw.gateway.observers] == ["second", "first"]
+    gw.openai().chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+    deadline = time.monotonic() + 5
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert seen == ["second", "first"]
+    with pytest.raises(ConfigError, match=r"`plugins.observers`: no loaded plugin provides observer `nope`"):
+        Gateway.build(Config.from_text(test_config(fake_upstream.url, '[plugins]\nobservers = ["nope"]\n')))
+    with pytest.raises(ConfigError, match=r"`second` \(plugin `watchers`\) requires `first`, which is not in `plugins.observers`"):
+        Gateway.build(Config.from_text(test_config(fake_upstream.url, '[plugins]\nobservers = ["second"]\n')),
+                      plugins=(Watchers(),))
+
+
 @pytest.mark.parametrize("path", ["/api/chat/completions", "/metrics"])
 def test_a_path_registered_twice_fails_the_start_naming_both(fake_upstream, path: str) -> None:
     class Squatter:
