@@ -19,6 +19,7 @@ free connection), ``read`` bounds each read. aiohttp has no write timeout; ``wri
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -102,18 +103,26 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             body = request.content
         except httpx2.RequestNotRead:
             body = await request.aread()
-        try:
-            response = await session.request(
-                request.method,
-                str(request.url),
-                headers=headers,
-                data=body or None,
-                allow_redirects=False,
-                timeout=self._timeout(request),
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            )
-        except Exception as exc:
-            raise _map_error(exc, request, reading=False) from exc
+        timeout = self._timeout(request)
+        for attempt in (1, 2):
+            try:
+                response = await session.request(
+                    request.method,
+                    str(request.url),
+                    headers=headers,
+                    data=body or None,
+                    allow_redirects=False,
+                    timeout=timeout,
+                    skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+                )
+                break
+            except Exception as exc:
+                # A pooled connection the upstream closed while it sat idle (its keep-alive ran out first)
+                # fails as soon as it is written to or read, before any answer: send once more, on a new
+                # connection, as httpcore does for a stale connection. Not for timeouts or refused connects.
+                if attempt == 1 and _stale(exc):
+                    continue
+                raise _map_error(exc, request, reading=False) from exc
         return httpx2.Response(
             response.status,
             headers=response.raw_headers,
@@ -125,6 +134,14 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _stale(exc: Exception) -> bool:
+    """The error of a request sent on a connection the upstream had already closed (no answer began)."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    return (isinstance(exc, aiohttp.ClientOSError) and not isinstance(exc, aiohttp.ClientConnectorError)
+            and getattr(exc, "errno", None) in (errno.ECONNRESET, errno.EPIPE))
 
 
 def _map_error(exc: Exception, request: httpx2.Request, *, reading: bool) -> Exception:

@@ -122,7 +122,7 @@ def stack(fake_upstream, postgres_schema, redis_state, tmp_path) -> Iterator[dic
         fake_upstream.url,
         f'[database]\nurl = "{PG_URL}"\nschema = "{schema}"\n'
         f'[logging]\nspill_dir = "{tmp_path}/spill"\nflush_interval = 0.05\n' + redis_state))
-    replicas = [GatewayProcess(str(config), workers=2) for _ in range(2)]
+    replicas = [GatewayProcess(str(config), workers=2, ready_timeout=90) for _ in range(2)]
     try:
         for replica in replicas:
             replica.start()
@@ -148,7 +148,7 @@ def _request(base: str, run: str, i: int) -> str:
     return r.headers["x-respan-log-id"]
 
 
-def _load(base: str, run: str, count: int, threads: int = 16, during: Any = None) -> tuple[list[str], list[str]]:
+def _load(base: str, run: str, count: int, threads: int = 8, during: Any = None) -> tuple[list[str], list[str]]:
     """``count`` requests from ``threads`` threads; ``during()`` runs once a third of them are done."""
     ids: list[str] = []
     errors: list[str] = []
