@@ -86,7 +86,9 @@ def parse_limits(fields: dict[str, Any] | None, base: KeyLimits | None = None) -
     try:
         limits = msgspec.convert(merged, KeyLimits)
     except msgspec.ValidationError as exc:
-        raise BadRequest(f"`limits`: {exc}", param="limits") from None
+        text, _, where = str(exc).partition(" - at `$.")
+        field = f"limits.{where.rstrip('`')}" if where else "limits"
+        raise BadRequest(f"`{field}`: {text}", param="limits") from None
     for name, value in msgspec.structs.asdict(limits).items():
         if value is not None and (value < 0 or not math.isfinite(value)):
             raise BadRequest(f"`limits.{name}`: must be a number >= 0", param="limits")
