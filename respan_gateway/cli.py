@@ -63,25 +63,29 @@ def run_plugin_command(args: argparse.Namespace, gateway: Gateway) -> int:
     return int(asyncio.run(run()) or 0)
 
 
-def _add_plugin_commands(sub: Any, argv: list[str]) -> None:
-    """When ``argv`` names no core command: build the gateway from its ``--config`` and add the
-    plugins' commands to the parser (a config error stops the CLI, as for ``serve``)."""
+def _add_plugin_commands(sub: Any, argv: list[str]) -> list[str]:
+    """When ``argv`` names no core command: build the gateway from its ``--config`` (taken out of
+    ``argv`` wherever it stands, so that it may follow a plugin's own sub-subcommand) and add the
+    plugins' commands to the parser; a config error stops the CLI, as for ``serve``. The arguments
+    left to parse."""
     first = next((a for a in argv if not a.startswith("-")), None)
     if first is None or first in sub.choices:
-        return
+        return argv
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
-    known, _ = pre.parse_known_args(argv)
+    known, rest = pre.parse_known_args(argv)
     configure_logs("warning", sys.stderr.buffer)  # the command's stdout is what its user reads
     _, gateway = _build(known.config)
     for name, registration in gateway.commands.items():
         if name in sub.choices:
             raise ConfigError(f"plugin `{registration.plugin}` registers the command `{name}`, a command of the core")
-        parser = sub.add_parser(name, help=registration.help, description=registration.help)
-        parser.add_argument("--config", help="config file (default: $RESPAN_GATEWAY_CONFIG or config/gateway.toml)")
+        parser = sub.add_parser(name, help=registration.help, description=registration.help,
+                                epilog="--config FILE (anywhere on the line): the config file (default: "
+                                       "$RESPAN_GATEWAY_CONFIG or config/gateway.toml)")
         if registration.arguments is not None:
             registration.arguments(parser)
-        parser.set_defaults(func=lambda args, _gw=gateway: run_plugin_command(args, _gw))
+        parser.set_defaults(func=lambda args, _gw=gateway: run_plugin_command(args, _gw), config=known.config)
+    return rest
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -260,8 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("file", nargs="?")
     p_check.set_defaults(func=check_config)
     try:
-        _add_plugin_commands(sub, argv)
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_add_plugin_commands(sub, argv))
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"respan-gateway: config error: {exc}", file=sys.stderr)
