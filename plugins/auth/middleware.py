@@ -121,8 +121,9 @@ class Auth:
         self._warned = -1e9
         # The database keys' store: the database exists once a plugin (this one) declared a store.
         self.store = ApiKeyStore(gateway.database) if gateway.database is not None else None
-        if not self.keys and self.store is None:
-            log.warning("auth_no_keys", message="the auth plugin has no keys configured: every request will get 401")
+        if not self.keys:
+            log.warning("auth_no_config_keys", message="no keys in [auth] keys: only keys issued by the keys API or "
+                        "`respan-gateway keys create` are accepted (create the first admin key with --admin)")
         gateway.set_authenticator(self.authenticate)
 
     async def authenticate(self, headers: Any) -> Principal:

@@ -12,7 +12,7 @@ import pytest
 from respan_gateway.testing import TEST_KEY
 from respan_plugins.auth.store import KEY_FORMAT
 
-from conftest import ADMIN_KEY, OTHER_ADMIN_KEY, KeysClient, me
+from keys_kit import ADMIN_KEY, OTHER_ADMIN_KEY, KeysClient, me
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

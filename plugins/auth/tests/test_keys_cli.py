@@ -13,7 +13,7 @@ import openai
 
 from respan_gateway.testing import GatewayServer
 
-from conftest import KeysClient, auth_config, me
+from keys_kit import KeysClient, auth_config, me
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

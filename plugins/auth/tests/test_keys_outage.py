@@ -10,7 +10,7 @@ import openai
 
 from respan_gateway.testing import TEST_KEY, TcpProxy
 
-from conftest import KeysClient, auth_config
+from keys_kit import KeysClient, auth_config
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
