@@ -77,10 +77,11 @@ async def keys_command(args: argparse.Namespace, gateway: Any) -> int:
             else:
                 print(f"key:         {plain}")
                 print("             (shown once: store it now; the gateway keeps only its hash)")
-                for name in ("id", "prefix", "tenant", "name", "environment", "admin", "expires_at"):
-                    print(f"{name + ':':<13}{key.to_api(now)[name]}")
-                limits = {k: v for k, v in key.to_api(now)["limits"].items() if v is not None}
-                print(f"{'limits:':<13}{limits or 'none'}")
+                shown = key.to_api(now)
+                shown.update(admin="yes" if key.admin else "no", expires_at=shown["expires_at"] or "never",
+                             limits=", ".join(f"{k}={v:g}" for k, v in shown["limits"].items() if v is not None) or "none")
+                for name in ("id", "prefix", "tenant", "name", "environment", "admin", "expires_at", "limits"):
+                    print(f"{name + ':':<13}{shown[name]}")
             return 0
         if args.keys_command == "list":
             found = await store.list(args.tenant, include_revoked=args.include_revoked)
