@@ -47,12 +47,14 @@ class KeyLimits(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
 
 
 class Principal(msgspec.Struct, kw_only=True, frozen=True):
-    """Who is calling: the gateway API key's tenant, name and environment."""
+    """Who is calling: the gateway API key's tenant, id and environment. ``key_id`` is stable and unique
+    per key: a config key's ``name`` (else the first 8 hex digits of its hash), a database key's id."""
 
     tenant: str = "default"
     key_id: str | None = None
     environment: Literal["production", "test"] = "production"
-    # A key flagged ``admin = true`` in [auth]: may sign in to the dashboard (of its tenant only).
+    # An admin key (``admin = true`` in [auth], or created as one): may use the keys API and sign in to
+    # the dashboard, both of its tenant only.
     admin: bool = False
     # The key's limits (None: none set); counted per ``key_id`` by the limits plugin.
     limits: KeyLimits | None = None

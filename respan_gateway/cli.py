@@ -2,6 +2,11 @@
 
     respan-gateway serve [--config FILE] [--host H] [--port P] [--workers N] [--server hypercorn|uvicorn|granian]
     respan-gateway check-config FILE
+    respan-gateway <plugin command> [--config FILE] ...   (e.g. the auth plugin's `keys create|list|revoke`)
+
+A plugin adds a command through the ``register_commands`` hook: the CLI builds the gateway from the
+command's ``--config`` (so the plugins are those the config loads), starts its database, and awaits
+the command with the parsed arguments and the gateway.
 
 With several workers, SIGTERM may reach the master only (``kill``), or every process of the group
 (systemd's default): either way every worker stops accepting, finishes its streams and writes its
@@ -23,6 +28,7 @@ from typing import Any
 
 from .config import Config, ConfigError, ServerSettings, find_config_file
 from .gateway import Gateway
+from .log import configure as configure_logs
 
 
 def _build(path: str | None) -> tuple[Config, Gateway]:
@@ -37,7 +43,49 @@ def check_config(args: argparse.Namespace) -> int:
     print(f"  pipeline:  {pipeline}")
     print(f"  providers: {', '.join(f'{pid} ({p.settings.type or pid})' for pid, p in gateway.providers.items()) or '(none)'}")
     print(f"  models:    {len(config.models)} in the catalog")
+    print(f"  commands:  {', '.join(sorted(gateway.commands)) or '(none)'}")
     return 0
+
+
+def run_plugin_command(args: argparse.Namespace, gateway: Gateway) -> int:
+    """A plugin's command (``register_commands``): awaited with the gateway's database started."""
+    registration = gateway.commands[args.command]
+
+    async def run() -> int | None:
+        if gateway.database is not None:
+            await gateway.database.start()
+        try:
+            return await registration.run(args, gateway)
+        finally:
+            if gateway.database is not None:
+                await gateway.database.close()
+
+    return int(asyncio.run(run()) or 0)
+
+
+def _add_plugin_commands(sub: Any, argv: list[str]) -> list[str]:
+    """When ``argv`` names no core command: build the gateway from its ``--config`` (taken out of
+    ``argv`` wherever it stands, so that it may follow a plugin's own sub-subcommand) and add the
+    plugins' commands to the parser; a config error stops the CLI, as for ``serve``. The arguments
+    left to parse."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is None or first in sub.choices:
+        return argv
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, rest = pre.parse_known_args(argv)
+    configure_logs("warning", sys.stderr.buffer)  # the command's stdout is what its user reads
+    _, gateway = _build(known.config)
+    for name, registration in gateway.commands.items():
+        if name in sub.choices:
+            raise ConfigError(f"plugin `{registration.plugin}` registers the command `{name}`, a command of the core")
+        parser = sub.add_parser(name, help=registration.help, description=registration.help,
+                                epilog="--config FILE (anywhere on the line): the config file (default: "
+                                       "$RESPAN_GATEWAY_CONFIG or config/gateway.toml)")
+        if registration.arguments is not None:
+            registration.arguments(parser)
+        parser.set_defaults(func=lambda args, _gw=gateway: run_plugin_command(args, _gw), config=known.config)
+    return rest
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -199,7 +247,10 @@ def _has_uvloop() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="respan-gateway", description="A self-hostable LLM gateway (Respan API).")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(
+        prog="respan-gateway", description="A self-hostable LLM gateway (Respan API).",
+        epilog="Plugins add commands (the auth plugin: `keys`); `respan-gateway check-config` lists them.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="run the gateway")
     p_serve.add_argument("--config", help="config file (default: $RESPAN_GATEWAY_CONFIG or config/gateway.toml)")
@@ -212,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     p_check = sub.add_parser("check-config", help="validate a config file and the plugins it names")
     p_check.add_argument("file", nargs="?")
     p_check.set_defaults(func=check_config)
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(_add_plugin_commands(sub, argv))
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"respan-gateway: config error: {exc}", file=sys.stderr)

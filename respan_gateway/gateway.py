@@ -66,6 +66,15 @@ class ObserverRegistration:
         self.requires, self.needs_answer = tuple(requires), needs_answer
 
 
+class CommandRegistration:
+    """A CLI subcommand a plugin contributes (``register_commands``); run by ``respan_gateway.cli``."""
+
+    __slots__ = ("name", "run", "help", "arguments", "plugin")
+
+    def __init__(self, name: str, run: Any, help: str, arguments: Any, plugin: str) -> None:
+        self.name, self.run, self.help, self.arguments, self.plugin = name, run, help, arguments, plugin
+
+
 def core_endpoints() -> list[Endpoint]:
     """The endpoints the core serves itself; plugins declare theirs through ``register_endpoints``."""
     return [
@@ -102,6 +111,8 @@ class Gateway:
         self.metrics = Registry()
         # Database schemas declared by plugins (register_stores); the database opens only if there are some.
         self.stores: dict[str, list[Migration]] = {}
+        # CLI subcommands of plugins (register_commands), by name.
+        self.commands: dict[str, CommandRegistration] = {}
         self.database: Database | None = None
         # The one Redis client of the process ([state] redis_url), shared by the plugins that keep
         # state across replicas (respan_gateway.state); not shared when unset (the embedded default).
@@ -229,6 +240,13 @@ class Gateway:
                 self.stores[name] = list(migrations)
 
             impl.function(register=add_store)
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            def add_command(name: str, run: Any, *, help: str, arguments: Any = None, _p: str = impl.plugin_name) -> None:
+                if name in self.commands:
+                    raise ConfigError(f"plugin `{_p}` registers the command `{name}`, already registered by `{self.commands[name].plugin}`")
+                self.commands[name] = CommandRegistration(name, run, help, arguments, _p)
+
+            impl.function(register=add_command)
         if self.stores:
             try:
                 self.database = Database(self.config.database, self.stores)

@@ -25,7 +25,8 @@ second ``provide`` of the same Protocol fails the start. The services:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import argparse
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import msgspec
@@ -133,6 +134,22 @@ class RegisterStore(Protocol):
         """
 
 
+class RegisterCommand(Protocol):
+    def __call__(self, name: str, run: Callable[[argparse.Namespace, Any], Awaitable[int | None]], *, help: str,
+                 arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+        """Contribute a subcommand of the ``respan-gateway`` CLI (``respan-gateway keys ...``).
+
+        ``name``: the subcommand; ``help``: its line in ``--help``. ``arguments(parser)`` adds its
+        arguments (and sub-subcommands) to its ``argparse`` parser; every plugin command also gets
+        ``--config FILE``. ``run(args, gateway)``: the command, awaited with the parsed arguments and
+        the :class:`~respan_gateway.Gateway` built from that config (its middlewares, components and
+        ``gateway.database`` constructed, the database started; nothing serves requests, no other
+        ``startup()`` runs); it returns the exit code (None = 0) and prints what the user reads. A
+        plugin blocked in the config contributes no command; a name taken by the core or another
+        plugin stops the CLI, naming both.
+        """
+
+
 @hookspec
 def register_middlewares(register: RegisterMiddleware) -> None:
     """Called once at start-up to collect pipeline middlewares (auth, params, logging, cache...)."""
@@ -174,6 +191,13 @@ def register_stores(register: RegisterStore) -> None:
     Every store lives in the one database of ``[database]`` (SQLite file or PostgreSQL), opened once
     per process before the middlewares' ``startup()`` and closed after their ``shutdown()``.
     """
+
+
+@hookspec
+def register_commands(register: RegisterCommand) -> None:
+    """Called once when the CLI runs a command it does not know itself, to collect the plugins' CLI
+    subcommands (the auth plugin's ``keys``). The gateway is built from the command's ``--config``
+    first, so the plugins are those the config loads."""
 
 
 # -- services -----------------------------------------------------------------------------------------

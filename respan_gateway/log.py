@@ -24,6 +24,8 @@ SECRET_KEY_NAMES = _SECRET_KEYS = re.compile(
     r"(access|refresh|auth|session|bearer)[_-]?token|cookie)", re.I)
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{4,}", re.I)
 _KEYLIKE = re.compile(r"\b(sk|rk|pk)-[A-Za-z0-9_-]{8,}")
+# The gateway's own database keys (the auth plugin's `rsp_<prefix>.<secret>`): the prefix stays readable.
+_GATEWAY_KEY = re.compile(r"\b(rsp_[A-Za-z0-9]{8})\.[A-Za-z0-9]{8,}")
 # Google API keys, AWS access key ids, and the password of a URL's userinfo (postgresql://u:pw@host).
 _GOOGLE_KEY = re.compile(r"\bAIza[0-9A-Za-z_-]{30,}")
 _AWS_KEY = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
@@ -45,6 +47,7 @@ def redact_value(value: Any) -> Any:
         if _known_secrets:
             value = redact(value, _known_secrets)
         value = _KEYLIKE.sub(r"\1-[redacted]", _BEARER.sub(r"\1[redacted]", value))
+        value = _GATEWAY_KEY.sub(r"\1.[redacted]", value)
         value = _AWS_KEY.sub("[redacted]", _GOOGLE_KEY.sub("[redacted]", value))
         return _URL_PASSWORD.sub(r"\1[redacted]@", value)
     if isinstance(value, dict):
@@ -66,7 +69,9 @@ def _serialize(event: dict[str, Any], **_: Any) -> bytes:
     return _encode(event)
 
 
-def configure(level: str = "info") -> None:
+def configure(level: str = "info", stream: Any = None) -> None:
+    """Process logs at ``level`` and above, as JSON lines on ``stream`` (a binary file; default stdout:
+    the CLI's plugin commands log to stderr, their stdout is for the user)."""
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -77,6 +82,6 @@ def configure(level: str = "info") -> None:
             structlog.processors.JSONRenderer(serializer=_serialize),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.BytesLoggerFactory(sys.stdout.buffer),
+        logger_factory=structlog.BytesLoggerFactory(sys.stdout.buffer if stream is None else stream),
         cache_logger_on_first_use=True,
     )

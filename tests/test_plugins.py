@@ -222,3 +222,35 @@ def test_a_path_registered_twice_fails_the_start_naming_both(fake_upstream, path
     with pytest.raises(ConfigError, match=f"registers the path {path}, already registered by") as failed:
         Gateway.build(Config.from_text(test_config(fake_upstream.url)), plugins=(Squatter(),))
     assert f"`{owner}`" in str(failed.value) and "`squatter`" in str(failed.value)
+
+
+def test_a_plugin_adds_a_cli_command(tmp_path: Path, plugin_site: Path, fake_upstream) -> None:
+    config = write_config(tmp_path, fake_upstream.url, '[plugins]\ndisabled = ["broken"]\n[hello]\ngreeting = "bonjour"\n')
+    env = {"PYTHONPATH": str(plugin_site), "PATH": ""}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "respan_gateway.cli", *args], env=env, capture_output=True, text=True)
+
+    # --config anywhere on the line; the command gets its settings and the gateway's database started.
+    greeted = cli("hello", "--config", str(config), "world")
+    assert greeted.returncode == 0, greeted.stderr
+    assert greeted.stdout == "bonjour, world! (database started: True)\n"
+    assert cli("hello", "nobody", "--config", str(config)).returncode == 3  # its exit code
+    assert "greet someone" in cli("hello", "--help", "--config", str(config)).stdout
+    # Blocked in the config: no such command.
+    blocked = write_config(tmp_path, fake_upstream.url, '[plugins]\ndisabled = ["broken", "hello"]\n')
+    refused = cli("hello", "world", "--config", str(blocked))
+    assert refused.returncode == 2 and "invalid choice: 'hello'" in refused.stderr
+
+
+def test_a_command_registered_twice_fails_naming_both(fake_upstream) -> None:
+    class Impostor:
+        __name__ = "impostor"
+
+        @hookimpl
+        def register_commands(self, register: Any) -> None:
+            register("keys", lambda args, gateway: None, help="not the real one")
+
+    with pytest.raises(ConfigError, match=r"registers the command `keys`, already registered by") as failed:
+        Gateway.build(Config.from_text(test_config(fake_upstream.url)), plugins=(Impostor(),))
+    assert "`impostor`" in str(failed.value) and "`auth`" in str(failed.value)

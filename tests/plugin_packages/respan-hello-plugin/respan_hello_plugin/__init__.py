@@ -1,4 +1,4 @@
-"""A third-party plugin: a middleware that stamps responses, with a setting, a route, and an observer."""
+"""A third-party plugin: a middleware that stamps responses, with a setting, a route, an observer and a CLI command."""
 
 import json
 from typing import Any
@@ -62,3 +62,19 @@ class OutcomeFile:
 @hookimpl
 def register_observers(register):
     register("hello_outcomes", OutcomeFile, settings=OutcomeSettings, needs_answer=True)
+
+
+async def greet(args, gateway):
+    """`respan-gateway hello NAME`: a CLI command, with the gateway built from the config."""
+    greeting = gateway.config.section("hello", HelloSettings).greeting
+    print(f"{greeting}, {args.name}! (database started: {gateway.database.connected})")
+    return 3 if args.name == "nobody" else 0
+
+
+def greet_arguments(parser):
+    parser.add_argument("name")
+
+
+@hookimpl
+def register_commands(register):
+    register("hello", greet, help="greet someone", arguments=greet_arguments)
