@@ -8,7 +8,7 @@ endpoint runs the same pipeline, so every feature works on each of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -45,6 +45,18 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     ``accumulator``: makes an :class:`Accumulator` per streamed call, when an observer needs the answer.
     ``own_fields``: body fields that belong to this wire format even where a Respan param has the same
     name (Anthropic's ``metadata``), so they are not taken as Respan params.
+
+    For a response cache (the ``cache`` plugin reads these, knowing no endpoint by name):
+
+    ``replay(answer, call)``: the chunks of a stream re-sending a complete answer of this endpoint (its
+    non-stream shape, as a non-streamed call answers it or the ``accumulator`` assembles it) as this
+    endpoint streams, for ``call`` (e.g. the usage chunk only when it asks for one); what the SDKs'
+    stream helpers assemble from them is that answer. None: the endpoint does not stream (embeddings),
+    or cannot replay, and a cache answers none of its streamed calls.
+    ``cacheable(answer)``: whether a complete answer may be stored (e.g. not one a content filter
+    stopped); None: every successful (2xx) answer may.
+    ``key_headers``: request headers (lower-case) that change the answer, so are part of a cache key
+    along with the body (Anthropic's ``anthropic-beta``).
     """
 
     kind: str
@@ -53,6 +65,9 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     prepare: Callable[[Call], None] | None = None
     accumulator: Callable[[], Accumulator] | None = None
     own_fields: frozenset[str] = frozenset()
+    replay: Callable[[Any, Call], list[Chunk] | Iterable[Chunk]] | None = None
+    cacheable: Callable[[Any], bool] | None = None
+    key_headers: tuple[str, ...] = ()
 
 
 __all__ = ["Accumulator", "Endpoint", "ErrorStyle"]
