@@ -113,9 +113,6 @@ class ResponseCache:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.close()
 
-    def describe(self) -> str:
-        return "redis" if self.shared else "memory"
-
     # -- the middleware ---------------------------------------------------------------------------
     async def __call__(self, call: Call, call_next: CallNext) -> Result:
         if not call.params.cache_enabled or call.rejection is not None:

@@ -66,7 +66,7 @@ def test_concurrent_identical_misses_on_two_replicas_make_one_upstream_call(gate
 
         async def one(i: int):
             raw = await clients[i % 2].chat.completions.with_raw_response.create(
-                model="gpt-test", messages=MESSAGES, extra_body={**CACHED, **scenario("slow-first-byte-500")})
+                model="gpt-test", messages=MESSAGES, extra_body={**CACHED, **scenario("slow-first-byte-1000")})
             return raw.headers["x-respan-cache"], raw.parse().choices[0].message.content
 
         try:
@@ -83,7 +83,7 @@ def test_concurrent_identical_misses_on_two_replicas_make_one_upstream_call(gate
 
 def test_a_replica_waiting_on_a_failed_leader_goes_upstream(gateway_factory, redis_state, fake_upstream) -> None:
     first, second = gateway_factory(redis_state), gateway_factory(redis_state)
-    failing = {"extra_headers": {"x-fake-scenario": "slow-first-byte-500,error-500", "x-fake-fail-times": "1", "x-fake-fail-key": "lead"}}
+    failing = {"extra_headers": {"x-fake-scenario": "slow-first-byte-1000,error-500", "x-fake-fail-times": "1", "x-fake-fail-key": "lead"}}
 
     async def run() -> list:
         a = openai.AsyncOpenAI(base_url=first.base_url, api_key=TEST_KEY, max_retries=0)
