@@ -2,7 +2,7 @@
 
     python bench/run.py                  # every scenario, a few seconds each, short soak (about 2 min)
     python bench/run.py --full           # longer scenarios and the 10-minute soak
-    python bench/run.py --only c1,c64    # some scenarios (upstream,c1,c8,c64,stream,open,soak)
+    python bench/run.py --only c1,c64    # some scenarios (upstream,c1,c8,c64,cache,stream,open,soak)
     python bench/run.py --matrix         # c1/c64 for every transport x server (docs/performance.md)
 
 It starts ``bench/upstream.py`` (a fast fake OpenAI upstream) and the gateway (``respan-gateway serve``)
@@ -58,10 +58,12 @@ SOAK_FLAT_MB, SOAK_FLAT_SHARE = 4.0, 0.03
 BURST_TOLERANCE = 0.02
 
 
-def body_for(model: str, stream: bool = False) -> bytes:
-    body = {"model": model, "messages": [{"role": "user", "content": "Say hello to the benchmark"}]}
+def body_for(model: str, stream: bool = False, cached: bool = False) -> bytes:
+    body: dict = {"model": model, "messages": [{"role": "user", "content": "Say hello to the benchmark"}]}
     if stream:
         body["stream"] = True
+    if cached:  # the response cache's param: every request after the first is a hit
+        body["cache_enabled"] = True
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -404,6 +406,26 @@ def scenario_latency(table: Table, gw: Gateway, up_port: int, args: argparse.Nam
               budget, cpu <= BUDGET_CPU_MS_PER_REQ if concurrency == 64 else None)
 
 
+def scenario_cache(table: Table, gw: Gateway, args: argparse.Namespace, wrk: str | None, results: dict) -> None:
+    """Cache hits: the same request with ``cache_enabled``, stored by a first request, then answered
+    from the cache (no upstream call): c=1 latency and c=64 gateway CPU per hit."""
+    if "cache" not in gw.pipeline.replace(",", " ").split():
+        table.add("cache hit", "-", "-", "skipped: the `cache` plugin is not in the pipeline")
+        return
+    body = body_for("gpt-bench", cached=True)
+    run_load(gw.port, CHAT_PATH, body, KEY, 1, 1.0, wrk)  # stores the entry, and warms the path
+    one = checked(run_load(gw.port, CHAT_PATH, body, KEY, 1, args.duration, wrk), "cache hits c=1")
+    before = gw.service.cpu()
+    many = checked(run_load(gw.port, CHAT_PATH, body, KEY, 64, args.duration, wrk), "cache hits c=64")
+    cpu = (gw.service.cpu() - before) / max(many["requests"], 1) * 1e3
+    results["cache_hit"] = {"c1": one, "c64": many, "gateway_cpu_ms_per_hit": cpu, "rps": rps(many)}
+    table.add("cache hit, c=1: latency p50 / p99 (ms)", "-", f"{ms(one['p50'])} / {ms(one['p99'])}",
+              "no upstream call")
+    proxied = results.get("c64", {}).get("gateway_cpu_ms_per_req")
+    versus = f" (a proxied request: {proxied:.3f})" if proxied is not None else ""
+    table.add("cache hit, c=64: req/s; gateway CPU", "-", f"{rps(many):,.0f} req/s", f"{cpu:.3f} ms/hit{versus}")
+
+
 def scenario_stream(table: Table, gw: Gateway, up_port: int, args: argparse.Namespace, results: dict) -> None:
     model = f"stream-{STREAM_CHUNKS}-{STREAM_GAP_MS}"
     gap = STREAM_GAP_MS / 1000
@@ -570,7 +592,7 @@ def _package_of(frame: str) -> str:
 
 # -- main ---------------------------------------------------------------------------------------
 
-SCENARIOS = ("upstream", "c1", "c8", "c64", "stream", "open", "soak")
+SCENARIOS = ("upstream", "c1", "c8", "c64", "cache", "stream", "open", "soak")
 
 
 def run_all(args: argparse.Namespace, workdir: Path, wrk: str | None) -> dict:
@@ -590,6 +612,8 @@ def run_all(args: argparse.Namespace, workdir: Path, wrk: str | None) -> dict:
             for c in (1, 8, 64):
                 if f"c{c}" in only:
                     scenario_latency(table, gw, up_port, args, wrk, results, c)
+            if "cache" in only:
+                scenario_cache(table, gw, args, wrk, results)
             if "stream" in only:
                 scenario_stream(table, gw, up_port, args, results)
             if "open" in only:

@@ -8,7 +8,7 @@ endpoint runs the same pipeline, so every feature works on each of them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -68,6 +68,18 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     ``own_fields``: body fields that belong to this wire format even where a Respan param has the same
     name (Anthropic's ``metadata``), so they are not taken as Respan params.
     ``via_chat``: a :class:`ChatTranslation`, so that providers that speak only chat serve it too.
+
+    For a response cache (the ``cache`` plugin reads these, knowing no endpoint by name):
+
+    ``replay(answer, call)``: the chunks of a stream re-sending a complete answer of this endpoint (its
+    non-stream shape, as a non-streamed call answers it or the ``accumulator`` assembles it) as this
+    endpoint streams, for ``call`` (e.g. the usage chunk only when it asks for one); what the SDKs'
+    stream helpers assemble from them is that answer. None: the endpoint does not stream (embeddings),
+    or cannot replay, and a cache answers none of its streamed calls.
+    ``cacheable(answer)``: whether a complete answer may be stored (e.g. not one a content filter
+    stopped); None: every successful (2xx) answer may.
+    ``key_headers``: request headers (lower-case) that change the answer, so are part of a cache key
+    along with the body (Anthropic's ``anthropic-beta``).
     """
 
     kind: str
@@ -77,6 +89,9 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     accumulator: Callable[[], Accumulator] | None = None
     own_fields: frozenset[str] = frozenset()
     via_chat: ChatTranslation | None = None
+    replay: Callable[[Any, Call], list[Chunk] | Iterable[Chunk]] | None = None
+    cacheable: Callable[[Any], bool] | None = None
+    key_headers: tuple[str, ...] = ()
 
 
 __all__ = ["Accumulator", "ChatTranslation", "Endpoint", "ErrorStyle"]

@@ -198,19 +198,29 @@ class _ToolCallDelta(msgspec.Struct):
 
 class _Delta(msgspec.Struct):
     content: str | None = None
+    refusal: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[_ToolCallDelta] | None = None
+
+
+class _Logprobs(msgspec.Struct):
+    content: list[Any] | None = None
+    refusal: list[Any] | None = None
 
 
 class _ChunkChoice(msgspec.Struct):
     index: int = 0
     delta: _Delta | None = None
     finish_reason: str | None = None
+    logprobs: _Logprobs | None = None
 
 
 class _ChatChunk(msgspec.Struct):
     id: str | None = None
     model: str | None = None
     created: int | None = None
+    system_fingerprint: str | None = None
+    service_tier: str | None = None
     choices: list[_ChunkChoice] | None = None
     usage: dict[str, Any] | None = None
 
@@ -218,19 +228,45 @@ class _ChatChunk(msgspec.Struct):
 _decode_chunk = msgspec.json.Decoder(_ChatChunk).decode
 
 
-class ChatAccumulator:
-    """Assembles a streamed chat answer (first choice) into a ``chat.completion``: the chat endpoint's
-    :class:`~respan_gateway.endpoints.Accumulator`."""
+class _Choice:
+    """One choice of a streamed answer, as it is assembled."""
 
-    __slots__ = ("id", "model", "created", "parts", "tool_calls", "finish_reason", "usage")
+    __slots__ = ("parts", "refusal", "reasoning", "tool_calls", "finish_reason", "logprobs")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.refusal: list[str] = []
+        self.reasoning: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+        self.logprobs: dict[str, list[Any]] | None = None
+
+    def message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.parts) or None}
+        if self.refusal:
+            message["refusal"] = "".join(self.refusal)
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)
+        if self.tool_calls:
+            message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        return message
+
+
+class ChatAccumulator:
+    """Assembles a streamed chat answer into a ``chat.completion``: the chat endpoint's
+    :class:`~respan_gateway.endpoints.Accumulator`. Every choice (``n > 1``), its content, refusal,
+    reasoning, tool calls, log probabilities and finish reason, the usage and the answer's ids: the
+    assembled answer is the one a non-streamed request would have had, so a response cache can store it."""
+
+    __slots__ = ("id", "model", "created", "system_fingerprint", "service_tier", "choices", "usage")
 
     def __init__(self) -> None:
         self.id: str | None = None
         self.model: str | None = None
         self.created: int | None = None
-        self.parts: list[str] = []
-        self.tool_calls: dict[int, dict[str, Any]] = {}
-        self.finish_reason: str | None = None
+        self.system_fingerprint: str | None = None
+        self.service_tier: str | None = None
+        self.choices: dict[int, _Choice] = {}
         self.usage: dict[str, Any] | None = None
 
     def feed(self, chunk: Chunk) -> None:
@@ -240,44 +276,122 @@ class ChatAccumulator:
             return  # a chunk we cannot read is relayed all the same
         if self.id is None:
             self.id, self.model, self.created = data.id, data.model, data.created
+        if data.system_fingerprint:
+            self.system_fingerprint = data.system_fingerprint
+        if data.service_tier:
+            self.service_tier = data.service_tier
         if data.usage:
             self.usage = data.usage
         for choice in data.choices or ():
-            if choice.index != 0:
-                continue
+            slot = self.choices.get(choice.index)
+            if slot is None:
+                slot = self.choices[choice.index] = _Choice()
             if choice.finish_reason:
-                self.finish_reason = choice.finish_reason
+                slot.finish_reason = choice.finish_reason
+            if choice.logprobs is not None:
+                logprobs = slot.logprobs if slot.logprobs is not None else {}
+                slot.logprobs = logprobs
+                for name in ("content", "refusal"):
+                    items = getattr(choice.logprobs, name)
+                    if items:
+                        logprobs.setdefault(name, []).extend(items)
             delta = choice.delta
             if delta is None:
                 continue
             if delta.content:
-                self.parts.append(delta.content)
+                slot.parts.append(delta.content)
+            if delta.refusal:
+                slot.refusal.append(delta.refusal)
+            if delta.reasoning_content:
+                slot.reasoning.append(delta.reasoning_content)
             for fragment in delta.tool_calls or ():
-                slot = self.tool_calls.setdefault(
+                call = slot.tool_calls.setdefault(
                     fragment.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
                 if fragment.id:
-                    slot["id"] = fragment.id
+                    call["id"] = fragment.id
                 if fragment.function is not None:
-                    slot["function"]["name"] += fragment.function.name or ""
-                    slot["function"]["arguments"] += fragment.function.arguments or ""
+                    call["function"]["name"] += fragment.function.name or ""
+                    call["function"]["arguments"] += fragment.function.arguments or ""
 
     def text(self) -> str:
-        return "".join(self.parts)
-
-    def message(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": self.text() or None}
-        if self.tool_calls:
-            message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
-        return message
+        return "".join("".join(self.choices[i].parts) for i in sorted(self.choices))
 
     def answer(self) -> dict[str, Any]:
+        choices = []
+        for index in sorted(self.choices) or [0]:
+            slot = self.choices.get(index) or _Choice()
+            choice: dict[str, Any] = {"index": index, "message": slot.message(), "finish_reason": slot.finish_reason}
+            if slot.logprobs is not None:
+                choice["logprobs"] = {"content": slot.logprobs.get("content"), "refusal": slot.logprobs.get("refusal")}
+            choices.append(choice)
         body: dict[str, Any] = {
-            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "message": self.message(), "finish_reason": self.finish_reason}],
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model, "choices": choices,
         }
+        if self.system_fingerprint is not None:
+            body["system_fingerprint"] = self.system_fingerprint
+        if self.service_tier is not None:
+            body["service_tier"] = self.service_tier
         if self.usage is not None:
             body["usage"] = self.usage
         return body
 
 
-__all__ = ["ChatAccumulator", "ChunkWriter", "FINISH_REASONS", "check_messages", "completion", "include_usage", "parse_data_url", "text_of", "usage"]
+#: Finish reasons of an answer a response cache may store: a whole answer to the request as asked
+#: (``length`` is what the request's own ``max_tokens`` gives again); not ``content_filter`` (a
+#: moderation decision, not the model's answer) nor a missing one (the answer did not finish).
+CACHEABLE_FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "function_call"})
+
+
+def cacheable(answer: Any) -> bool:
+    """Whether a complete ``chat.completion`` may be stored by a response cache: it has choices, and
+    every one finished for a reason of :data:`CACHEABLE_FINISH_REASONS`."""
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    return bool(choices) and all(
+        isinstance(c, dict) and c.get("finish_reason") in CACHEABLE_FINISH_REASONS for c in choices)
+
+
+def replay(answer: dict[str, Any], call: Call) -> list[Chunk]:
+    """The ``chat.completion.chunk`` events that stream ``answer`` (a ``chat.completion``) again, as a
+    provider streams it: per choice a role chunk, its content (reasoning, refusal, tool calls, each
+    whole in one delta), then its finish chunk; the usage chunk last when the request asks for it
+    (``stream_options.include_usage``). What the SDKs' stream helpers assemble is ``answer`` again."""
+    with_usage = include_usage(call)
+    head: dict[str, Any] = {"id": answer.get("id"), "object": "chat.completion.chunk",
+                            "created": answer.get("created") or int(time.time()), "model": answer.get("model")}
+    for name in ("system_fingerprint", "service_tier"):
+        if answer.get(name) is not None:
+            head[name] = answer[name]
+
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> Chunk:
+        body = {**head, "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
+        if with_usage:
+            body["usage"] = None
+        return Chunk(_encode(body))
+
+    chunks: list[Chunk] = []
+    for position, choice in enumerate(answer.get("choices") or ()):
+        index = choice.get("index", position)
+        message = choice.get("message") or {}
+        chunks.append(chunk(index, {"role": message.get("role", "assistant"), "content": "", "refusal": None}))
+        if message.get("reasoning_content"):
+            chunks.append(chunk(index, {"reasoning_content": message["reasoning_content"]}))
+        logprobs = choice.get("logprobs")
+        if message.get("content"):
+            content_logprobs = {"content": logprobs.get("content"), "refusal": None} if isinstance(logprobs, dict) else None
+            chunks.append(chunk(index, {"content": message["content"]}, logprobs=content_logprobs))
+        if message.get("refusal"):
+            refusal_logprobs = {"content": None, "refusal": logprobs.get("refusal")} if isinstance(logprobs, dict) else None
+            chunks.append(chunk(index, {"refusal": message["refusal"]}, logprobs=refusal_logprobs))
+        for position_call, tool_call in enumerate(message.get("tool_calls") or ()):
+            function = tool_call.get("function") or {}
+            chunks.append(chunk(index, {"tool_calls": [{
+                "index": position_call, "id": tool_call.get("id"), "type": tool_call.get("type", "function"),
+                "function": {"name": function.get("name"), "arguments": function.get("arguments", "")},
+            }]}))
+        chunks.append(chunk(index, {}, choice.get("finish_reason")))
+    if with_usage and answer.get("usage") is not None:
+        chunks.append(Chunk(_encode({**head, "choices": [], "usage": answer["usage"]})))
+    return chunks
+
+
+__all__ = ["CACHEABLE_FINISH_REASONS", "ChatAccumulator", "ChunkWriter", "FINISH_REASONS", "cacheable", "replay", "check_messages", "completion", "include_usage", "parse_data_url", "text_of", "usage"]

@@ -27,7 +27,7 @@ from respan_gateway.hookspecs import RegisterEndpoint, RegisterProvider
 from respan_gateway.openai_chat import include_usage
 from respan_gateway.providers import generic_error_fields
 
-from .accumulator import MessagesAccumulator
+from .accumulator import MessagesAccumulator, cacheable, replay
 from .translate import StreamTranslator, message_to_openai, normalised_usage, request_to_anthropic, stream_error
 
 _decode = msgspec.json.decode
@@ -178,6 +178,8 @@ def _native_defaults(call: Call) -> None:
 NATIVE_ENDPOINT = Endpoint(
     kind="anthropic_messages", paths=(NATIVE_PATH,), style="anthropic", prepare=_native_defaults,
     accumulator=MessagesAccumulator, own_fields=frozenset({"metadata"}),
+    # A response cache replays a stored message as a stream, and keys on the betas (they change the answer).
+    replay=replay, cacheable=cacheable, key_headers=("anthropic-beta",),
 )
 
 
