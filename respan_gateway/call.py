@@ -233,12 +233,19 @@ class Call(msgspec.Struct, kw_only=True):
 
     def prompt(self) -> Any:
         """The request's ``messages`` (chat, Anthropic Messages), else its ``input`` (embeddings,
-        Responses), decoded; None when it has neither or it cannot be read."""
+        Responses), decoded; None when it has neither or it cannot be read. A Responses request's
+        ``instructions`` come first, as the system message they are, and its string ``input`` is one
+        user message, so that token estimates and logs read it as the conversation it is."""
         raw = self.body.get("messages") or self.body.get("input")
         if raw is None:
             return None
         try:
-            return _decode(raw)
+            prompt = _decode(raw)
+            instructions = self.body.get("instructions")
+            if instructions is None or "messages" in self.body:
+                return prompt
+            items = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            return [{"role": "system", "content": _decode(instructions)}, *(items if isinstance(items, list) else [])]
         except msgspec.DecodeError:
             return None
 

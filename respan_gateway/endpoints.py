@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from .call import Call, Chunk
+from .errors import GatewayError
 
 #: The error envelope and stream framing of an endpoint: OpenAI's (``data:`` events ending with
 #: ``[DONE]``, ``{"error": {...}}``) or Anthropic's (named events, ``{"type": "error", ...}``).
@@ -31,6 +32,10 @@ class Accumulator(Protocol):
 
     def text(self) -> str:
         """The completion text so far (for token estimates)."""
+
+    # Optional: ``extra_event(name, value) -> Chunk``, one more event after those fed that carries
+    # ``{name: value}`` in the endpoint's framing and is still valid for its SDKs (the
+    # ``request_breakdown`` event of a stream). An endpoint whose accumulator has none takes no extra event.
 
 
 class ChatTranslation(Protocol):
@@ -68,6 +73,10 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     ``own_fields``: body fields that belong to this wire format even where a Respan param has the same
     name (Anthropic's ``metadata``), so they are not taken as Respan params.
     ``via_chat``: a :class:`ChatTranslation`, so that providers that speak only chat serve it too.
+    ``stream_done``: what ends a complete stream (default: ``data: [DONE]`` in the OpenAI style,
+    nothing in Anthropic's); ``stream_error``: the event that ends a stream after a failure, from the
+    error and the call (``call.outcome.chunks`` events were sent before it; default: the style's error
+    event).
     """
 
     kind: str
@@ -77,6 +86,8 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     accumulator: Callable[[], Accumulator] | None = None
     own_fields: frozenset[str] = frozenset()
     via_chat: ChatTranslation | None = None
+    stream_done: bytes | None = None
+    stream_error: Callable[[GatewayError, Call], Chunk] | None = None
 
 
 __all__ = ["Accumulator", "ChatTranslation", "Endpoint", "ErrorStyle"]
