@@ -532,8 +532,10 @@ class StreamTranslator:
 
 
 def error_of(exc: GatewayError) -> dict[str, Any]:
-    """A response's ``error`` for a gateway error (OpenAI's ``server_error`` unless the error has a code)."""
-    return {"code": exc.code or "server_error", "message": exc.message}
+    """A response's ``error`` for a gateway error: its ``code`` one of OpenAI's (``ResponseErrorCode``, which
+    the SDKs check), ``rate_limit_exceeded`` for a 429, else ``server_error``; the gateway's own code is
+    in the ``error`` event that follows."""
+    return {"code": "rate_limit_exceeded" if exc.status == 429 else "server_error", "message": exc.message}
 
 
 def failed_event(writer: EventWriter, response: dict[str, Any]) -> Chunk:
@@ -603,6 +605,7 @@ class ResponsesTranslation:
                 data = chunk.json()
                 if not started:  # after the first upstream chunk: a stream that fails before it can still fall back
                     started = True
+                    translator.model = (data.get("model") if isinstance(data, dict) else None) or translator.model
                     for event in translator.start():
                         yield event
                 for event in translator.feed(data if isinstance(data, dict) else {}):
