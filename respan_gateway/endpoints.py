@@ -33,9 +33,12 @@ class Accumulator(Protocol):
     def text(self) -> str:
         """The completion text so far (for token estimates)."""
 
-    # Optional: ``extra_event(name, value) -> Chunk``, one more event after those fed that carries
-    # ``{name: value}`` in the endpoint's framing and is still valid for its SDKs (the
-    # ``request_breakdown`` event of a stream). An endpoint whose accumulator has none takes no extra event.
+    # Optional, for a stage that adds ``{name: value}`` to the end of a stream (``request_breakdown``):
+    # ``holds(chunk) -> bool``, whether the chunk is the answer's last event, to be held back and given
+    # to ``annex``; ``annex(name, value, held) -> list[Chunk]``, what ends the stream instead: the held
+    # event carrying the field (Responses: the SDKs validate every event against its known types), or
+    # one more event after it (chat's ``request_breakdown`` chunk). Valid for the endpoint's strict SDKs.
+    # An endpoint whose accumulator has no ``annex`` takes no addition on its streams.
 
 
 class ChatTranslation(Protocol):

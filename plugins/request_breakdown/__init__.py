@@ -2,8 +2,8 @@
 
 With the Respan param ``request_breakdown: true``, an answer of an OpenAI-shaped endpoint (chat,
 embeddings, responses) gets a ``request_breakdown`` field, and a stream one extra event at its end, in
-the endpoint's framing (its accumulator's ``extra_event``: a chat chunk ``id: "request_breakdown"``
-before ``[DONE]``, a ``response.request_breakdown`` event after ``response.completed``). The figures are the core's (``Gateway.settle``: who answered, the one usage normalisation
+the endpoint's framing (its accumulator's ``annex``: a chat chunk ``id: "request_breakdown"`` before
+``[DONE]``; a ``request_breakdown`` field on the ``response.completed`` event). The figures are the core's (``Gateway.settle``: who answered, the one usage normalisation
 and the one cost function), the same that log records and metrics show; ``log_id`` is the call's log
 record (``call.outcome.log_id``) when the logging plugin names one. See README.md beside this file.
 """
@@ -47,22 +47,35 @@ class RequestBreakdown:
                 result.data = {**data, "request_breakdown": breakdown(call, data, result.status)}
         elif endpoint.accumulator is not None:
             accumulator = endpoint.accumulator()
-            if callable(getattr(accumulator, "extra_event", None)):
+            if callable(getattr(accumulator, "annex", None)):
                 result.chunks = self._append(call, result.chunks, result.status, accumulator)
         return result
 
     async def _append(self, call: Call, chunks: AsyncIterator[Chunk], status: int, acc: Any) -> AsyncIterator[Chunk]:
-        """The stream, then (when it ended well) the breakdown event, in the endpoint's framing."""
+        """The stream, then (when it ended well) the breakdown, in the endpoint's framing: on the
+        answer's last event, or one more event after it (the accumulator's ``holds``/``annex``)."""
+        held: Chunk | None = None
         try:
             async for chunk in chunks:
                 acc.feed(chunk)
-                yield chunk
+                if held is not None:  # not the last after all
+                    yield held
+                    held = None
+                if acc.holds(chunk):
+                    held = chunk
+                else:
+                    yield chunk
+        except Exception:  # an error after the held event: it goes out, then the error (never on a cancel)
+            if held is not None:
+                yield held
+            raise
         finally:
             with contextlib.suppress(Exception):
                 await chunks.aclose()  # type: ignore[attr-defined]
         answer = acc.answer() or {}
         self.gateway.settle(call, answer)
-        yield acc.extra_event("request_breakdown", breakdown(call, answer, status))
+        for chunk in acc.annex("request_breakdown", breakdown(call, answer, status), held):
+            yield chunk
 
 
 def breakdown(call: Call, answer: dict[str, Any], status: int) -> dict[str, Any]:

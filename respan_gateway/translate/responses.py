@@ -688,9 +688,17 @@ class ResponsesAccumulator:
             return self.response
         return {**self.response, "output": [self.items[i] for i in sorted(self.items)]}
 
-    def extra_event(self, name: str, value: Any) -> Chunk:
-        """One more event after those fed, carrying ``{name: value}`` (``request_breakdown``), numbered next."""
-        return EventWriter(self.sequence + 1).event(f"response.{name}", **{name: value})
+    def holds(self, chunk: Chunk) -> bool:
+        """The answer's last event (``response.completed`` / ``.incomplete``): an addition rides on it."""
+        return chunk.event in ("response.completed", "response.incomplete")
+
+    def annex(self, name: str, value: Any, held: Chunk | None = None) -> list[Chunk]:
+        """The held terminal event with ``{name: value}`` as one more field (``request_breakdown``): the
+        SDKs validate every event against the known types, so it cannot be an event of its own."""
+        if held is None:
+            return []
+        event = _decode(held.data)
+        return [Chunk(_encode({**event, name: value}), held.event)]
 
 
 def output_message(output: Any) -> dict[str, Any]:
