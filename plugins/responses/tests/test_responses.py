@@ -293,3 +293,96 @@ def test_request_breakdown(gw, client) -> None:
             assert stream.get_final_response().output_text == ANSWER
     # The stored response is the provider's, without the breakdown.
     assert "request_breakdown" not in (client.responses.retrieve(answer.id).model_extra or {})
+
+
+# -- PostgreSQL, the 1.x SDK line, the replay of a complete response -----------------------------------------
+
+@pytest.mark.shared
+def test_stored_responses_on_postgresql(gateway_factory, fake_upstream, postgres_schema, tmp_path) -> None:
+    from respan_gateway.testing.pytest_plugin import PG_URL
+
+    database = f'\n[database]\nurl = "{PG_URL}"\nschema = "{postgres_schema}_responses"\n'
+    gw = gateway_factory(providers(fake_upstream.url) + f'spill_dir = "{tmp_path}/spill"\n' + database,
+                         keys=f'{{ key = "{OTHER_KEY}", tenant = "other", name = "o" }}')
+    client = gw.openai(_strict_response_validation=True)
+    first = client.responses.create(model="oai/gpt-4o", input="My name is Ada.")
+    with client.responses.stream(model="gpt-test", input="Name?", previous_response_id=first.id) as stream:
+        second = stream.get_final_response()
+    assert [m["content"] for m in fake_upstream.requests[-1].json["messages"]] == ["My name is Ada.", ANSWER, "Name?"]
+    assert client.responses.retrieve(second.id).output_text == ANSWER
+    with pytest.raises(openai.NotFoundError):
+        gw.openai(api_key=OTHER_KEY).responses.retrieve(second.id)
+
+
+OPENAI1_SCRIPT = r'''
+import sys, openai
+from pydantic import BaseModel
+assert openai.__version__.startswith("1."), openai.__version__
+client = openai.OpenAI(base_url=sys.argv[1], api_key=sys.argv[2], max_retries=0, _strict_response_validation=True)
+for model in ("oai/gpt-4o", "gpt-test"):
+    r = client.responses.create(model=model, input="hi", instructions="be terse")
+    assert r.output_text == "Hello from the fake upstream!", r
+    r2 = client.responses.create(model=model, input="again", previous_response_id=r.id)
+    assert r2.output_text == "Hello from the fake upstream!"
+    with client.responses.stream(model=model, input="hi", extra_body={"request_breakdown": True}) as stream:
+        final = stream.get_final_response()
+    assert final.output_text == "Hello from the fake upstream!" and final.usage.input_tokens_details.cached_tokens == 0
+    class City(BaseModel):
+        city: str
+    assert client.responses.parse(model=model, input="where?", text_format=City).output_parsed.city == "Paris"
+    events = list(client.responses.create(model=model.split("/")[0] + "/fake-cut-after-2" if "/" in model else "fake/fake-cut-after-2",
+                                          input="hi", stream=True))
+    assert [e.type for e in events][-2:] == ["response.failed", "error"], [e.type for e in events]
+print("openai", openai.__version__, "ok")
+'''
+
+
+def test_openai_1x_line(gw) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    openai1 = Path(sys.prefix) / "openai-1.x"
+    if not openai1.is_dir():
+        pytest.skip(f"openai 1.x is not installed in {openai1} (run `make test`)")
+    env = {**os.environ, "PYTHONPATH": str(openai1)}
+    result = subprocess.run([sys.executable, "-c", OPENAI1_SCRIPT, gw.base_url, TEST_KEY], env=env, capture_output=True,
+                            text=True, timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("openai 1.")
+
+
+def test_replay_of_a_complete_response_is_a_valid_stream(client) -> None:
+    """translate.responses.replay: the event sequence of a stored answer, as the SDK types read it."""
+    from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    from respan_gateway.translate.responses import replay
+
+    adapter = TypeAdapter(ResponseStreamEvent)
+    for kwargs in ({"input": "hi"}, {"input": "Weather?", "tools": [WEATHER]}):
+        stored = client.responses.create(model="gpt-test", **kwargs).model_dump(mode="json", exclude_none=False)
+        events = [adapter.validate_python(json.loads(chunk.data)) for chunk in replay(stored)]
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        assert events[0].type == "response.created" and events[-1].type == "response.completed"
+        assert events[-1].response.id == stored["id"] and all(c.event == e.type for c, e in zip(replay(stored), events))
+
+
+def test_thinking_becomes_a_reasoning_item(gateway_factory, fake_upstream) -> None:
+    gw = gateway_factory(f'\n[providers.claude]\ntype = "anthropic"\nbase_url = "{fake_upstream.url}"\napi_key = "sk-ant-x"\n')
+    client = gw.openai(_strict_response_validation=True)
+    answer = client.responses.create(model="claude/claude-x", input="Think first.", reasoning={"effort": "low"})
+    assert fake_upstream.requests[-1].json["thinking"]["type"] == "enabled"
+    reasoning, message = answer.output
+    assert reasoning.type == "reasoning" and reasoning.content[0].text == "Let me think."
+    assert message.type == "message" and answer.output_text == ANSWER
+    with client.responses.stream(model="claude/claude-x", input="Think first.", reasoning={"effort": "low"}) as stream:
+        types = [e.type for e in stream]
+        final = stream.get_final_response()
+    assert "response.reasoning_text.delta" in types and final.output[0].type == "reasoning"
+    assert final.output[0].content[0].text == "Let me think." and final.output_text == ANSWER
+    # The reasoning item goes back in a follow-up without harm (no chat provider takes it back).
+    follow = [*[item.model_dump(exclude_none=True) for item in final.output], {"role": "user", "content": "And?"}]
+    client.responses.create(model="claude/claude-x", input=follow)
+    assert [m["role"] for m in fake_upstream.requests[-1].json["messages"]] == ["assistant", "user"]
