@@ -86,6 +86,20 @@ def test_native_pass_through_and_translation(client, fake_upstream) -> None:
     assert len(sent(fake_upstream, "/v1/responses")) == 2
 
 
+def test_aliases_and_bad_input(gw) -> None:
+    for path in ("/api/responses", "/api/v1/responses", "/v1/responses"):
+        r = httpx2.post(gw.url + path, json={"model": "gpt-test", "input": "hi"}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["object"] == "response", path
+    r = httpx2.post(gw.url + "/api/responses", json={"model": "gpt-test"}, headers=AUTH)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+    r = httpx2.post(gw.url + "/api/responses", json={"model": "gpt-test", "input": [{"type": "item_reference", "id": "x"}]},
+                    headers=AUTH)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input[0].type"
+    r = httpx2.post(gw.url + "/api/responses", json={"model": "gpt-test", "input": "hi", "previous_response_id": "resp_nope"},
+                    headers=AUTH)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "previous_response_not_found"
+
+
 def test_parse_with_pydantic(client) -> None:
     class Weather(BaseModel):
         city: str
