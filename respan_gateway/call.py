@@ -233,19 +233,24 @@ class Call(msgspec.Struct, kw_only=True):
 
     def prompt(self) -> Any:
         """The request's ``messages`` (chat, Anthropic Messages), else its ``input`` (embeddings,
-        Responses), decoded; None when it has neither or it cannot be read. A Responses request's
-        ``instructions`` come first, as the system message they are, and its string ``input`` is one
-        user message, so that token estimates and logs read it as the conversation it is."""
+        Responses), decoded; None when it has neither or it cannot be read. A Responses request reads
+        as the chat conversation it is (``respan_gateway.translate.responses.readable_messages``:
+        ``instructions`` first as the system message, its items as messages), so that token estimates
+        and logs read every endpoint alike; a string ``input`` alone stays a string."""
         raw = self.body.get("messages") or self.body.get("input")
         if raw is None:
             return None
         try:
             prompt = _decode(raw)
-            instructions = self.body.get("instructions")
-            if instructions is None or "messages" in self.body:
+            if "messages" in self.body:
                 return prompt
-            items = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-            return [{"role": "system", "content": _decode(instructions)}, *(items if isinstance(items, list) else [])]
+            instructions = self.body.get("instructions")
+            items = isinstance(prompt, list) and bool(prompt) and all(isinstance(i, dict) for i in prompt)
+            if instructions is None and not items:
+                return prompt  # embeddings' strings or token ids, a bare string input
+            from .translate.responses import readable_messages  # the translation imports this module
+
+            return readable_messages(_decode(instructions) if instructions is not None else None, prompt)
         except msgspec.DecodeError:
             return None
 

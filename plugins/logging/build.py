@@ -101,8 +101,10 @@ def build_record(call: Call) -> LogRecord:
         strip_content(record)
         return record
     # Chat's messages pass through undecoded; other endpoints' prompt is read as a conversation
-    # (a Responses request's instructions and input items: respan_gateway.Call.prompt).
-    record.prompt_messages = call.body.get("messages") or call.prompt()
+    # (a Responses request's instructions and input items: respan_gateway.Call.prompt), a lone string
+    # as one user message.
+    prompt = call.body.get("messages") or call.prompt()
+    record.prompt_messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     record.tools = call.body.get("tools")
     record.tool_choice = call.body.get("tool_choice")
     record.full_request = call.request_without_params()

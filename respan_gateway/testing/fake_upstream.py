@@ -482,9 +482,8 @@ class FakeUpstream:
             frames, ending = frames[: 1 + n], fault
         elif fault == "malformed-after":
             frames.insert(1 + n, b"data: {not json\n\n")
-        elif fault == "no-done":
-            if frames[-1] == b"data: [DONE]\n\n":
-                frames.pop()
+        elif fault == "no-done":  # the last frame: OpenAI's [DONE], Gemini's finish, the Responses terminal event
+            frames.pop()
         elif fault == "no-newline":  # one line that never ends, written 64 KiB at a time
             frames = [b"data: "] + [b"x" * min(65536, n - i) for i in range(0, n, 65536)]
         elif fault == "midstream-error":

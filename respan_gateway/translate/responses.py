@@ -153,6 +153,16 @@ def input_messages(value: Any) -> list[dict[str, Any]]:
     return messages
 
 
+def readable_messages(instructions: Any, value: Any) -> list[Any]:
+    """A Responses request's prompt as chat messages (``instructions`` first): what logs and token
+    estimates read. Lenient: an input it cannot translate is kept as the items it is."""
+    head = [{"role": "system", "content": instructions}] if isinstance(instructions, str) else []
+    try:
+        return [*head, *input_messages(value)]
+    except BadRequest:
+        return [*head, *(value if isinstance(value, list) else [value])]
+
+
 def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
     role = item.get("role")
     if role not in ("user", "assistant", "system", "developer"):
@@ -728,5 +738,5 @@ def output_message(output: Any) -> dict[str, Any]:
 __all__ = [
     "CHAT_ITEM_TYPES", "EventWriter", "MAPPED_FIELDS", "REFUSED_FIELDS", "ResponsesAccumulator", "ResponsesTranslation",
     "StreamTranslator", "TERMINAL_EVENTS", "error_event", "error_of", "failed_event", "input_messages", "new_id",
-    "output_message", "replay", "request_to_chat", "response_from_completion", "response_object", "usage_from_chat",
+    "output_message", "readable_messages", "replay", "request_to_chat", "response_from_completion", "response_object", "usage_from_chat",
 ]

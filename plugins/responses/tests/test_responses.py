@@ -254,6 +254,11 @@ def test_cut_stream_is_response_failed_and_logged(gw, client) -> None:
     assert [e.type for e in events][-2:] == ["response.failed", "error"]
     record = gw.record(raw.headers["x-respan-log-id"])
     assert record["status_code"] >= 500 and "broke off" in record["error_message"]
+    # Native: an upstream error event, or a stream that ends without its terminal event, is no success either.
+    for model in ("oai/fake-midstream-error", "oai/fake-no-done"):
+        events = list(client.responses.create(model=model, input="hi", stream=True))
+        assert [e.type for e in events][-2:] == ["response.failed", "error"], model
+        assert [e.sequence_number for e in events] == list(range(len(events)))
 
 
 # -- params, logs, request_breakdown ----------------------------------------------------------------------
@@ -283,6 +288,15 @@ def test_log_record(gw, client) -> None:
     assert (record["prompt_tokens"], record["completion_tokens"]) == (6, 5)
     assert record["cost"] == pytest.approx((6 * 1.0 + 5 * 2.0) / 1e6)
     assert record["tools"] == [WEATHER] and record["upstream_attempts"] == 1 and record["warnings"][0]["status_code"] == 200
+    # A tool round trip reads as the chat conversation it is.
+    follow = [{"role": "user", "content": "Weather?"},
+              {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+              {"type": "function_call_output", "call_id": "call_1", "output": '{"temp_c": 21}'}]
+    raw = client.responses.with_raw_response.create(model="gpt-test", input=follow, tools=[WEATHER])
+    record = gw.record(raw.headers["x-respan-log-id"])
+    assert [m["role"] for m in record["prompt_messages"]] == ["user", "assistant", "tool"]
+    assert record["prompt_messages"][1]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert record["tool_calls"][0]["function"]["arguments"] == '{"city":"Paris"}'  # the answer: a call again
     raw = client.responses.with_raw_response.create(model="fake/fake-error-503", input="hi", stream=True,
                                                     extra_body={"fallback_models": ["gpt-test"]})
     final = list(raw.parse())[-1].response
