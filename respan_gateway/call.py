@@ -235,12 +235,24 @@ class Call(msgspec.Struct, kw_only=True):
 
     def prompt(self) -> Any:
         """The request's ``messages`` (chat, Anthropic Messages), else its ``input`` (embeddings,
-        Responses), decoded; None when it has neither or it cannot be read."""
+        Responses), decoded; None when it has neither or it cannot be read. A Responses request reads
+        as the chat conversation it is (``respan_gateway.translate.responses.readable_messages``:
+        ``instructions`` first as the system message, its items as messages), so that token estimates
+        and logs read every endpoint alike; a string ``input`` alone stays a string."""
         raw = self.body.get("messages") or self.body.get("input")
         if raw is None:
             return None
         try:
-            return _decode(raw)
+            prompt = _decode(raw)
+            if "messages" in self.body:
+                return prompt
+            instructions = self.body.get("instructions")
+            items = isinstance(prompt, list) and bool(prompt) and all(isinstance(i, dict) for i in prompt)
+            if instructions is None and not items:
+                return prompt  # embeddings' strings or token ids, a bare string input
+            from .translate.responses import readable_messages  # the translation imports this module
+
+            return readable_messages(_decode(instructions) if instructions is not None else None, prompt)
         except msgspec.DecodeError:
             return None
 

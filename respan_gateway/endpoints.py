@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from .call import Call, Chunk
+from .errors import GatewayError
 
 #: The error envelope and stream framing of an endpoint: OpenAI's (``data:`` events ending with
 #: ``[DONE]``, ``{"error": {...}}``) or Anthropic's (named events, ``{"type": "error", ...}``).
@@ -31,6 +32,13 @@ class Accumulator(Protocol):
 
     def text(self) -> str:
         """The completion text so far (for token estimates)."""
+
+    # Optional, for a stage that adds ``{name: value}`` to the end of a stream (``request_breakdown``):
+    # ``holds(chunk) -> bool``, whether the chunk is the answer's last event, to be held back and given
+    # to ``annex``; ``annex(name, value, held) -> list[Chunk]``, what ends the stream instead: the held
+    # event carrying the field (Responses: the SDKs validate every event against its known types), or
+    # one more event after it (chat's ``request_breakdown`` chunk). Valid for the endpoint's strict SDKs.
+    # An endpoint whose accumulator has no ``annex`` takes no addition on its streams.
 
 
 class ChatTranslation(Protocol):
@@ -80,6 +88,10 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     stopped); None: every successful (2xx) answer may.
     ``key_headers``: request headers (lower-case) that change the answer, so are part of a cache key
     along with the body (Anthropic's ``anthropic-beta``).
+    ``stream_done``: what ends a complete stream (default: ``data: [DONE]`` in the OpenAI style,
+    nothing in Anthropic's); ``stream_error``: the event that ends a stream after a failure, from the
+    error and the call (``call.outcome.chunks`` events were sent before it; default: the style's error
+    event).
     """
 
     kind: str
@@ -92,6 +104,8 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     replay: Callable[[Any, Call], list[Chunk] | Iterable[Chunk]] | None = None
     cacheable: Callable[[Any], bool] | None = None
     key_headers: tuple[str, ...] = ()
+    stream_done: bytes | None = None
+    stream_error: Callable[[GatewayError, Call], Chunk] | None = None
 
 
 __all__ = ["Accumulator", "ChatTranslation", "Endpoint", "ErrorStyle"]

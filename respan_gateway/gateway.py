@@ -271,6 +271,10 @@ class Gateway:
             self._via_chat[endpoint.kind] = endpoint.via_chat
         self.endpoints.append(endpoint)
 
+    def endpoint_for(self, kind: str) -> Endpoint | None:
+        """The declared endpoint of calls of ``kind`` (its accumulator, its stream framing), or None."""
+        return next((e for e in self.endpoints if e.kind == kind), None)
+
     def style_for(self, path: str) -> str:
         """The error style of a path: that of the declared endpoint whose folder it is under, else OpenAI's."""
         for prefix, style in self._styles.items():

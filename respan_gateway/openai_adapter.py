@@ -20,7 +20,7 @@ import msgspec
 
 from .call import Call, Chunk, JSONResult, Result, StreamResult, Target
 from .config import ConfigError, ProviderSettings
-from .cost import chat_usage
+from .cost import chat_usage, usage_from
 from .errors import GatewayError, StreamInterrupted, UpstreamError
 from .providers import AdapterContext, ErrorFields, ProviderAdapter, StreamMark, generic_error_fields
 from .sse import DONE
@@ -55,6 +55,66 @@ class OpenAIAdapter(ProviderAdapter):
 
     async def embeddings(self, call: Call, target: Target) -> Result:
         return await self.forward(call, target, "/embeddings")
+
+    async def responses(self, call: Call, target: Target) -> Result:
+        """OpenAI's Responses API, natively: the body as the client sent it (less the Respan params,
+        with the provider's model name), the answer untouched, a stream relayed event by event."""
+        model = self.responses_model(target)
+        body = call.encoded_body(model=model) if model != call.model else call.encoded_body()
+        response = await self.send(call, target, self.responses_url(target), body, self.headers(call, target))
+        if call.stream:
+            return StreamResult(self.relay_responses(call, response, target))
+        content = await self.read_body(response, target)
+        if "json" not in response.headers.get("content-type", ""):
+            raise UpstreamError(f"provider `{self.id}` answered {response.status_code} with "
+                                f"{response.headers.get('content-type') or 'no content type'}, not JSON", status=502, provider=self.id)
+        try:
+            usage = usage_from(_decode_usage(content).usage)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise UpstreamError(f"provider `{self.id}` answered {response.status_code} with something that is not "
+                                "a response object", status=502, provider=self.id) from None
+        if usage is not None:
+            call.outcome.usage = usage
+        return JSONResult(response.status_code, content)
+
+    def responses_url(self, target: Target) -> str:
+        return self.url(target, "/responses")
+
+    def responses_model(self, target: Target) -> str:
+        """The ``model`` of a Responses request upstream (Azure: the deployment)."""
+        return target.upstream_model
+
+    async def relay_responses(self, call: Call, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
+        """A Responses stream as it arrives; the terminal event's usage goes in ``call.outcome``, and a
+        ``response.failed`` is relayed, then raised, so the client's stream ends with an error event."""
+        async for chunk in self.events(response, target, mark=_responses_mark, error=self._responses_error):
+            if chunk.event is None:  # named as OpenAI names them, whatever a compatible server sent
+                chunk = Chunk(chunk.data, _event_type(chunk.data))
+            if chunk.event in _TERMINAL:
+                terminal = _decode_terminal(chunk.data)
+                usage = usage_from((terminal.response or {}).get("usage"))
+                if usage is not None:
+                    call.outcome.usage = usage
+                yield chunk
+                if chunk.event == "response.failed":
+                    error = (terminal.response or {}).get("error") or {}
+                    raise StreamInterrupted(
+                        f"provider `{self.id}` failed the response: {error.get('message') or 'unknown error'}",
+                        provider=self.id, code=error.get("code") if isinstance(error.get("code"), str) else "stream_interrupted")
+                continue
+            yield chunk
+
+    def _responses_error(self, chunk: Chunk) -> GatewayError | None:
+        if _event_type(chunk.data) != "error":
+            return None
+        try:
+            obj = msgspec.json.decode(chunk.data)
+        except msgspec.DecodeError:
+            obj = {}
+        error = obj.get("error") if isinstance(obj.get("error"), dict) else obj
+        code = error.get("code")
+        return StreamInterrupted(f"provider `{self.id}` reported an error mid-stream: {error.get('message') or 'unknown error'}",
+                                 provider=self.id, code=code if isinstance(code, str) else "stream_interrupted")
 
     def headers(self, call: Call, target: Target) -> dict[str, str]:
         key = self.key_for(target)
@@ -124,16 +184,58 @@ class OpenAIAdapter(ProviderAdapter):
                            code=str(err.code) if err.code is not None else None)
 
 
+class OpenAICompatibleSettings(ProviderSettings):
+    # The server has OpenAI's Responses API (`/responses`): pass /api/responses through natively;
+    # by default it is served through its chat completions (vLLM, Ollama, Groq... differ in what they have).
+    responses_api: bool = False
+
+
 class OpenAICompatibleAdapter(OpenAIAdapter):
     """Any server that speaks OpenAI's API at a configured ``base_url`` (vLLM, Ollama, Groq...)."""
 
+    Settings = OpenAICompatibleSettings
     default_base_url = ""
     requires_key = False  # local servers (vLLM, Ollama) take none
 
-    def __init__(self, provider_id: str, settings: ProviderSettings, context: AdapterContext) -> None:
+    def __init__(self, provider_id: str, settings: OpenAICompatibleSettings, context: AdapterContext) -> None:
         super().__init__(provider_id, settings, context)
         if not self.base_url:
             raise ConfigError(f"`providers.{provider_id}.base_url`: an openai_compatible provider needs a base_url")
+        if not settings.responses_api:
+            # No `responses` method: the gateway serves the Responses API through `chat` (Endpoint.via_chat).
+            self.responses = None  # type: ignore[assignment]
+
+
+class _EventType(msgspec.Struct):
+    type: str = ""  # the one field read of most Responses events
+
+
+class _Terminal(msgspec.Struct):
+    type: str = ""
+    response: dict | None = None
+
+
+class _Usage(msgspec.Struct):
+    usage: dict | None = None
+
+
+_decode_event_type = msgspec.json.Decoder(_EventType).decode
+_decode_terminal = msgspec.json.Decoder(_Terminal).decode
+_decode_usage = msgspec.json.Decoder(_Usage).decode
+_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def _event_type(data: bytes) -> str:
+    try:
+        return _decode_event_type(data).type
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise StreamInterrupted("the provider sent a malformed stream event") from None
+
+
+def _responses_mark(chunk: Chunk) -> StreamMark | None:
+    if chunk.data == DONE:
+        return "end"
+    return "last" if (chunk.event or _event_type(chunk.data)) in _TERMINAL else None
 
 
 __all__ = ["OpenAIAdapter", "OpenAICompatibleAdapter"]

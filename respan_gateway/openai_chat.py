@@ -316,6 +316,19 @@ class ChatAccumulator:
     def text(self) -> str:
         return "".join("".join(self.choices[i].parts) for i in sorted(self.choices))
 
+    def holds(self, chunk: Chunk) -> bool:
+        return False  # an addition comes after the whole answer, as a chunk of its own
+
+    def annex(self, name: str, value: Any, held: Chunk | None = None) -> list[Chunk]:
+        """A chunk after the answer's that carries ``{name: value}`` (Respan's ``request_breakdown`` chunk:
+        ``id`` the name, the value in ``choices[0]``), valid for the strict OpenAI SDKs: ``usage`` null,
+        an empty delta (the role was in the first chunk), no second ``finish_reason``."""
+        return [*([held] if held is not None else []), Chunk(_encode({
+            "id": name, "object": "chat.completion.chunk", "created": self.created or int(time.time()),
+            "model": "extra_parameter", "system_fingerprint": None, "usage": None,
+            "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": None, name: value}],
+        }))]
+
     def answer(self) -> dict[str, Any]:
         choices = []
         for index in sorted(self.choices) or [0]:

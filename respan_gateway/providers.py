@@ -121,6 +121,9 @@ class ProviderAdapter:
     async def embeddings(self, call: Call, target: Target) -> Result:
         raise BadRequest(f"provider `{self.id}` does not serve embeddings", param="model")
 
+    # An adapter serves another endpoint kind (``responses``, ``anthropic_messages``) with a method of
+    # that name; without one, an endpoint that declares a chat translation is served through ``chat``.
+
     # -- helpers for subclasses -------------------------------------------------------------------
     @property
     def http(self) -> httpx2.AsyncClient:
@@ -265,28 +268,32 @@ class ProviderAdapter:
         return generic_error_fields(content)
 
     # -- streams ----------------------------------------------------------------------------------
-    async def events(self, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
+    async def events(self, response: httpx2.Response, target: Target, *,
+                     mark: Callable[[Chunk], StreamMark | None] | None = None,
+                     error: Callable[[Chunk], GatewayError | None] | None = None) -> AsyncIterator[Chunk]:
         """The events of a streamed answer, as :class:`Chunk`: the one upstream SSE loop.
 
         Each event goes through :meth:`stream_error` (an error event raises) and :meth:`stream_mark`
-        (the provider's end marker, or the sign the answer is complete). A broken connection raises
+        (the provider's end marker, or the sign the answer is complete), or through ``error`` and
+        ``mark`` when given: for a second wire format of the same provider (OpenAI's Responses API). A broken connection raises
         :class:`StreamInterrupted`, and so does a body that ends with neither an end marker nor a
         complete answer (a truncated answer never looks complete). The response is always closed.
         """
         complete = False
+        mark_of, error_of = mark or self.stream_mark, error or self.stream_error
         try:
             # One event larger than [upstream] max_event_bytes raises 502 upstream_response_too_large.
             async for chunk in read_events(response.aiter_bytes(), self.context.upstream.max_event_bytes, self.id):
-                error = self.stream_error(chunk)
-                if error is not None:
-                    raise error
-                mark = self.stream_mark(chunk)
-                if mark == "end":
+                failure = error_of(chunk)
+                if failure is not None:
+                    raise failure
+                meaning = mark_of(chunk)
+                if meaning == "end":
                     return
                 yield chunk
-                if mark == "last":
+                if meaning == "last":
                     return
-                complete = complete or mark == "complete"
+                complete = complete or meaning == "complete"
         except httpx2.TransportError as exc:
             err = self.transport_error(exc, target)
             raise StreamInterrupted(f"the stream from provider `{self.id}` broke off: {err.message}", provider=self.id) from None

@@ -51,11 +51,13 @@ class StreamResponse(Response):
     media_type = "text/event-stream"
 
     def __init__(self, result: StreamResult, call: Call, first: Chunk | None, style: str,
-                 gateway: Gateway | None = None, accumulator: Accumulator | None = None) -> None:
+                 gateway: Gateway | None = None, accumulator: Accumulator | None = None,
+                 endpoint: Endpoint | None = None) -> None:
         self.result = result
         self.call = call
         self.first = first
         self.style = style
+        self.endpoint = endpoint
         self.gateway = gateway
         self.accumulator = accumulator
         self.status_code = result.status
@@ -107,7 +109,8 @@ class StreamResponse(Response):
                     accumulator.feed(chunk)
                 await send({"type": "http.response.body", "body": frame(chunk), "more_body": True})
                 outcome.chunks += 1
-            tail = DONE_FRAME if self.style == "openai" else b""
+            done = self.endpoint.stream_done if self.endpoint is not None else None
+            tail = done if done is not None else DONE_FRAME if self.style == "openai" else b""
         except GatewayError as exc:
             tail, end = self._error_frame(exc), "error"
             outcome.error, outcome.status = exc, exc.status
@@ -122,6 +125,8 @@ class StreamResponse(Response):
         outcome.stream_end = end
 
     def _error_frame(self, exc: GatewayError) -> bytes:
+        if self.endpoint is not None and self.endpoint.stream_error is not None:
+            return frame(self.endpoint.stream_error(exc, self.call))
         if self.style == "anthropic":
             return frame(Chunk(exc.render("anthropic"), "error"))
         return frame(Chunk(exc.render("openai")))
@@ -174,4 +179,4 @@ async def send_result(result: Result, call: Call, style: str, gateway: Gateway |
     accumulator = None
     if gateway is not None and gateway.needs_answer and endpoint is not None and endpoint.accumulator is not None:
         accumulator = endpoint.accumulator()
-    return StreamResponse(result, call, first, style, gateway, accumulator)
+    return StreamResponse(result, call, first, style, gateway, accumulator, endpoint)

@@ -96,6 +96,9 @@ def count_message(message: Any) -> int:
     if not isinstance(message, dict):
         return 0
     total = TOKENS_PER_MESSAGE + count(text_of(message.get("content")))
+    for field in ("arguments", "output"):  # Responses items: a function call and its output
+        if isinstance(message.get(field), str):
+            total += count(message[field])
     for call in message.get("tool_calls") or ():
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):
@@ -136,6 +139,12 @@ def completion_parts(answer: Any) -> list[str]:
         return parts
     if answer.get("type") == "message":  # Anthropic Messages
         return [text_of(answer.get("content"))]
+    if answer.get("object") == "response":  # Responses: message text and function-call arguments
+        parts = []
+        for item in answer.get("output") or ():
+            if isinstance(item, dict):
+                parts.append(text_of(item.get("content")) if item.get("type") == "message" else str(item.get("arguments") or ""))
+        return parts
     return []
 
 

@@ -4,7 +4,8 @@ Azure speaks OpenAI's wire format with three differences, handled here: the depl
 path (``/openai/deployments/<deployment>/chat/completions``), every request carries an
 ``api-version`` query parameter, and the key goes in the ``api-key`` header. Each deployment may live
 on its own resource, with its own key and API version (``[providers.<id>.deployments.<name>]``).
-Streams lose Azure's prompt-filter preamble chunk (no choices, not a ``chat.completion.chunk``), which
+The Responses API (``/openai/responses``, the deployment as the body's ``model``) passes through
+natively, as on OpenAI. Streams lose Azure's prompt-filter preamble chunk (no choices, not a ``chat.completion.chunk``), which
 strict OpenAI clients would trip over; everything else passes through as OpenAI's adapter does.
 """
 
@@ -36,6 +37,8 @@ class AzureDeployment(Settings):
 class AzureSettings(ProviderSettings):
     # `api-version` of every request unless the deployment or the request's credentials name another.
     api_version: str = "2024-10-21"
+    # `api-version` of the Responses API (`/openai/responses`), which needs a newer one than chat.
+    responses_api_version: str = "2025-04-01-preview"
     deployments: dict[str, AzureDeployment] = {}
 
 
@@ -71,6 +74,15 @@ class AzureAdapter(OpenAIAdapter):
         version = target.extra.get("api_version") or dep.api_version or self.settings.api_version
         name = dep.deployment or target.upstream_model
         return f"{base}/openai/deployments/{name}{path}?api-version={version}"
+
+    def responses_url(self, target: Target) -> str:
+        # The Responses API is per resource, not per deployment: the deployment is the body's `model`.
+        dep = self._deployment(target)
+        base = (target.base_url or dep.base_url or self.base_url).rstrip("/").removesuffix("/openai")
+        return f"{base}/openai/responses?api-version={self.settings.responses_api_version}"
+
+    def responses_model(self, target: Target) -> str:
+        return self._deployment(target).deployment or target.upstream_model
 
     def headers(self, call: Call, target: Target) -> dict[str, str]:
         key = self.key_for(target)

@@ -11,6 +11,7 @@ from typing import Any
 
 from respan_gateway import Call, tokens
 from respan_gateway.params import OBSERVABILITY_FIELDS, coerce_metadata
+from respan_gateway.translate.responses import output_message
 
 from .privacy import asks_disable_log, strip_content
 from .record import LogRecord
@@ -99,7 +100,11 @@ def build_record(call: Call) -> LogRecord:
     if record.disable_log:
         strip_content(record)
         return record
-    record.prompt_messages = call.body.get("messages") or call.body.get("input")
+    # Chat's messages pass through undecoded; other endpoints' prompt is read as a conversation
+    # (a Responses request's instructions and input items: respan_gateway.Call.prompt), a lone string
+    # as one user message.
+    prompt = call.body.get("messages") or call.prompt()
+    record.prompt_messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     record.tools = call.body.get("tools")
     record.tool_choice = call.body.get("tool_choice")
     record.full_request = call.request_without_params()
@@ -118,8 +123,9 @@ def _answer_content(record: LogRecord, answer: Any, *, streamed: bool) -> None:
             record.tool_calls = message.get("tool_calls")
     elif "content" in answer:  # Anthropic Messages
         record.completion_message = {"role": "assistant", "content": answer["content"]}
-    elif "output" in answer:  # Responses
-        record.completion_message = answer["output"]
+    elif isinstance(answer.get("output"), list):  # Responses: its output items as one readable message
+        record.completion_message = output_message(answer["output"])
+        record.tool_calls = record.completion_message.get("tool_calls")
     if not streamed:
         record.full_response = answer
 

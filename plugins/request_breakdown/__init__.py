@@ -1,8 +1,9 @@
 """request_breakdown: the call's tokens, cost, timings and content in the answer itself (SPEC section 8).
 
-With the Respan param ``request_breakdown: true``, a chat or embeddings answer gets a
-``request_breakdown`` field, and a chat stream an extra chunk (``id: "request_breakdown"``) before
-``[DONE]``. The figures are the core's (``Gateway.settle``: who answered, the one usage normalisation
+With the Respan param ``request_breakdown: true``, an answer of an OpenAI-shaped endpoint (chat,
+embeddings, responses) gets a ``request_breakdown`` field, and a stream one extra event at its end, in
+the endpoint's framing (its accumulator's ``annex``: a chat chunk ``id: "request_breakdown"`` before
+``[DONE]``; a ``request_breakdown`` field on the ``response.completed`` event). The figures are the core's (``Gateway.settle``: who answered, the one usage normalisation
 and the one cost function), the same that log records and metrics show; ``log_id`` is the call's log
 record (``call.outcome.log_id``) when the logging plugin names one. See README.md beside this file.
 """
@@ -18,7 +19,7 @@ import msgspec
 
 from respan_gateway import Call, CallNext, Chunk, Gateway, JSONResult, Result, hookimpl
 from respan_gateway.hookspecs import RegisterMiddleware
-from respan_gateway.openai_chat import ChatAccumulator
+from respan_gateway.translate.responses import output_message
 from respan_gateway.params import coerce_metadata
 
 _encode = msgspec.json.Encoder().encode
@@ -33,29 +34,48 @@ class RequestBreakdown:
         result = await call_next(call)
         if not call.params.request_breakdown or result.status >= 400:
             return result
+        # What the endpoint's wire format carries: a field on answers of OpenAI's shapes (chat,
+        # embeddings, responses), an extra event on streams whose accumulator can write one.
+        endpoint = self.gateway.endpoint_for(call.kind)
+        if endpoint is None:
+            return result
         if isinstance(result, JSONResult):
             data = result.data
-            if call.kind in ("chat", "embeddings") and isinstance(data, dict):
+            if endpoint.style == "openai" and isinstance(data, dict):
                 call.outcome.answer = data  # observers see the provider's answer, without the field
                 self.gateway.settle(call, data)
                 result.data = {**data, "request_breakdown": breakdown(call, data, result.status)}
-        elif call.kind == "chat":
-            result.chunks = self._append(call, result.chunks, result.status)
+        elif endpoint.accumulator is not None:
+            accumulator = endpoint.accumulator()
+            if callable(getattr(accumulator, "annex", None)):
+                result.chunks = self._append(call, result.chunks, result.status, accumulator)
         return result
 
-    async def _append(self, call: Call, chunks: AsyncIterator[Chunk], status: int) -> AsyncIterator[Chunk]:
-        """The stream, then (when it ended well) the breakdown chunk."""
-        acc = ChatAccumulator()
+    async def _append(self, call: Call, chunks: AsyncIterator[Chunk], status: int, acc: Any) -> AsyncIterator[Chunk]:
+        """The stream, then (when it ended well) the breakdown, in the endpoint's framing: on the
+        answer's last event, or one more event after it (the accumulator's ``holds``/``annex``)."""
+        held: Chunk | None = None
         try:
             async for chunk in chunks:
                 acc.feed(chunk)
-                yield chunk
+                if held is not None:  # not the last after all
+                    yield held
+                    held = None
+                if acc.holds(chunk):
+                    held = chunk
+                else:
+                    yield chunk
+        except Exception:  # an error after the held event: it goes out, then the error (never on a cancel)
+            if held is not None:
+                yield held
+            raise
         finally:
             with contextlib.suppress(Exception):
                 await chunks.aclose()  # type: ignore[attr-defined]
-        answer = acc.answer()
+        answer = acc.answer() or {}
         self.gateway.settle(call, answer)
-        yield Chunk(_encode(breakdown_chunk(call, answer, status)))
+        for chunk in acc.annex("request_breakdown", breakdown(call, answer, status), held):
+            yield chunk
 
 
 def breakdown(call: Call, answer: dict[str, Any], status: int) -> dict[str, Any]:
@@ -88,34 +108,13 @@ def breakdown(call: Call, answer: dict[str, Any], status: int) -> dict[str, Any]
     }
 
 
-def breakdown_chunk(call: Call, answer: dict[str, Any], status: int) -> dict[str, Any]:
-    """The extra final chunk of a stream, ``id: "request_breakdown"``, sent before ``[DONE]``.
-
-    Respan's shape (the breakdown in ``choices[0]``), made a valid chunk for the strict OpenAI SDKs:
-    ``usage`` null (Respan sends ``{}``, which lacks the required token counts), an empty delta (the
-    role was in the first chunk) and no ``finish_reason`` (the answer already had its own).
-    """
-    return {
-        "id": "request_breakdown",
-        "object": "chat.completion.chunk",
-        "created": int(call.timings.started_at),
-        "model": "extra_parameter",
-        "system_fingerprint": None,
-        "usage": None,
-        "choices": [{
-            "index": 0,
-            "delta": {},
-            "logprobs": None,
-            "finish_reason": None,
-            "request_breakdown": breakdown(call, answer, status),
-        }],
-    }
-
-
 def _message(answer: dict[str, Any]) -> Any:
+    """The answer's completion as a chat message (a Responses answer's output made one, readable)."""
     choices = answer.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         return choices[0].get("message")
+    if isinstance(answer.get("output"), list):
+        return output_message(answer["output"])
     return None
 
 
@@ -130,4 +129,4 @@ def register_middlewares(register: RegisterMiddleware) -> None:
     register("request_breakdown", RequestBreakdown, order=250)
 
 
-__all__ = ["RequestBreakdown", "breakdown", "breakdown_chunk"]
+__all__ = ["RequestBreakdown", "breakdown"]

@@ -1,5 +1,6 @@
 """A conformance suite any provider plugin runs against itself: chat, stream, tools, errors, usage
-(in the answer and in ``call.outcome.usage``).
+(in the answer and in ``call.outcome.usage``), and the Responses API at ``/api/responses`` (served
+natively by an adapter with a ``responses`` method, else through its chat: the same checks hold).
 
 Subclass :class:`ProviderConformance` in a test module, name the provider table and its id, and pytest
 runs every check through the real ``openai`` SDK (strict response validation) against the gateway on a
@@ -50,6 +51,8 @@ WEATHER_TOOL = {
     },
 }
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
+#: The same function tool in the Responses API's flat shape.
+WEATHER_FUNCTION = {"type": "function", **WEATHER_TOOL["function"]}
 
 
 class ProviderConformance:
@@ -213,3 +216,57 @@ class ProviderConformance:
         with pytest.raises(openai.APIStatusError) as info:
             client.chat.completions.create(model=self.slug("reset"), messages=USER)
         assert info.value.status_code == 502
+
+    # -- the Responses API ------------------------------------------------------------------------
+    def test_responses_text(self, client: Any) -> None:
+        answer = client.responses.create(model=self.slug(), input=USER[0]["content"], instructions="Be terse.")
+        assert answer.object == "response" and answer.status == "completed" and answer.id
+        assert answer.output_text == ANSWER
+        usage = answer.usage
+        assert usage.input_tokens > 0 and usage.output_tokens > 0
+        assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+
+    def test_responses_stream(self, client: Any) -> None:
+        events = list(client.responses.create(model=self.slug(), input=USER, stream=True))
+        types = [e.type for e in events]
+        assert types[:2] == ["response.created", "response.in_progress"] and types[-1] == "response.completed"
+        assert [e.sequence_number for e in events] == list(range(len(events))), "numbered from 0, no gap"
+        assert len({e.response.id for e in events if hasattr(e, "response")}) == 1, "one response id throughout"
+        assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == ANSWER
+        assert events[-1].response.output_text == ANSWER and events[-1].response.usage.output_tokens > 0
+
+    def test_responses_stream_helper(self, client: Any) -> None:
+        with client.responses.stream(model=self.slug(), input=USER) as stream:
+            deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+            final = stream.get_final_response()
+        assert "".join(deltas) == ANSWER and final.output_text == ANSWER and final.status == "completed"
+
+    def test_responses_tool_round_trip(self, client: Any) -> None:
+        first = client.responses.create(model=self.slug(), input=USER, tools=[WEATHER_FUNCTION])
+        (call,) = [item for item in first.output if item.type == "function_call"]
+        assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"} and call.call_id
+        follow_up = [*USER, {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+                     {"type": "function_call_output", "call_id": call.call_id, "output": '{"temp_c": 21}'}]
+        second = client.responses.create(model=self.slug(), input=follow_up, tools=[WEATHER_FUNCTION], tool_choice="none")
+        assert second.output_text == ANSWER and second.status == "completed"
+
+    def test_responses_stream_tool_call(self, client: Any) -> None:
+        with client.responses.stream(model=self.slug(), input=USER, tools=[WEATHER_FUNCTION]) as stream:
+            types = [e.type for e in stream]
+            final = stream.get_final_response()
+        assert "response.function_call_arguments.delta" in types and "response.function_call_arguments.done" in types
+        (call,) = [item for item in final.output if item.type == "function_call"]
+        assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
+
+    def test_responses_error_before_the_stream(self, client: Any) -> None:
+        import openai
+
+        with pytest.raises(openai.BadRequestError):
+            client.responses.create(model=self.slug("error-400"), input=USER, stream=True)
+
+    def test_responses_cut_stream_is_response_failed(self, client: Any) -> None:
+        events = list(client.responses.create(model=self.slug("cut-after-2"), input=USER, stream=True))
+        types = [e.type for e in events]
+        assert types[0] == "response.created" and types[-2:] == ["response.failed", "error"], types
+        assert events[-2].response.status == "failed" and events[-2].response.error.message
+        assert [e.sequence_number for e in events] == list(range(len(events)))

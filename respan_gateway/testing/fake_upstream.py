@@ -15,6 +15,13 @@ Endpoints (with or without the ``/v1`` prefix):
                                    honours ``stream_options.include_usage``.
     ``POST /v1/embeddings``        one vector per input item; ``dimensions`` (default 8) and
                                    ``encoding_format`` ("float" default, or "base64").
+    ``POST /v1/responses``         OpenAI's Responses API: a ``response`` object (text, or a
+                                   ``function_call`` with ``tools``), ``stream: true`` gives the named
+                                   event sequence (``response.created`` ... ``response.completed``);
+                                   ``previous_response_id`` must name a response this fake made for
+                                   the same API key (else 400 ``previous_response_not_found``), as
+                                   OpenAI keeps conversations per organisation. Also at
+                                   ``/openai/responses?api-version=...`` (Azure: ``api-key`` header).
     ``GET  /v1/models``            an OpenAI model list.
 
 The same server also speaks Anthropic's, Gemini's and Azure OpenAI's wire formats on their own paths
@@ -27,7 +34,10 @@ default; more pieces repeat its words), ``model`` echoes the request, ``prompt_t
 of whitespace-separated words in the messages' text (embeddings: in the inputs; a token-id list
 counts its ids) and ``completion_tokens`` is the number of content pieces (tool calls: argument
 fragments). A request with ``tools`` and a ``tool_choice`` other than "none" is answered with one
-call to the tool named by ``tool_choice`` or else the first tool, arguments ``{"city":"Paris"}``.
+call to the tool named by ``tool_choice`` or else the first tool, arguments ``{"city":"Paris"}``. A
+request for structured output (chat ``response_format`` or Responses ``text.format`` of type
+``json_schema``) is answered with a JSON object of the schema's properties (strings ``"Paris"``,
+numbers ``21``, booleans ``true``), in two pieces.
 
 Scenarios. Taken from the ``x-fake-scenario`` header or, when that is absent, from a request
 ``model`` starting with ``fake-`` (``model="fake-error-500"`` means ``error-500``). The value is a
@@ -266,6 +276,8 @@ class FakeUpstream:
         self._fail_counts: dict[str, int] = {}
         self._ids = itertools.count(1)
         self._server: ServerThread | None = None
+        # Responses it made: id -> the API key that made it (previous_response_id is per account).
+        self.responses: dict[str, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> FakeUpstream:
@@ -309,6 +321,7 @@ class FakeUpstream:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.responses.clear()
             self._fail_counts.clear()
             self._open_streams = 0
             self._disconnected.clear()
@@ -403,6 +416,10 @@ class FakeUpstream:
             created = 1700000000
             models = [{"id": m, "object": "model", "created": created, "owned_by": "fake-upstream"} for m in MODELS]
             return await ex.respond(200, {"object": "list", "data": models})
+        if request.method == "POST" and (route == "/responses" or request.path == "/openai/responses"):
+            if not isinstance(body, dict):
+                return await ex.error(400, "We could not parse the JSON body of your request.")
+            return await self._responses(ex, request, body, scenario)
         if request.method == "POST" and route in ("/chat/completions", "/embeddings"):
             if not isinstance(body, dict):
                 return await ex.error(400, "We could not parse the JSON body of your request.")
@@ -424,6 +441,9 @@ class FakeUpstream:
         model = str(body.get("model", "fake-model"))
         tool_name = _tool_name(body, scenario)
         pieces = TOOL_ARGUMENT_FRAGMENTS if tool_name else ["x" * scenario.big] if scenario.big else _answer_pieces(scenario.chunks)
+        fmt = body.get("response_format")
+        if not tool_name and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            pieces = _json_pieces((fmt.get("json_schema") or {}).get("schema"))
         prompt_tokens = _count_words(body.get("messages")) + scenario.cache_read
         usage = {
             "prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
@@ -462,7 +482,7 @@ class FakeUpstream:
             frames, ending = frames[: 1 + n], fault
         elif fault == "malformed-after":
             frames.insert(1 + n, b"data: {not json\n\n")
-        elif fault == "no-done":
+        elif fault == "no-done":  # the last frame: OpenAI's [DONE], Gemini's finish, the Responses terminal event
             frames.pop()
         elif fault == "no-newline":  # one line that never ends, written 64 KiB at a time
             frames = [b"data: "] + [b"x" * min(65536, n - i) for i in range(0, n, 65536)]
@@ -494,6 +514,88 @@ class FakeUpstream:
             # without the terminating zero-length chunk, so the client sees a truncated body.
         finally:
             self._stream_delta(-1)
+
+    # -- responses ---------------------------------------------------------------------------
+    async def _responses(self, ex: _Exchange, request: RecordedRequest, body: Message, scenario: Scenario) -> None:
+        """OpenAI's Responses API (wire-formats 2.2-2.3), with the streaming faults of chat."""
+        key = request.headers.get("authorization", "") or request.headers.get("api-key", "")
+        if request.path == "/openai/responses":
+            if not request.headers.get("api-key") and not key.startswith("Bearer "):
+                return await send_error(ex, "azure", 401, "Access denied due to invalid subscription key.")
+            if "api-version" not in request.query:
+                return await send_error(ex, "azure", 400, "Missing required query parameter: api-version")
+        previous = body.get("previous_response_id")
+        if previous is not None and self.responses.get(previous) != key:
+            envelope = {"error": {"message": f"Previous response with id '{previous}' not found.",
+                                  "type": "invalid_request_error", "param": "previous_response_id",
+                                  "code": "previous_response_not_found"}}
+            return await ex.respond(400, envelope)
+        rid = f"resp_fake{next(self._ids):06d}"
+        with self._lock:
+            self.responses[rid] = key
+        tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
+        choice = body.get("tool_choice")
+        tool_name = None
+        if isinstance(choice, dict) and choice.get("name"):
+            tool_name = str(choice["name"])
+        elif (tools and choice != "none") or scenario.tool_call:
+            tool_name = str(tools[0].get("name") if tools else "fake_tool")
+        pieces = TOOL_ARGUMENT_FRAGMENTS if tool_name else ["x" * scenario.big] if scenario.big else _answer_pieces(scenario.chunks)
+        fmt = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
+        if not tool_name and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            pieces = _json_pieces(fmt.get("schema"))
+        words = _count_words([{"content": body.get("instructions")}]) + _count_input_words(body.get("input"))
+        usage = {"input_tokens": words + scenario.cache_read,
+                 "input_tokens_details": {"cached_tokens": scenario.cache_read, "cache_write_tokens": scenario.cache_write},
+                 "output_tokens": len(pieces), "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": words + scenario.cache_read + len(pieces)}
+        incomplete = scenario.finish in ("length", "max_output_tokens")
+        item_id = f"{'fc' if tool_name else 'msg'}_fake{next(self._ids):06d}"
+        text = "".join(pieces)
+        if tool_name:
+            item = {"id": item_id, "type": "function_call", "status": "completed", "call_id": f"call_fake{next(self._ids):06d}",
+                    "name": tool_name, "arguments": text}
+        else:
+            item = {"id": item_id, "type": "message", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}
+        base = {
+            "id": rid, "object": "response", "created_at": int(time.time()), "status": "in_progress", "error": None,
+            "incomplete_details": None, "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"), "model": str(body.get("model", "fake-model")),
+            "output": [], "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "previous_response_id": previous, "reasoning": {"effort": None, "summary": None},
+            "store": body.get("store", True), "temperature": body.get("temperature", 1.0),
+            "text": body.get("text") or {"format": {"type": "text"}}, "tool_choice": choice or "auto",
+            "tools": body.get("tools") or [], "top_p": body.get("top_p", 1.0), "truncation": "disabled",
+            "usage": None, "user": None, "metadata": body.get("metadata") or {},
+        }
+        final = {**base, "status": "incomplete" if incomplete else "completed", "output": [item], "usage": usage,
+                 "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None}
+        if not body.get("stream"):
+            return await ex.respond(200, final)
+        seq = itertools.count()
+
+        def event(kind: str, **fields: Any) -> bytes:
+            return b"event: " + kind.encode() + b"\n" + _sse({"type": kind, "sequence_number": next(seq), **fields})
+
+        ids = {"item_id": item_id, "output_index": 0}
+        frames = [event("response.created", response=base), event("response.in_progress", response=base)]
+        if tool_name:
+            frames.append(event("response.output_item.added", output_index=0, item={**item, "status": "in_progress", "arguments": ""}))
+            frames += [event("response.function_call_arguments.delta", **ids, delta=p) for p in pieces]
+            frames.append(event("response.function_call_arguments.done", **ids, arguments=text))
+        else:
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            frames.append(event("response.output_item.added", output_index=0, item={**item, "status": "in_progress", "content": []}))
+            frames.append(event("response.content_part.added", **ids, content_index=0, part=part))
+            frames += [event("response.output_text.delta", **ids, content_index=0, delta=p, logprobs=[]) for p in pieces]
+            frames.append(event("response.output_text.done", **ids, content_index=0, text=text, logprobs=[]))
+            frames.append(event("response.content_part.done", **ids, content_index=0, part={**part, "text": text}))
+        frames.append(event("response.output_item.done", output_index=0, item=item))
+        frames.append(event("response.incomplete" if incomplete else "response.completed", response=final))
+        error = b"event: error\n" + _sse({"type": "error", "sequence_number": 3, "code": "server_error",
+                                          "message": f"fake upstream mid-stream error{_echo(ex, scenario)}", "param": None})
+        await self._stream(ex, frames, scenario, error_frame=error)
 
     # -- embeddings --------------------------------------------------------------------------
     async def _embeddings(self, ex: _Exchange, body: Message) -> None:
@@ -550,6 +652,33 @@ def _count_words(messages: Any) -> int:
         for part in parts:
             text = part.get("text") if isinstance(part, dict) else part
             total += len(text.split()) if isinstance(text, str) else 0
+    return total
+
+
+def _json_pieces(schema: Any) -> list[str]:
+    """Structured output: a JSON object for ``schema`` (strings "Paris", numbers 21, booleans true), in 2 pieces."""
+    text = msgspec.json.encode(_example(schema if isinstance(schema, dict) else {})).decode()
+    half = len(text) // 2
+    return [text[:half], text[half:]]
+
+
+def _example(schema: dict[str, Any]) -> Any:
+    kind = schema.get("type")
+    if kind == "object" or "properties" in schema:
+        return {name: _example(sub if isinstance(sub, dict) else {}) for name, sub in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [_example(schema.get("items") or {})]
+    return {"string": "Paris", "integer": 21, "number": 21, "boolean": True}.get(str(kind), "Paris")
+
+
+def _count_input_words(value: Any) -> int:
+    """Words of a Responses ``input``: a string, or the text of its items (messages, function outputs)."""
+    if isinstance(value, str):
+        return len(value.split())
+    total = 0
+    for item in value if isinstance(value, list) else []:
+        if isinstance(item, dict):
+            total += _count_words([item]) + len(str(item.get("output") or "").split())
     return total
 
 
