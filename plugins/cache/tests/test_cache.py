@@ -445,6 +445,27 @@ def test_embeddings_are_cached(gw: GatewayServer, fake_upstream: FakeUpstream) -
     assert sum(1 for r in fake_upstream.requests if r.path.endswith("/embeddings")) == 1
 
 
+@pytest.mark.parametrize("model", ["gpt-test", "oai-native"])
+def test_responses_hits_replay_in_either_mode(gateway_factory, fake_upstream: FakeUpstream, tmp_path, model: str) -> None:
+    """/api/responses: translated (gpt-test over chat) and native (the Responses API upstream)."""
+    native = ('[providers.oai]\ntype = "openai"\napi_key = "sk-upstream-oai"\n'
+              f'base_url = "{fake_upstream.url}/v1"\n[models."oai-native"]\nprovider = "oai"\nupstream_model = "gpt-native"\n')
+    gw = gateway_factory(LOGGING + f'spill_dir = "{tmp_path}/spill"\n' + native)
+    client = gw.openai()
+    miss = client.responses.with_raw_response.create(model=model, input="Say hello", extra_body=CACHED)
+    hit = client.responses.with_raw_response.create(model=model, input="Say hello", extra_body=CACHED)
+    assert (miss.headers["x-respan-cache"], hit.headers["x-respan-cache"]) == ("MISS", "HIT")
+    first = miss.parse()
+    assert hit.parse().output_text == first.output_text and first.output_text
+    with client.responses.stream(model=model, input="Say hello", extra_body=CACHED) as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert final.output_text == first.output_text and final.id == first.id
+    upstream = [r for r in fake_upstream.requests if r.path.endswith(("/chat/completions", "/responses"))]
+    assert len(upstream) == 1
+
+
 # -- the admin purge ----------------------------------------------------------------------------------
 
 def test_the_admin_purge_deletes_the_tenants_entries_or_those_of_a_model_or_customer(gw: GatewayServer, fake_upstream: FakeUpstream) -> None:
