@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import httpx2
+import yarl
 
 from .config import UpstreamSettings
 
@@ -105,7 +106,9 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         try:
             response = await session.request(
                 request.method,
-                str(request.url),
+                # As encoded: yarl would otherwise normalise the path (`%3A` to `:`), and a signed request
+                # (AWS SigV4 signs the path) must reach the provider byte for byte as it was signed.
+                yarl.URL(str(request.url), encoded=True),
                 headers=headers,
                 data=body or None,
                 allow_redirects=False,

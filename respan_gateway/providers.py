@@ -94,6 +94,8 @@ class ProviderAdapter:
     #: The headers that carry this provider's credentials (lower case). No client may set one of any
     #: registered adapter through ``extra_headers``.
     credential_headers: ClassVar[frozenset[str]] = frozenset()
+    #: The content type a streamed answer must have (:meth:`send` refuses any other with a 502).
+    stream_content_type: ClassVar[str] = "text/event-stream"
 
     def __init__(self, provider_id: str, settings: ProviderSettings, context: AdapterContext) -> None:
         self.id = provider_id
@@ -174,7 +176,7 @@ class ProviderAdapter:
 
         Transport failures raise 502/504, an error status raises :meth:`error_from_response`'s error
         (the response closed), and a streaming request answered with anything but an event stream is
-        a 502. ``stream`` defaults to the call's; a streamed response must be closed by the caller.
+        a 502 (:attr:`stream_content_type`). ``stream`` defaults to the call's; a streamed response must be closed by the caller.
         """
         stream = call.stream if stream is None else stream
         request = self.http.build_request("POST", parsed_url(url), content=body, headers=headers, timeout=self.timeout_for_call(call))
@@ -187,7 +189,7 @@ class ProviderAdapter:
                 raise await self.error_from_response(response, target)
             finally:
                 await response.aclose()
-        if stream and "text/event-stream" not in response.headers.get("content-type", ""):
+        if stream and self.stream_content_type not in response.headers.get("content-type", ""):
             await response.aclose()
             raise UpstreamError(f"provider `{self.id}` did not answer the streaming request with an event stream", status=502, provider=self.id)
         return response
