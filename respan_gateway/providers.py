@@ -349,7 +349,12 @@ class Catalog:
         return entry
 
     def resolve(self, slug: str, provider: str | None = None) -> Target:
-        """The target for ``slug``; ``provider`` pins the provider (``X-Respan-Route-Provider``)."""
+        """The target for ``slug``; ``provider`` pins the provider (``X-Respan-Route-Provider``).
+
+        A pinned request uses the pinned provider's own entry for the slug when the catalog has one
+        (``<provider id>/<slug>`` or ``<adapter type>/<slug>``, e.g. ``vertex_ai/claude-sonnet-4-5-20250929``):
+        its upstream model name (Vertex spells it ``claude-sonnet-4-5@20250929``) and its prices, and
+        that entry's slug is the attempt's model."""
         pinned = None
         if provider:
             pinned = self._providers_lower.get(provider.strip().lower())
@@ -358,6 +363,11 @@ class Catalog:
                     f"unknown provider `{provider}` in X-Respan-Route-Provider / route_provider_override",
                     param="route_provider_override",
                 )
+            adapter = self.providers[pinned]
+            for key in dict.fromkeys((f"{pinned}/{slug}", f"{adapter.settings.type or pinned}/{slug}")):
+                own = self.models.get(key)
+                if own is not None:
+                    return Target(provider=pinned, model=key, upstream_model=own.upstream_model or slug)
         entry = self.models.get(slug)
         if entry is not None:
             return Target(provider=pinned or entry.provider, model=slug, upstream_model=entry.upstream_model or slug)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -50,6 +51,8 @@ CREDENTIAL_ERRORS = frozenset({
     "UnrecognizedClientException", "InvalidSignatureException", "ExpiredTokenException", "IncompleteSignatureException",
     "MissingAuthenticationTokenException", "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken",
 })
+# A foundation model id without an inference profile: `<vendor>.<model>` (not an ARN, not `us.<vendor>...`).
+_FOUNDATION_MODEL = re.compile(r"^(anthropic|amazon|meta|mistral|cohere|deepseek|ai21|writer|qwen|openai|twelvelabs)\.")
 #: Per-request credential fields (``customer_credentials`` / ``credential_override``, Respan's names).
 REQUEST_REGION_KEYS = ("aws_region_name", "aws_region", "region")
 
@@ -65,6 +68,10 @@ class BedrockSettings(ProviderSettings):
     aws_session_token: str = ""
     # A named profile of ~/.aws/config for the default chain.
     aws_profile: str = ""
+    # A cross-region inference profile ("us", "eu", "apac", "global"...) put before every foundation
+    # model id that has none (`anthropic.claude-...` is sent as `us.anthropic.claude-...`): newer models
+    # are served only through one. Empty: model ids are sent as they are.
+    inference_profile: str = ""
 
 
 class _ErrorBody(msgspec.Struct):
@@ -103,7 +110,7 @@ class BedrockAdapter(ProviderAdapter):
     # -- endpoint kinds ---------------------------------------------------------------------------
     async def chat(self, call: Call, target: Target) -> Result:
         body = {k: _decode(v) for k, v in call.body.items()}
-        model = target.upstream_model
+        model = self.model_id(target.upstream_model)
         upstream = _encode(request_to_converse(body, model))
         region = self._region(target)
         base = (target.base_url or self.base_url or f"https://bedrock-runtime.{region}.amazonaws.com").rstrip("/")
@@ -115,6 +122,13 @@ class BedrockAdapter(ProviderAdapter):
         answer = await self.read_json(response, target)
         call.outcome.usage = normalised_usage(answer.get("usage") or {})
         return JSONResult(200, data=converse_to_openai(answer, model))
+
+    def model_id(self, model: str) -> str:
+        """The model id sent: ``inference_profile`` put before a foundation model id (``vendor.model``) with none."""
+        profile = self.settings.inference_profile
+        if profile and _FOUNDATION_MODEL.match(model):
+            return f"{profile}.{model}"
+        return model
 
     # -- credentials and signing ------------------------------------------------------------------
     def _region(self, target: Target) -> str:
