@@ -76,7 +76,10 @@ class _Auth(msgspec.Struct, frozen=True):
     token: str | None = None
     source: TokenSource | None = None
     express: bool = False
+    # The project of the credentials (a service account's `project_id`), and whether they came with the
+    # request (then it comes before the config's `project`).
     project: str | None = None
+    from_request: bool = False
 
 
 class VertexAdapter(ProviderAdapter):
@@ -158,7 +161,8 @@ class VertexAdapter(ProviderAdapter):
         tail = f"publishers/{publisher}/models/{quote(model, safe='@')}:{method}"
         if auth.express:
             return f"{base}/{tail}"
-        project = target.extra.get("vertex_ai_project") or self.settings.project or auth.project
+        project = (target.extra.get("vertex_ai_project") or (auth.project if auth.from_request else None)
+                   or self.settings.project or auth.project)
         if not project:
             raise BadRequest(f"provider `{self.id}` has no Google Cloud project: set `project` in [providers.{self.id}] "
                              "or send `vertex_ai_project` with the credentials", param="model")
@@ -183,7 +187,7 @@ class VertexAdapter(ProviderAdapter):
                 source = self._sources.get(info)
             except ValueError as exc:
                 raise BadRequest(f"`vertex_ai_credentials` is not a usable service-account key ({exc})", param="customer_credentials") from None
-            return await self._bearer(source, info.get("project_id"))
+            return await self._bearer(source, info.get("project_id"), from_request=True)
         token = extra.get("vertex_ai_access_token")
         if token:
             if not isinstance(token, str):
@@ -201,7 +205,7 @@ class VertexAdapter(ProviderAdapter):
         source, project = await self._default_source()
         return await self._bearer(source, project)
 
-    async def _bearer(self, source: TokenSource, project: str | None) -> _Auth:
+    async def _bearer(self, source: TokenSource, project: str | None, *, from_request: bool = False) -> _Auth:
         try:
             token = await source.get()
         except google.auth.exceptions.RefreshError as exc:
@@ -211,7 +215,7 @@ class VertexAdapter(ProviderAdapter):
             ) from None
         except google.auth.exceptions.TransportError as exc:
             raise UpstreamUnreachable(f"provider `{self.id}` could not reach Google's token endpoint ({_reason(exc)})", provider=self.id) from None
-        return _Auth({"authorization": f"Bearer {token}"}, token=token, source=source, project=project)
+        return _Auth({"authorization": f"Bearer {token}"}, token=token, source=source, project=project, from_request=from_request)
 
     async def _default_source(self) -> tuple[TokenSource, str | None]:
         if self._default is None:
