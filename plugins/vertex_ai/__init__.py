@@ -153,6 +153,28 @@ class VertexAdapter(ProviderAdapter):
         call.outcome.usage = gemini.normalised_usage(answer.get("usageMetadata") or {})
         return JSONResult(200, data=gemini.response_to_openai(answer, model))
 
+    async def anthropic_messages(self, call: Call, target: Target) -> Result:
+        """The native Anthropic endpoint over Claude on Vertex: the Messages body as the client sent it (less
+        ``model``, with Vertex's ``anthropic_version``), the answer and its stream unchanged."""
+        publisher, model = publisher_model(target.upstream_model)
+        if publisher != "anthropic":
+            raise BadRequest(f"provider `{self.id}` serves the Anthropic Messages endpoint for Claude models only", param="model")
+        auth = await self._auth(target)
+        if auth.express:
+            raise BadRequest(f"provider `{self.id}`: Claude models on Vertex AI need OAuth credentials, not an express mode API key", param="model")
+        body = {k: v for k, v in call.body.items() if k != "model"}
+        body["anthropic_version"] = msgspec.Raw(_encode(self.settings.anthropic_version))
+        url = self.url(target, auth, publisher, model, "streamRawPredict" if call.stream else "rawPredict")
+        response = await self._send(call, target, url, _encode(body), auth)
+        if call.stream:
+            return StreamResult(self._claude_relay(call, response, target))
+        content = await self.read_body(response, target)
+        message = self.parse_json(content, response.status_code)
+        if message.get("type") != "message":
+            raise UpstreamError(f"provider `{self.id}` answered 200 with something that is not a Message", status=502, provider=self.id)
+        call.outcome.usage = claude.normalised_usage(message.get("usage") or {})
+        return JSONResult(200, content)
+
     # -- the exchange -----------------------------------------------------------------------------
     def url(self, target: Target, auth: _Auth, publisher: str, model: str, method: str) -> str:
         location = _segment(target.extra.get("vertex_ai_location") or self.settings.location, "vertex_ai_location")
@@ -288,6 +310,18 @@ class VertexAdapter(ProviderAdapter):
             if translator.done:
                 return
         for chunk in translator.close():
+            yield chunk
+
+
+    async def _claude_relay(self, call: Call, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
+        usage: dict[str, Any] = {}
+        async for chunk in self.events(response, target):
+            if chunk.event in ("message_start", "message_delta"):
+                event = _object(chunk, self.id)
+                counts = (event.get("message") or {}).get("usage") if chunk.event == "message_start" else event.get("usage")
+                usage.update({k: v for k, v in (counts or {}).items() if v is not None})
+                if chunk.event == "message_delta":
+                    call.outcome.usage = claude.normalised_usage(usage)
             yield chunk
 
 

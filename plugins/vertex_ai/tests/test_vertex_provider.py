@@ -240,3 +240,20 @@ def test_service_account_key_never_reaches_a_message(gateway_factory: Callable[.
                                             extra_body={"extra_headers": {"x-fake-scenario": "error-500,echo-headers"}})
     body = json.dumps(error.value.body)
     assert "authorization" in body.lower() and token not in body
+
+
+def test_native_anthropic_endpoint_over_claude_on_vertex(gateway: GatewayServer, fake_upstream: FakeUpstream) -> None:
+    import anthropic
+
+    from respan_gateway.testing import TEST_KEY
+
+    client = anthropic.Anthropic(base_url=gateway.url + "/api/anthropic", api_key=TEST_KEY, max_retries=0)
+    message = client.messages.create(model="claude-sonnet-4-5-20250929", max_tokens=64, messages=USER,
+                                     extra_headers={"X-Respan-Route-Provider": "vertex_ai"})
+    assert message.content[0].text == ANSWER and message.stop_reason == "end_turn"
+    request = fake_upstream.requests[-1]
+    assert request.path == f"{PREFIX}/anthropic/models/claude-sonnet-4-5@20250929:rawPredict"
+    assert request.json["anthropic_version"] == "vertex-2023-10-16" and "model" not in request.json
+    with client.messages.stream(model="vertex_ai/claude-haiku-4-5", max_tokens=64, messages=USER) as stream:
+        assert stream.get_final_text() == ANSWER
+    assert fake_upstream.requests[-1].path.endswith("claude-haiku-4-5@20251001:streamRawPredict")
