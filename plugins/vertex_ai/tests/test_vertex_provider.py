@@ -257,3 +257,24 @@ def test_native_anthropic_endpoint_over_claude_on_vertex(gateway: GatewayServer,
     with client.messages.stream(model="vertex_ai/claude-haiku-4-5", max_tokens=64, messages=USER) as stream:
         assert stream.get_final_text() == ANSWER
     assert fake_upstream.requests[-1].path.endswith("claude-haiku-4-5@20251001:streamRawPredict")
+
+
+def test_throttled_claude_on_vertex_falls_back_to_claude_on_bedrock(gateway_factory: Callable[..., GatewayServer], fake_upstream: FakeUpstream,
+                                                                    service_account: tuple[dict[str, Any], Path]) -> None:
+    from respan_gateway.testing.fake_clouds import FAKE_AWS_KEY_ID, FAKE_AWS_SECRET
+
+    gw = gateway_factory(vertex_toml(fake_upstream.url, f'credentials = "{service_account[1]}"') + f"""
+[providers.bedrock]
+type = "bedrock"
+region = "us-east-1"
+base_url = "{fake_upstream.url}"
+aws_access_key_id = "{FAKE_AWS_KEY_ID}"
+aws_secret_access_key = "{FAKE_AWS_SECRET}"
+""")
+    raw = gw.openai().chat.completions.with_raw_response.create(
+        model="vertex_ai/anthropic/fake-error-429", messages=USER, extra_body={"fallback_models": ["bedrock/claude-sonnet-4-5-20250929"]})
+    assert raw.parse().choices[0].message.content == ANSWER
+    paths = [r.raw_path for r in fake_upstream.requests if r.raw_path != "/token"]
+    assert paths[0] == f"{PREFIX}/anthropic/models/fake-error-429:rawPredict"
+    assert paths[-1] == "/model/anthropic.claude-sonnet-4-5-20250929-v1%3A0/converse"
+    assert gw.record(raw.headers["x-respan-log-id"])["provider_id"] == "bedrock"
