@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 import httpx2
+import yarl
 
 from .config import UpstreamSettings
 
@@ -104,11 +105,14 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         except httpx2.RequestNotRead:
             body = await request.aread()
         timeout = self._timeout(request)
+        url = yarl.URL(str(request.url), encoded=True)
         for attempt in (1, 2):
             try:
                 response = await session.request(
                     request.method,
-                    str(request.url),
+                    # As encoded: yarl would otherwise normalise the path (`%3A` to `:`), and a signed request
+                    # (AWS SigV4 signs the path) must reach the provider byte for byte as it was signed.
+                    url,
                     headers=headers,
                     data=body or None,
                     allow_redirects=False,

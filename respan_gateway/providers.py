@@ -94,6 +94,8 @@ class ProviderAdapter:
     #: The headers that carry this provider's credentials (lower case). No client may set one of any
     #: registered adapter through ``extra_headers``.
     credential_headers: ClassVar[frozenset[str]] = frozenset()
+    #: The content type a streamed answer must have (:meth:`send` refuses any other with a 502).
+    stream_content_type: ClassVar[str] = "text/event-stream"
 
     def __init__(self, provider_id: str, settings: ProviderSettings, context: AdapterContext) -> None:
         self.id = provider_id
@@ -177,7 +179,7 @@ class ProviderAdapter:
 
         Transport failures raise 502/504, an error status raises :meth:`error_from_response`'s error
         (the response closed), and a streaming request answered with anything but an event stream is
-        a 502. ``stream`` defaults to the call's; a streamed response must be closed by the caller.
+        a 502 (:attr:`stream_content_type`). ``stream`` defaults to the call's; a streamed response must be closed by the caller.
         """
         stream = call.stream if stream is None else stream
         request = self.http.build_request("POST", parsed_url(url), content=body, headers=headers, timeout=self.timeout_for_call(call))
@@ -190,7 +192,7 @@ class ProviderAdapter:
                 raise await self.error_from_response(response, target)
             finally:
                 await response.aclose()
-        if stream and "text/event-stream" not in response.headers.get("content-type", ""):
+        if stream and self.stream_content_type not in response.headers.get("content-type", ""):
             await response.aclose()
             raise UpstreamError(f"provider `{self.id}` did not answer the streaming request with an event stream", status=502, provider=self.id)
         return response
@@ -354,7 +356,12 @@ class Catalog:
         return entry
 
     def resolve(self, slug: str, provider: str | None = None) -> Target:
-        """The target for ``slug``; ``provider`` pins the provider (``X-Respan-Route-Provider``)."""
+        """The target for ``slug``; ``provider`` pins the provider (``X-Respan-Route-Provider``).
+
+        A pinned request uses the pinned provider's own entry for the slug when the catalog has one
+        (``<provider id>/<slug>`` or ``<adapter type>/<slug>``, e.g. ``vertex_ai/claude-sonnet-4-5-20250929``):
+        its upstream model name (Vertex spells it ``claude-sonnet-4-5@20250929``) and its prices, and
+        that entry's slug is the attempt's model."""
         pinned = None
         if provider:
             pinned = self._providers_lower.get(provider.strip().lower())
@@ -363,6 +370,11 @@ class Catalog:
                     f"unknown provider `{provider}` in X-Respan-Route-Provider / route_provider_override",
                     param="route_provider_override",
                 )
+            adapter = self.providers[pinned]
+            for key in dict.fromkeys((f"{pinned}/{slug}", f"{adapter.settings.type or pinned}/{slug}")):
+                own = self.models.get(key)
+                if own is not None:
+                    return Target(provider=pinned, model=key, upstream_model=own.upstream_model or slug)
         entry = self.models.get(slug)
         if entry is not None:
             return Target(provider=pinned or entry.provider, model=slug, upstream_model=entry.upstream_model or slug)

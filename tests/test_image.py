@@ -34,9 +34,10 @@ pytestmark = [pytest.mark.image, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/respan-gateway:test"
-#: Measured 255 MB (uncompressed: the Debian base with python3 is 133 MB, of the venv's 122 MB the
-#: tokenizer data of bpe-openai is 76 MB); docs/deploy.md states it. The bound leaves room for small growth.
-MAX_IMAGE_MB = 300
+#: Measured 312 MB (uncompressed: the Debian base with python3 is 133 MB; of the venv's 179 MB the
+#: tokenizer data of bpe-openai is 76 MB, botocore (bedrock) 32 MB and cryptography (vertex_ai) 16 MB);
+#: docs/deploy.md states it. The bound leaves room for small growth.
+MAX_IMAGE_MB = 340
 
 
 def _why_not_runnable() -> str | None:

@@ -35,12 +35,12 @@ def test_shipped_catalog_is_complete_and_priced() -> None:
     models = shipped_models()
     for slug in ("gpt-4o-mini", "gpt-4.1", "claude-sonnet-4-5-20250929", "claude-haiku-4-5", "gemini-2.5-flash", "text-embedding-3-small", "gemini-embedding-001"):
         assert slug in models, slug
-    assert {m.provider for m in models.values()} == {"openai", "anthropic", "gemini"}
+    assert {m.provider for m in models.values()} == {"openai", "anthropic", "gemini", "vertex_ai", "bedrock"}
     for slug, entry in models.items():
         assert entry.input_cost > 0 and entry.context_window, slug
         if entry.mode == "chat":
             assert entry.output_cost > 0 and "streaming" in entry.capabilities, slug
-        if entry.provider == "anthropic":
+        if entry.provider == "anthropic" or "claude" in slug:
             assert entry.cache_write_cost == pytest.approx(entry.input_cost * 1.25), slug
             assert entry.cache_read_cost == pytest.approx(entry.input_cost * 0.1), slug
 

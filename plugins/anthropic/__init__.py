@@ -3,7 +3,7 @@
 The adapter serves two endpoint kinds:
 
 - ``chat``: the OpenAI chat body is translated to a Messages request and the answer back to OpenAI's
-  shapes, streams included (:mod:`.translate`, mapping of ``wire-formats.md`` 4.6);
+  shapes, streams included (:mod:`respan_gateway.translate.anthropic`, mapping of ``wire-formats.md`` 4.6);
 - ``anthropic_messages``: the native endpoint; the body goes upstream as the client sent it (less the
   Respan params, with the provider's model name) and the answer, stream or not, comes back unchanged.
 
@@ -27,8 +27,9 @@ from respan_gateway.hookspecs import RegisterEndpoint, RegisterProvider
 from respan_gateway.openai_chat import include_usage
 from respan_gateway.providers import generic_error_fields
 
+from respan_gateway.translate.anthropic import StreamTranslator, message_to_openai, normalised_usage, request_to_anthropic, stream_error
+
 from .accumulator import MessagesAccumulator, cacheable, replay
-from .translate import StreamTranslator, message_to_openai, normalised_usage, request_to_anthropic, stream_error
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.Encoder().encode

@@ -37,6 +37,8 @@ PROVIDER_ALIASES: dict[str, tuple[str, ...]] = {
     "gemini": ("gemini", "google_gemini_ai", "google", "google_palm"),
     "anthropic": ("anthropic",),
     "openai": ("openai",),
+    "vertex_ai": ("vertex_ai", "google_vertex_ai", "vertex_ai_beta"),
+    "bedrock": ("bedrock", "aws_bedrock"),
 }
 # Credential fields with a place of their own on the target; the rest go to `target.extra`.
 _API_BASE_KEYS = ("api_base", "base_url")

@@ -1,6 +1,6 @@
 """Provider ``gemini``: Google's Gemini API (generateContent / streamGenerateContent?alt=sse, embeddings).
 
-OpenAI chat requests are translated to ``generateContent`` and answers back (:mod:`.translate`, mapping
+OpenAI chat requests are translated to ``generateContent`` and answers back (:mod:`respan_gateway.translate.gemini`, mapping
 of ``wire-formats.md`` 5.6); streams use ``streamGenerateContent?alt=sse`` and become OpenAI chunks.
 Embeddings use ``batchEmbedContents``. The key travels in the ``x-goog-api-key`` header, never in
 the URL, so that no error message or log line that shows a URL can carry it.
@@ -23,7 +23,7 @@ from respan_gateway.hookspecs import RegisterProvider
 from respan_gateway.openai_chat import include_usage
 from respan_gateway.providers import generic_error_fields
 
-from .translate import (
+from respan_gateway.translate.gemini import (
     StreamTranslator, embeddings_request, embeddings_to_openai, normalised_usage, request_to_gemini, response_to_openai, stream_error,
 )
 

@@ -1,4 +1,5 @@
-"""The non-OpenAI wire formats of :class:`~respan_gateway.testing.FakeUpstream`: Anthropic, Gemini, Azure.
+"""The non-OpenAI wire formats of :class:`~respan_gateway.testing.FakeUpstream`: Anthropic, Gemini, Azure
+(and, in :mod:`.fake_clouds`, Vertex AI and Bedrock).
 
 The same fake server (same socket, same scenarios, same ``requests`` record) answers these paths in
 the provider's own wire format (``wire-formats.md`` sections 4-6)::
@@ -34,6 +35,8 @@ from urllib.parse import parse_qs
 
 import msgspec
 
+from . import fake_clouds as clouds
+
 if TYPE_CHECKING:
     from .fake_upstream import FakeUpstream, RecordedRequest, Scenario, _Exchange
 
@@ -54,7 +57,11 @@ GEMINI_STATUSES = {
 
 
 def wire_of(path: str) -> str | None:
-    """"anthropic", "gemini", "azure", or None for OpenAI's paths."""
+    """"anthropic", "gemini", "azure", "vertex", "bedrock", "oauth", or None for OpenAI's paths (``path``:
+    the raw path, as sent)."""
+    cloud = clouds.wire_of(path)
+    if cloud is not None:
+        return cloud
     if path in ("/v1/messages", "/messages"):
         return "anthropic"
     if _GEMINI.match(path):
@@ -65,7 +72,10 @@ def wire_of(path: str) -> str | None:
 
 
 def model_of(request: RecordedRequest) -> str | None:
-    """The model a request names: in the path for Gemini and Azure, else the body's ``model``."""
+    """The model a request names: in the path for Gemini, Azure, Vertex and Bedrock, else the body's ``model``."""
+    cloud = clouds.model_of(request.raw_path)
+    if cloud is not None:
+        return cloud
     m = _GEMINI.match(request.path)
     if m:
         return m[2]
@@ -80,6 +90,8 @@ def model_of(request: RecordedRequest) -> str | None:
 async def send_error(ex: _Exchange, wire: str | None, status: int, message: str,
                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
     """An error answer in the envelope of ``wire`` (None: OpenAI's)."""
+    if wire in ("vertex", "bedrock", "oauth"):
+        return await clouds.send_error(ex, wire, status, message, headers)
     if wire == "anthropic":
         kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         return await ex.respond(status, {"type": "error", "error": {"type": kind, "message": message},
@@ -100,25 +112,40 @@ async def handle(fake: FakeUpstream, ex: _Exchange, request: RecordedRequest, sc
     body = request.json
     if request.method != "POST":
         return await send_error(ex, wire, 405, f"method {request.method} not allowed")
+    if wire == "oauth":
+        return await clouds.token(fake, ex, request)
     if not isinstance(body, dict):
         return await send_error(ex, wire, 400, "the request body is not a JSON object")
     if wire == "anthropic":
         return await _anthropic(fake, ex, request, body, scenario)
     if wire == "gemini":
-        return await _gemini(fake, ex, request, body, scenario)
+        if not request.headers.get("x-goog-api-key") and "key" not in parse_qs(request.query):
+            return await send_error(ex, "gemini", 403, "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.")
+        match = _GEMINI.match(request.path)
+        assert match is not None
+        return await _gemini(fake, ex, request, body, scenario, match[2], match[3])
+    if wire == "vertex":
+        return await clouds.vertex(fake, ex, request, body, scenario)
+    if wire == "bedrock":
+        return await clouds.bedrock(fake, ex, request, body, scenario)
     return await _azure(fake, ex, request, body, scenario)
 
 
 # -- Anthropic ---------------------------------------------------------------------------------------
 
 async def _anthropic(fake: FakeUpstream, ex: _Exchange, request: RecordedRequest, body: Message, scenario: Scenario) -> None:
-    from .fake_upstream import TOOL_ARGUMENT_FRAGMENTS, _answer_pieces
-
     headers = request.headers
     if not headers.get("x-api-key") and not headers.get("authorization", "").startswith("Bearer "):
         return await send_error(ex, "anthropic", 401, "x-api-key header is required")
     if not headers.get("anthropic-version"):
         return await send_error(ex, "anthropic", 400, "anthropic-version: header is required")
+    await _anthropic_answer(fake, ex, body, scenario)
+
+
+async def _anthropic_answer(fake: FakeUpstream, ex: _Exchange, body: Message, scenario: Scenario) -> None:
+    """A Messages answer (auth already checked): the Anthropic API's, and Claude's on Vertex AI."""
+    from .fake_upstream import TOOL_ARGUMENT_FRAGMENTS, _answer_pieces
+
     for field in ("model", "max_tokens", "messages"):
         if field not in body:
             return await send_error(ex, "anthropic", 400, f"{field}: Field required")
@@ -199,15 +226,12 @@ def _named(name: str, payload: Message) -> bytes:
 
 # -- Gemini ------------------------------------------------------------------------------------------
 
-async def _gemini(fake: FakeUpstream, ex: _Exchange, request: RecordedRequest, body: Message, scenario: Scenario) -> None:
+async def _gemini(fake: FakeUpstream, ex: _Exchange, request: RecordedRequest, body: Message, scenario: Scenario,
+                  model: str, method: str) -> None:
+    """A generateContent answer (auth already checked): the Gemini API's, and Gemini's on Vertex AI."""
     from .fake_upstream import _answer_pieces, _vector
 
-    match = _GEMINI.match(request.path)
-    assert match is not None
-    model, method = match[2], match[3]
     query = parse_qs(request.query)
-    if not request.headers.get("x-goog-api-key") and "key" not in query:
-        return await send_error(ex, "gemini", 403, "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.")
     if method in ("embedContent", "batchEmbedContents"):
         items = body.get("requests") if method == "batchEmbedContents" else [body]
         if not isinstance(items, list) or not items:

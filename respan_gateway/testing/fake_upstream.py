@@ -27,7 +27,9 @@ Endpoints (with or without the ``/v1`` prefix):
 The same server also speaks Anthropic's, Gemini's and Azure OpenAI's wire formats on their own paths
 (``/v1/messages``, ``/v1beta/models/{m}:generateContent``, ``/openai/deployments/{d}/...``), with the
 same scenarios and the tokens ``finish-<reason>`` and ``cache-read-<n>``/``cache-write-<n>``: see
-:mod:`respan_gateway.testing.fake_providers`.
+:mod:`respan_gateway.testing.fake_providers`; and Vertex AI's (Gemini and Claude, with Google's OAuth
+token endpoint) and Bedrock's (Converse, SigV4 checked, binary event streams): see
+:mod:`respan_gateway.testing.fake_clouds`.
 
 Answers are deterministic: the text is "Hello from the fake upstream!" in ``chunks`` pieces (5 by
 default; more pieces repeat its words), ``model`` echoes the request, ``prompt_tokens`` is the number
@@ -104,6 +106,7 @@ from typing import Any
 import msgspec
 
 from ._server import ServerThread
+from .fake_clouds import FAKE_AWS_KEY_ID, FAKE_AWS_SECRET
 from .fake_providers import handle as handle_wire
 from .fake_providers import model_of, send_error, wire_of
 
@@ -134,6 +137,7 @@ class RecordedRequest:
     query: str
     headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
     body: bytes
+    raw_path: str = ""  # the path as sent (percent-encoding kept), e.g. for a SigV4 check
 
     @property
     def json(self) -> Any:
@@ -278,6 +282,16 @@ class FakeUpstream:
         self._server: ServerThread | None = None
         # Responses it made: id -> the API key that made it (previous_response_id is per account).
         self.responses: dict[str, str] = {}
+        # Cloud auth (fake_clouds): AWS access keys it knows (id -> secret), the SigV4 checks passed,
+        # Google service accounts whose JWT signatures it checks (email -> public key PEM), the tokens
+        # it issued (token -> JWT claims) or accepts as given, and each token request.
+        self.aws_keys: dict[str, str] = {FAKE_AWS_KEY_ID: FAKE_AWS_SECRET}
+        self.signed_requests: list[dict[str, Any]] = []
+        self.service_accounts: dict[str, str] = {}
+        self.oauth_tokens: dict[str, Any] = {}
+        self.static_tokens: set[str] = set()
+        self.token_requests: list[dict[str, Any]] = []
+        self.token_lifetime = 3600
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> FakeUpstream:
@@ -318,10 +332,21 @@ class FakeUpstream:
         with self._lock:
             return self._open_streams
 
+    def accept_token(self, token: str) -> None:
+        """Accept ``token`` as a valid Google access token on the Vertex paths (a token "given" in a config)."""
+        self.static_tokens.add(token)
+
+    def revoke_tokens(self) -> None:
+        """Forget every token issued so far (as if they had expired upstream)."""
+        with self._lock:
+            self.oauth_tokens.clear()
+
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
             self.responses.clear()
+            self.signed_requests.clear()
+            self.token_requests.clear()
             self._fail_counts.clear()
             self._open_streams = 0
             self._disconnected.clear()
@@ -342,7 +367,8 @@ class FakeUpstream:
             name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         query = scope["query_string"].decode("latin-1")
-        recorded = RecordedRequest(scope["method"], scope["path"], query, headers, body)
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").partition("?")[0]
+        recorded = RecordedRequest(scope["method"], scope["path"], query, headers, body, raw_path)
         with self._lock:
             self.requests.append(recorded)
         return recorded
@@ -400,7 +426,7 @@ class FakeUpstream:
         if fault == "hang":
             await ex.pause(None)
             return
-        wire = wire_of(request.path)
+        wire = wire_of(request.raw_path)
         if fault == "error" or fault == "retry-after":
             status = 429 if fault == "retry-after" else arg
             retry = [(b"retry-after", str(arg if fault == "retry-after" else 1).encode())] if status == 429 else []
@@ -471,10 +497,12 @@ class FakeUpstream:
         chunks = _stream_chunks(head, pieces, tool_name, call_id, usage if include_usage else None, scenario.finish)
         await self._stream(ex, [*preamble, *(_sse(chunk) for chunk in chunks), b"data: [DONE]\n\n"], scenario)
 
-    async def _stream(self, ex: _Exchange, frames: list[bytes], scenario: Scenario, error_frame: bytes | None = None) -> None:
+    async def _stream(self, ex: _Exchange, frames: list[bytes], scenario: Scenario, error_frame: bytes | None = None,
+                      headers: list[tuple[bytes, bytes]] = SSE_HEADERS) -> None:
         """Write SSE frames (role chunk first), acting out the streaming faults.
 
-        ``error_frame``: what ``midstream-error`` sends (default: OpenAI's ``data: {"error": ...}``).
+        ``error_frame``: what ``midstream-error`` sends (default: OpenAI's ``data: {"error": ...}``);
+        ``headers``: the response's (Bedrock's binary event stream has its own content type).
         """
         fault, n = scenario.fault, scenario.arg
         ending = "clean"
@@ -494,7 +522,7 @@ class FakeUpstream:
             frames = [_two_data_lines(f) for f in frames]
         self._stream_delta(+1)
         try:
-            await ex.start(200, SSE_HEADERS)
+            await ex.start(200, headers)
             for index, frame in enumerate(frames):
                 if index and scenario.chunk_gap and await ex.pause(scenario.chunk_gap):
                     return

@@ -1,4 +1,8 @@
-"""OpenAI chat <-> Gemini generateContent: the one place that knows this mapping (wire-formats.md 5.6)."""
+"""OpenAI chat <-> Gemini generateContent: the one place that knows this mapping (wire-formats.md 5.6).
+
+Public, in the core, so that every adapter that speaks Gemini's format (the ``gemini`` plugin, Gemini on
+Vertex AI) shares it: a plugin never imports another plugin.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """OpenAI chat <-> Anthropic Messages: the one place that knows this mapping (wire-formats.md 4.6).
 
+Public, in the core, so that every adapter that speaks Anthropic's Messages format (the ``anthropic``
+plugin, Claude on Vertex AI) shares it: a plugin never imports another plugin.
+
 Pure functions over decoded JSON: :func:`request_to_anthropic` builds the Messages body from an OpenAI
 chat body; :func:`message_to_openai` turns a Message into a ``chat.completion``; :class:`StreamTranslator`
 turns Anthropic stream events into ``chat.completion.chunk`` events.
