@@ -69,7 +69,8 @@ def core_endpoints() -> list[Endpoint]:
     return [
         Endpoint(kind="chat", paths=("/api/chat/completions", "/api/v1/chat/completions", "/v1/chat/completions"),
                  accumulator=ChatAccumulator),
-        Endpoint(kind="embeddings", paths=("/api/embeddings", "/api/v1/embeddings", "/v1/embeddings")),
+        Endpoint(kind="embeddings", paths=("/api/embeddings", "/api/v1/embeddings", "/v1/embeddings"),
+                 max_tokens_fields=()),
     ]
 
 
