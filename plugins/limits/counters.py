@@ -162,6 +162,10 @@ class MemoryCounters:
         return allowed, current
 
     async def settle(self, adjustments: list[tuple[str, float]]) -> None:
+        self.adjust(adjustments)
+
+    def adjust(self, adjustments: list[tuple[str, float]]) -> None:
+        """:meth:`settle` without a pause: the observer settles in the process before the next call."""
         now = self.clock.now()
         for key, delta in adjustments:
             entry = self._get(key, now)

@@ -81,6 +81,7 @@ class Limits:
                 source=lambda: len(self.writer.upserts) + len(self.writer.deltas))
         self._tasks: set[asyncio.Task[None]] = set()
         self.directory: Any = None  # the users API's CustomerDirectory (set by the plugin's factory)
+        self.observed = 0  # calls the observer has seen (a test waits for its call's settle with drain())
 
     # -- life cycle -----------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -90,9 +91,13 @@ class Limits:
         self.customers.store = store
         self.writer.start(store)
 
-    async def shutdown(self) -> None:
+    async def drain(self, timeout: float = 5) -> None:
+        """Wait for the settlements in flight (Redis): at shutdown, and in tests."""
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    async def shutdown(self) -> None:
+        await self.drain()
         await self.warnings.close()
         await self.writer.close()
 
@@ -206,6 +211,7 @@ class Limits:
     # -- the settle -----------------------------------------------------------------------------
     def settle(self, call: Call) -> None:
         """Adjust the counters by what the call cost, and queue its usage totals (the observer)."""
+        self.observed += 1
         outcome = call.outcome
         reservation: Reservation | None = call.state.pop(RESERVATION, None)
         if outcome.limits is not None and outcome.limits.get("is_allowed") is False:
@@ -242,6 +248,9 @@ class Limits:
             if real != amount:
                 adjustments.append((self.key(tenant, a), real - amount))
         if not adjustments:
+            return
+        if isinstance(self.counters, MemoryCounters):
+            self.counters.adjust(adjustments)
             return
         task = asyncio.get_running_loop().create_task(self._settle(adjustments, call.request_id))
         self._tasks.add(task)
