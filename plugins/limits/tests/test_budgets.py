@@ -382,3 +382,46 @@ def test_a_cache_hit_costs_nothing_and_counts_one_request(gateway_factory) -> No
     log_id = ask(gw, customer).headers["x-respan-log-id"]
     rate = {limit["name"]: limit for limit in gw.record(log_id)["limit_info"]["limits"]}["customer_rate_limit"]
     assert rate["current_value"] == 2.0  # the hit counted one request
+
+
+# -- warnings ---------------------------------------------------------------------------------------------
+
+def test_crossing_a_warning_threshold_logs_an_event_counts_a_metric_and_calls_the_webhook(
+        gateway_factory, fake_upstream: FakeUpstream) -> None:
+    from structlog.testing import capture_logs
+
+    gw = gateway_factory(f"""
+[limits]
+warning_threshold = 0.9
+warning_thresholds = {{ customer_rate_limit = 0.5 }}
+warning_webhook_url = "{fake_upstream.url}/hooks/limits?token=hook-secret-123"
+""")
+    limits = limits_of(gw)
+    limits.clock.offset += 60 - limits.clock.now() % 60 + 1
+    customer = {"customer_identifier": "cust-warn", "rate_limit": 4}
+    with capture_logs() as events:
+        ask(gw, customer)  # 1 of 4: under half
+        ask(gw, customer)  # 2 of 4: crosses half
+        ask(gw, customer)  # 3 of 4: already past it, no second warning
+    warnings = [e for e in events if e["event"] == "limit_warning"]
+    assert len(warnings) == 1
+    assert warnings[0]["limit"] == "customer_rate_limit" and warnings[0]["subject"] == "cust-warn"
+    assert warnings[0]["current_value"] == 2.0 and warnings[0]["limit_value"] == 4.0 and warnings[0]["threshold"] == 0.5
+    metrics = httpx2.get(gw.url + "/metrics").text
+    assert 'respan_gateway_limit_warnings_total{limit="customer_rate_limit"} 1' in metrics
+    deadline = time.monotonic() + 5
+    while not (hooks := [r for r in fake_upstream.requests if r.path == "/hooks/limits"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (hook,) = hooks
+    assert hook.method == "POST" and hook.json["event"] == "limit_warning" and hook.json["limit"] == "customer_rate_limit"
+    # The webhook's URL (a credential, as Slack's) never reaches the process log.
+    assert not any("hook-secret-123" in str(e) for e in events)
+
+
+def test_warnings_are_off_at_threshold_one(gateway_factory, fake_upstream: FakeUpstream) -> None:
+    from structlog.testing import capture_logs
+
+    gw = gateway_factory("[limits]\nwarning_threshold = 1.0\n")
+    with capture_logs() as events:
+        ask(gw, {"customer_identifier": "cust-quiet", "total_budget": 0.00003})
+    assert not [e for e in events if e["event"] == "limit_warning"]
