@@ -131,10 +131,13 @@ def _blocks(current: float, amount: float, limit: float | None) -> bool:
 class MemoryCounters:
     """The counters of one process (no Redis): each step runs without an ``await``, so it is atomic."""
 
-    def __init__(self, clock: Clock, max_entries: int = 1_000_000) -> None:
+    #: Seconds between sweeps of the expired counters (one walk of the dict; windows keep it bounded).
+    PURGE_EVERY = 60.0
+
+    def __init__(self, clock: Clock) -> None:
         self.clock = clock
-        self.max_entries = max_entries
         self._values: dict[str, list[float]] = {}  # key -> [value, expires at (inf: never)]
+        self._next_purge = 0.0
 
     def _get(self, key: str, now: float) -> list[float] | None:
         entry = self._values.get(key)
@@ -151,7 +154,7 @@ class MemoryCounters:
             current.append(entry[0] if entry is not None else (c.seed or 0.0))
         allowed = not any(_blocks(v, c.amount, c.limit) for v, c in zip(current, counters))
         if allowed:
-            if len(self._values) + len(counters) > self.max_entries:
+            if now >= self._next_purge:
                 self._purge(now)
             for value, c in zip(current, counters):
                 entry = self._values.get(c.key)
@@ -181,6 +184,7 @@ class MemoryCounters:
             self._values.pop(key, None)
 
     def _purge(self, now: float) -> None:
+        self._next_purge = now + self.PURGE_EVERY
         for key in [k for k, (_, expires) in self._values.items() if expires <= now]:
             del self._values[key]
 

@@ -134,8 +134,8 @@ input_cost = 1.0
     # A budget that fits: embeddings settle at their real cost (no completion tokens are reserved).
     roomy = {"customer_identifier": "cust-embed", "total_budget": 1.0}
     client.embeddings.create(model="embed-test", input="one two three", extra_body={"customer_params": roomy})
-    user = httpx2.get(gw.base_url + "users/cust-embed/", headers=AUTH).json()
-    assert user["total_usage"] == pytest.approx(3e-6) and user["total_requests"] == 1
+    user = _settled_user(gw, "cust-embed", requests=1)
+    assert user["total_usage"] == pytest.approx(3e-6)
 
 
 def test_markup_counts_on_the_customers_usage_not_on_the_records_cost(gateway_factory, state) -> None:
