@@ -92,6 +92,9 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     nothing in Anthropic's); ``stream_error``: the event that ends a stream after a failure, from the
     error and the call (``call.outcome.chunks`` events were sent before it; default: the style's error
     event).
+    ``max_tokens_fields``: the body fields that bound the tokens an answer may generate, the first one
+    present wins (read by :meth:`max_output_tokens`, e.g. for a budget's estimate of a request's
+    cost); empty when the endpoint generates no tokens (embeddings).
     """
 
     kind: str
@@ -106,6 +109,26 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     key_headers: tuple[str, ...] = ()
     stream_done: bytes | None = None
     stream_error: Callable[[GatewayError, Call], Chunk] | None = None
+    max_tokens_fields: tuple[str, ...] = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
+    def max_output_tokens(self, call: Call) -> int | None:
+        """The request's bound on generated tokens: the first of ``max_tokens_fields`` the body holds
+        as a positive integer; None when it names none (0 when the endpoint generates no tokens)."""
+        if not self.max_tokens_fields:
+            return 0
+        for name in self.max_tokens_fields:
+            raw = call.body.get(name)
+            if raw is None:
+                continue
+            try:
+                value = _decode_int(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if value is not None and value > 0:
+                return value
+        return None
+
+
+_decode_int = msgspec.json.Decoder(int | None).decode
 
 __all__ = ["Accumulator", "ChatTranslation", "Endpoint", "ErrorStyle"]

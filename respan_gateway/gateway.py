@@ -82,7 +82,8 @@ def core_endpoints() -> list[Endpoint]:
     return [
         Endpoint(kind="chat", paths=("/api/chat/completions", "/api/v1/chat/completions", "/v1/chat/completions"),
                  accumulator=ChatAccumulator, replay=chat_replay, cacheable=chat_cacheable),
-        Endpoint(kind="embeddings", paths=("/api/embeddings", "/api/v1/embeddings", "/v1/embeddings")),
+        Endpoint(kind="embeddings", paths=("/api/embeddings", "/api/v1/embeddings", "/v1/embeddings"),
+                 max_tokens_fields=()),
     ]
 
 

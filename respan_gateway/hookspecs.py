@@ -21,6 +21,8 @@ second ``provide`` of the same Protocol fails the start. The services:
 
 - :class:`RequestLogReader`: the log records of the ``request_logs`` store (the ``logging`` plugin),
   read with the logs API's filters; used by the logs API itself and the dashboard.
+- :class:`CustomerReader`: the customers of a tenant (the ``limits`` plugin's ``customers`` store),
+  their budgets and usage totals, read-only; used by the users API and (later) the dashboard.
 """
 
 from __future__ import annotations
@@ -268,3 +270,23 @@ class RequestLogReader(Protocol):
         """Aggregates per time bucket (``None``: the whole range in one) and per group, computed in
         the database (GROUP BY), ordered by bucket then group. ``query``'s paging and order are ignored.
         ``percentiles=False`` leaves the latency percentiles None (they cost a sort; the rest a scan)."""
+
+
+@runtime_checkable
+class CustomerReader(Protocol):
+    """Reads the customers of one tenant, with their budgets and usage (provided by the ``limits``
+    plugin). A customer is the users API's record: ``customer_identifier``, ``name``, ``email``, the
+    budget fields of ``customer_params`` (``period_budget``, ``budget_duration``, ``period_start``,
+    ``period_end``, ``total_budget``, ``markup_percentage``, ``rate_limit``), and the usage totals
+    (``total_usage``: USD with markup, ``total_cost``: USD at provider prices, ``total_requests``,
+    ``total_prompt_tokens``, ``total_completion_tokens``, ``total_period_usage`` in the current
+    period). Raises ``respan_gateway.database.StoreUnavailable`` when the store cannot be reached.
+    """
+
+    async def get(self, tenant: str, customer_identifier: str) -> dict[str, Any] | None:
+        """One customer, or None."""
+
+    async def list(self, tenant: str, *, page: int = 1, page_size: int = 100,
+                   sort_by: str = "-last_active_timeframe") -> tuple[int, list[dict[str, Any]]]:
+        """(count of the tenant's customers, the page's customers); ``sort_by`` a field of the record,
+        ``-`` for descending."""
