@@ -22,6 +22,7 @@ import msgspec
 from ..call import Call, Chunk, aclose
 from ..cost import Usage, usage_from
 from ..errors import BadRequest, StreamInterrupted, UpstreamError
+from ..tokens import estimate
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.Encoder().encode
@@ -366,6 +367,15 @@ def stop_reason(finish_reason: str | None, matched: Any, stop_sequences: Any, to
     return reason, None
 
 
+def _usage(call: Call, reported: Usage | None, content: list[dict[str, Any]]) -> Usage:
+    """The answer's usage: the adapter's report, else the answer's own, else an estimate (kept as the
+    call's, marked ``estimated``): Anthropic's answers always carry usage."""
+    usage = call.outcome.usage or reported
+    if usage is None:
+        usage = call.outcome.usage = estimate(call.prompt(), {"type": "message", "content": content})
+    return usage
+
+
 def _tool_input(arguments: Any, truncated: bool) -> dict[str, Any]:
     if isinstance(arguments, dict):
         return arguments
@@ -407,7 +417,7 @@ def completion_to_message(completion: dict[str, Any], call: Call) -> dict[str, A
             "input": _tool_input(function.get("arguments"), finish == "length"),
         })
     reason, sequence = stop_reason(finish, choice.get("stop_reason"), call.get("stop_sequences"), bool(calls))
-    usage = call.outcome.usage or usage_from(completion.get("usage"))
+    usage = _usage(call, usage_from(completion.get("usage")), content)
     return {
         "id": f"msg_{call.request_id}", "type": "message", "role": "assistant",
         "model": completion.get("model") or (call.target.upstream_model if call.target else call.model) or "",
@@ -473,6 +483,7 @@ class MessagesStream:
         self.finish: str | None = None
         self.matched: Any = None  # the stop sequence the provider says ended the answer
         self.refused = False
+        self.texts: list[str] = []  # the answer's text, for an estimate when the provider reports no usage
         self.usage: Usage | None = None
 
     def feed(self, chunk: Chunk) -> list[Chunk]:
@@ -515,7 +526,7 @@ class MessagesStream:
             raise StreamInterrupted("the provider ended the stream before the answer was complete")
         out = [] if self.started else [self._start(None)]
         reason, sequence = stop_reason(self.finish, self.matched, self.stop_sequences, bool(self.tools))
-        usage = self.call.outcome.usage or self.usage
+        usage = _usage(self.call, self.usage, [{"type": "text", "text": "".join(self.texts)}])
         out.append(_event({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
                            "usage": anthropic_usage(usage)}))
         out.append(_event({"type": "message_stop"}))
@@ -551,6 +562,8 @@ class MessagesStream:
             block = {"type": "thinking", "thinking": "", "signature": ""} if kind == "thinking" else {"type": "text", "text": ""}
             out += self._open(kind, block)
         assert self.open is not None
+        if kind == "text":
+            self.texts.append(text)
         delta = {"type": "thinking_delta", "thinking": text} if kind == "thinking" else {"type": "text_delta", "text": text}
         out.append(_event({"type": "content_block_delta", "index": self.open[1], "delta": delta}))
         return out
