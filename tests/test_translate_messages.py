@@ -109,3 +109,11 @@ def test_assistant_history_and_system_shapes() -> None:
     ]
     assert body["response_format"]["json_schema"] == {"name": "output", "schema": {"type": "object"}, "strict": True}
     assert body["reasoning_effort"] == "high"
+
+
+def test_chat_fields_sent_as_such_win_and_others_pass_through() -> None:
+    body = request_to_chat({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}],
+                            "thinking": {"type": "enabled", "budget_tokens": 8000}, "reasoning_effort": "minimal",
+                            "top_k": 5, "mock_response": "x"})
+    assert (body["reasoning_effort"], body["top_k"], body["mock_response"]) == ("minimal", 5, "x")
+    assert "thinking" not in body and body["max_completion_tokens"] == 10

@@ -42,7 +42,8 @@ EFFORT_FOR_BUDGET = ((4096, "high"), (2048, "medium"), (0, "low"))
 EFFORTS = {"low": "low", "medium": "medium", "high": "high", "max": "high"}
 
 # Fields of a Messages request that the translation reads; any other field passes through to the chat
-# body unchanged (a provider extension such as the mock's ``mock_response``), for the provider to judge.
+# body unchanged (a provider extension such as the mock's ``mock_response``, or a chat field such as
+# ``reasoning_effort``, which then wins over the mapped one), for the provider to judge.
 _MAPPED = frozenset({
     "model", "messages", "system", "max_tokens", "stop_sequences", "stream", "temperature", "top_p", "tools",
     "tool_choice", "metadata", "thinking", "output_config", "output_format", "service_tier", "cache_control",
@@ -95,7 +96,7 @@ def request_to_chat(body: dict[str, Any], stream: bool = False) -> dict[str, Any
     if fmt is not None:
         out["response_format"] = fmt
     for key, value in body.items():
-        if key not in _MAPPED and key not in out:
+        if key not in _MAPPED:  # a chat field sent as such (e.g. `reasoning_effort`) wins over the mapped one
             out[key] = value
     if stream:
         out["stream"] = True
