@@ -292,3 +292,24 @@ def test_parse_scenario() -> None:
         parse_scenario("model")
     with pytest.raises(ValueError, match="400-599"):
         parse_scenario("error-42")
+
+
+def test_stop_sequences_end_the_answer_and_are_named_as_vllm_does(client: OpenAI) -> None:
+    answer = client.chat.completions.create(model="fake-model", messages=MESSAGES, stop=["###", "fake"])
+    choice = answer.choices[0]
+    assert (choice.message.content, choice.finish_reason) == ("Hello from the ", "stop")
+    assert choice.model_extra["stop_reason"] == "fake"
+    chunks = list(client.chat.completions.create(model="fake-model", messages=MESSAGES, stop="from", stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello "
+    assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].choices[0].model_extra["stop_reason"] == "from"
+    plain = client.chat.completions.create(model="fake-model", messages=MESSAGES, stop="###").choices[0]
+    assert plain.message.content == "Hello from the fake upstream!" and "stop_reason" not in (plain.model_extra or {})
+
+
+def test_reasoning_scenario(client: OpenAI) -> None:
+    answer = client.chat.completions.create(model="fake-reasoning", messages=MESSAGES)
+    assert answer.choices[0].message.model_extra["reasoning_content"] == "Let me think."
+    assert answer.usage.completion_tokens == 8 and answer.usage.completion_tokens_details.reasoning_tokens == 3
+    chunks = list(client.chat.completions.create(model="fake-reasoning", messages=MESSAGES, stream=True))
+    assert chunks[1].choices[0].delta.model_extra["reasoning_content"] == "Let me think."
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello from the fake upstream!"

@@ -26,6 +26,7 @@ from respan_gateway import (
 from respan_gateway.hookspecs import RegisterEndpoint, RegisterProvider
 from respan_gateway.openai_chat import include_usage
 from respan_gateway.providers import generic_error_fields
+from respan_gateway.translate.messages import MESSAGES_VIA_CHAT
 
 from respan_gateway.translate.anthropic import StreamTranslator, message_to_openai, normalised_usage, request_to_anthropic, stream_error
 
@@ -175,10 +176,11 @@ def _native_defaults(call: Call) -> None:
         call.set("max_tokens", 4096)  # SPEC section 1: the native endpoint's default
 
 
-#: ``POST /api/anthropic/v1/messages``: Anthropic's Messages API, errors in Anthropic's envelope.
+#: ``POST /api/anthropic/v1/messages``: Anthropic's Messages API, errors in Anthropic's envelope. A model
+#: of a provider whose adapter speaks only chat is served through the core's translation.
 NATIVE_ENDPOINT = Endpoint(
     kind="anthropic_messages", paths=(NATIVE_PATH,), style="anthropic", prepare=_native_defaults,
-    accumulator=MessagesAccumulator, own_fields=frozenset({"metadata"}),
+    accumulator=MessagesAccumulator, own_fields=frozenset({"metadata"}), via_chat=MESSAGES_VIA_CHAT,
     # A response cache replays a stored message as a stream, and keys on the betas (they change the answer).
     replay=replay, cacheable=cacheable, key_headers=("anthropic-beta",),
 )

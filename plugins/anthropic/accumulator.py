@@ -5,7 +5,8 @@
 block (text with its citations, tool use with its parsed input, thinking with its signature, and any
 other block as it started), the usage in Anthropic's shape (``message_start``'s, with the counts of
 ``message_delta`` over it). Observers that need the answer (``needs_answer``) read it, and a response
-cache stores it.
+cache stores it. The same events come from Anthropic itself and from the core's translation of a chat
+provider's stream (``respan_gateway.translate.messages``), so both are logged and cached alike.
 
 :func:`replay` is the other way: the events that stream a stored ``message`` again, as Anthropic
 streams it (``message_start``, each block's start, delta and stop, ``message_delta``, ``message_stop``).

@@ -1,6 +1,8 @@
 """A conformance suite any provider plugin runs against itself: chat, stream, tools, errors, usage
 (in the answer and in ``call.outcome.usage``), and the Responses API at ``/api/responses`` (served
-natively by an adapter with a ``responses`` method, else through its chat: the same checks hold).
+natively by an adapter with a ``responses`` method, else through its chat: the same checks hold), and the native Anthropic endpoint
+(``/api/anthropic/v1/messages``, through the ``anthropic`` SDK), which an adapter that speaks only chat
+serves through the core's translation (``respan_gateway.translate.messages``).
 
 Subclass :class:`ProviderConformance` in a test module, name the provider table and its id, and pytest
 runs every check through the real ``openai`` SDK (strict response validation) against the gateway on a
@@ -38,7 +40,7 @@ import pytest
 
 from .call_recorder import CallRecorder
 from .fake_upstream import ANSWER_WORDS, FakeUpstream
-from .gateway_server import GatewayServer, test_config
+from .gateway_server import TEST_KEY, GatewayServer, test_config
 
 #: The text the fake upstream answers (in 5 streamed pieces by default).
 ANSWER = " ".join(ANSWER_WORDS)
@@ -53,6 +55,10 @@ WEATHER_TOOL = {
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
 #: The same function tool in the Responses API's flat shape.
 WEATHER_FUNCTION = {"type": "function", **WEATHER_TOOL["function"]}
+ANTHROPIC_WEATHER_TOOL = {
+    "name": "get_weather", "description": "Current weather for a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 
 
 class ProviderConformance:
@@ -94,6 +100,13 @@ class ProviderConformance:
     @pytest.fixture
     def client(self, conformance_gateway: GatewayServer) -> Any:
         return conformance_gateway.openai(_strict_response_validation=True)
+
+    @pytest.fixture
+    def anthropic_client(self, conformance_gateway: GatewayServer) -> Any:
+        """The ``anthropic`` SDK (strict response validation) on the gateway's native Anthropic endpoint."""
+        anthropic = pytest.importorskip("anthropic")
+        return anthropic.Anthropic(base_url=conformance_gateway.url + "/api/anthropic", api_key=TEST_KEY, max_retries=0,
+                                   _strict_response_validation=True)
 
     # -- chat -------------------------------------------------------------------------------------
     def test_chat_text(self, client: Any) -> None:
@@ -270,3 +283,40 @@ class ProviderConformance:
         assert types[0] == "response.created" and types[-2:] == ["response.failed", "error"], types
         assert events[-2].response.status == "failed" and events[-2].response.error.message
         assert [e.sequence_number for e in events] == list(range(len(events)))
+    # -- the native Anthropic endpoint ------------------------------------------------------------
+    def test_anthropic_messages(self, anthropic_client: Any) -> None:
+        message = anthropic_client.messages.create(model=self.slug(), max_tokens=100, messages=USER, system="Be terse.")
+        assert message.type == "message" and message.role == "assistant" and message.stop_reason == "end_turn"
+        assert [b.type for b in message.content] == ["text"] and message.content[0].text == ANSWER
+        assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
+
+    def test_anthropic_messages_stream(self, anthropic_client: Any) -> None:
+        with anthropic_client.messages.stream(model=self.slug(), max_tokens=100, messages=USER) as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        assert text == ANSWER and final.stop_reason == "end_turn"
+        assert final.usage.output_tokens > 0, "message_delta carries the usage"
+
+    def test_anthropic_messages_tool_round_trip(self, anthropic_client: Any) -> None:
+        with anthropic_client.messages.stream(model=self.slug(), max_tokens=100, messages=USER, tools=[ANTHROPIC_WEATHER_TOOL]) as stream:
+            first = stream.get_final_message()
+        assert first.stop_reason == "tool_use"
+        use = first.content[-1]
+        assert use.type == "tool_use" and use.id and use.name == "get_weather" and use.input == {"city": "Paris"}
+        messages = [*USER, {"role": "assistant", "content": [{"type": "tool_use", "id": use.id, "name": use.name, "input": use.input}]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": '{"temp_c": 21}'}]}]
+        second = anthropic_client.messages.create(model=self.slug(), max_tokens=100, messages=messages,
+                                                  tools=[ANTHROPIC_WEATHER_TOOL], tool_choice={"type": "none"})
+        assert second.stop_reason == "end_turn" and second.content[0].text == ANSWER
+
+    def test_anthropic_messages_errors(self, anthropic_client: Any) -> None:
+        import anthropic
+
+        with pytest.raises(anthropic.BadRequestError) as info:  # 400: not retried, so the check stays fast
+            anthropic_client.messages.create(model=self.slug("error-400"), max_tokens=10, messages=USER)
+        assert info.value.body["type"] == "error" and info.value.body["error"]["type"] == "invalid_request_error"
+        with pytest.raises(anthropic.APIStatusError) as info:
+            with anthropic_client.messages.stream(model=self.slug("midstream-error"), max_tokens=10, messages=USER) as stream:
+                for _ in stream:
+                    pass
+        assert info.value.body["type"] == "error", "an error after the first event is an Anthropic error event"

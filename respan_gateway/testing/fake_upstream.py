@@ -40,6 +40,8 @@ call to the tool named by ``tool_choice`` or else the first tool, arguments ``{"
 request for structured output (chat ``response_format`` or Responses ``text.format`` of type
 ``json_schema``) is answered with a JSON object of the schema's properties (strings ``"Paris"``,
 numbers ``21``, booleans ``true``), in two pieces.
+A ``stop`` sequence found in the answer text ends the answer before it (``finish_reason`` "stop"), and
+the choice names the sequence in ``stop_reason``, as vLLM does.
 
 Scenarios. Taken from the ``x-fake-scenario`` header or, when that is absent, from a request
 ``model`` starting with ``fake-`` (``model="fake-error-500"`` means ``error-500``). The value is a
@@ -49,6 +51,8 @@ ignored (so ``model="fake-model"`` is just a model).
 
     ``ok``                     default answer.
     ``tool_call``              answer with a tool call even without ``tools`` (name "fake_tool").
+    ``reasoning``              chat: the answer starts with the reasoning "Let me think." (3 reasoning
+                               tokens), as ``message.reasoning_content`` / ``delta.reasoning_content``.
     ``chunks-<n>``             n content pieces (stream and non-stream), default 5.
     ``slow-chunks-<ms>``       streaming: wait <ms> between SSE events.
     ``slow-first-byte-<ms>``   wait <ms> before the response headers (any endpoint).
@@ -118,6 +122,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 ANSWER_WORDS = "Hello from the fake upstream!".split()
 TOOL_ARGUMENT_FRAGMENTS = ['{"city":', '"Paris"}']
+REASONING = "Let me think."
 MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "fake-model"]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 ERROR_KINDS = {  # status -> (type, code), per wire-formats 1.6
@@ -153,6 +158,7 @@ class Scenario:
     fault: str | None = None  # "error", "error-text", "retry-after", "reset", "hang", "cut-after", ...
     arg: int = 0  # the fault's number: status, seconds or chunk count
     tool_call: bool = False
+    reasoning: bool = False  # chat answers carry reasoning_content
     chunks: int = 5
     chunk_gap: float = 0.0  # seconds
     first_byte_delay: float = 0.0  # seconds
@@ -182,6 +188,8 @@ def parse_scenario(value: str, *, strict: bool = True) -> Scenario:
             scenario = replace(scenario, echo_headers=True)
         elif name in ("tool_call", "tool-call"):
             scenario = replace(scenario, tool_call=True)
+        elif name == "reasoning":
+            scenario = replace(scenario, reasoning=True)
         elif name == "multiline-data":
             scenario = replace(scenario, multiline=True)
         elif name == "chunks":
@@ -470,12 +478,17 @@ class FakeUpstream:
         fmt = body.get("response_format")
         if not tool_name and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
             pieces = _json_pieces((fmt.get("json_schema") or {}).get("schema"))
+        matched = None
+        if not tool_name:
+            pieces, matched = _cut_at_stop(pieces, body.get("stop"))
+        reasoning = REASONING if scenario.reasoning else None
+        thinking_tokens = 3 if reasoning else 0
         prompt_tokens = _count_words(body.get("messages")) + scenario.cache_read
         usage = {
-            "prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
-            "total_tokens": prompt_tokens + len(pieces),
+            "prompt_tokens": prompt_tokens, "completion_tokens": len(pieces) + thinking_tokens,
+            "total_tokens": prompt_tokens + len(pieces) + thinking_tokens,
             "prompt_tokens_details": {"cached_tokens": scenario.cache_read, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+            "completion_tokens_details": {"reasoning_tokens": thinking_tokens, "audio_tokens": 0,
                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
         }
         completion_id = f"chatcmpl-fake{next(self._ids):06d}"
@@ -489,12 +502,17 @@ class FakeUpstream:
             else:
                 message = {"role": "assistant", "content": "".join(pieces), "refusal": None, "annotations": []}
                 finish = "stop"
+            if reasoning:
+                message["reasoning_content"] = reasoning
             finish = scenario.finish or finish
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            if matched is not None:
+                choice["stop_reason"] = matched
             return await ex.respond(200, {**head, "choices": [choice], "usage": usage,
                                           "service_tier": "default", "system_fingerprint": "fp_fake"})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        chunks = _stream_chunks(head, pieces, tool_name, call_id, usage if include_usage else None, scenario.finish)
+        chunks = _stream_chunks(head, pieces, tool_name, call_id, usage if include_usage else None, scenario.finish,
+                                reasoning=reasoning, stop_reason=matched)
         await self._stream(ex, [*preamble, *(_sse(chunk) for chunk in chunks), b"data: [DONE]\n\n"], scenario)
 
     async def _stream(self, ex: _Exchange, frames: list[bytes], scenario: Scenario, error_frame: bytes | None = None,
@@ -721,8 +739,28 @@ def _tool_name(body: Message, scenario: Scenario) -> str | None:
     return None
 
 
+def _cut_at_stop(pieces: list[str], stop: Any) -> tuple[list[str], str | None]:
+    """The answer pieces ended before the first ``stop`` sequence found in their text, and that sequence."""
+    stops = [stop] if isinstance(stop, str) else [s for s in stop if isinstance(s, str) and s] if isinstance(stop, list) else []
+    text = "".join(pieces)
+    found = [(text.find(s), s) for s in stops if s and s in text]
+    if not found:
+        return pieces, None
+    cut, matched = min(found)
+    kept, seen = [], 0
+    for piece in pieces:
+        if seen + len(piece) >= cut:
+            if cut > seen:
+                kept.append(piece[: cut - seen])
+            break
+        kept.append(piece)
+        seen += len(piece)
+    return kept, matched
+
+
 def _stream_chunks(head: Message, pieces: list[str], tool_name: str | None, call_id: str,
-                   usage: Message | None, finish_reason: str | None = None) -> list[Message]:
+                   usage: Message | None, finish_reason: str | None = None, *, reasoning: str | None = None,
+                   stop_reason: str | None = None) -> list[Message]:
     """The chunk objects of one streamed completion, as in wire-formats 1.5."""
     if tool_name:
         first: Message = {"role": "assistant", "content": None, "tool_calls": [
@@ -737,9 +775,13 @@ def _stream_chunks(head: Message, pieces: list[str], tool_name: str | None, call
     base = {**head, "object": "chat.completion.chunk", "system_fingerprint": "fp_fake"}
 
     def chunk(delta: Message, finish_reason: str | None = None) -> Message:
-        return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-                **extra}
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        if finish_reason and stop_reason is not None:
+            choice["stop_reason"] = stop_reason
+        return {**base, "choices": [choice], **extra}
 
+    if reasoning:
+        deltas.insert(0, {"reasoning_content": reasoning})
     chunks = [chunk(first), *(chunk(d) for d in deltas), chunk({}, finish_reason or finish)]
     if usage is not None:
         chunks.append({**base, "choices": [], "usage": usage})

@@ -1,3 +1,4 @@
-"""The translations between the wire formats the gateway serves and OpenAI chat completions, its common
-shape: one module per format (``responses``: the OpenAI Responses API), each public, so that every
-provider adapter and plugin reuses the same mapping."""
+"""The one translation layer: each endpoint's wire format to and from OpenAI chat completions, one
+module per wire format (``responses``: the OpenAI Responses API; ``messages``: Anthropic Messages;
+``anthropic`` and ``gemini``: those providers' own formats for their adapters), each public, so that
+every provider adapter that speaks chat serves every endpoint (``Endpoint.via_chat``)."""

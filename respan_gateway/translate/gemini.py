@@ -43,13 +43,13 @@ FINISH_REASONS = {
 _EFFORT_BUDGETS = {"none": 0, "minimal": 0, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768, "max": 32768}
 # OpenAI fields mapped below; any other field passes through untouched (safetySettings, cachedContent...).
 _MAPPED = frozenset({
-    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
     "stop", "n", "seed", "presence_penalty", "frequency_penalty", "response_format", "logprobs", "top_logprobs",
     "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort", "user", "metadata", "store", "service_tier",
     "logit_bias", "prompt_cache_key", "safety_identifier", "verbosity", "modalities", "functions", "function_call",
 })
 _GENERATION = (("max_completion_tokens", "maxOutputTokens"), ("max_tokens", "maxOutputTokens"), ("temperature", "temperature"),
-               ("top_p", "topP"), ("n", "candidateCount"), ("seed", "seed"), ("presence_penalty", "presencePenalty"),
+               ("top_p", "topP"), ("top_k", "topK"), ("n", "candidateCount"), ("seed", "seed"), ("presence_penalty", "presencePenalty"),
                ("frequency_penalty", "frequencyPenalty"), ("top_logprobs", "logprobs"))
 
 

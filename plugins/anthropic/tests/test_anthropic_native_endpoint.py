@@ -132,10 +132,13 @@ def test_midstream_error_is_an_anthropic_error_event(bearer: anthropic.Anthropic
     assert info.value.body["error"]["type"] == "overloaded_error"
 
 
-def test_openai_provider_does_not_serve_the_native_endpoint(bearer: anthropic.Anthropic) -> None:
-    with pytest.raises(anthropic.BadRequestError) as info:
-        bearer.messages.create(model="fake/gpt-4o-mini", max_tokens=10, messages=MESSAGES)
-    assert "does not serve this endpoint" in info.value.message
+def test_a_chat_provider_serves_the_native_endpoint_through_the_translation(bearer: anthropic.Anthropic, fake_upstream: FakeUpstream) -> None:
+    # (test_anthropic_via_chat.py covers the translation; here: the Anthropic adapter's own path stays native.)
+    message = bearer.messages.create(model="fake/gpt-4o-mini", max_tokens=10, messages=MESSAGES)
+    assert message.content[0].text == "Hello from the fake upstream!"
+    assert fake_upstream.requests[-1].path == "/v1/chat/completions"
+    bearer.messages.create(model="claude-test", max_tokens=10, messages=MESSAGES)
+    assert fake_upstream.requests[-1].path == "/v1/messages"
 
 
 def test_native_usage_reaches_the_outcome(gateway_factory: Callable[..., GatewayServer], fake_upstream: FakeUpstream) -> None:

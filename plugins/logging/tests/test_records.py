@@ -293,6 +293,32 @@ def test_native_anthropic_stream_record_is_assembled_by_the_endpoints_accumulato
     assert record["usage_estimated"] is False and record["prompt_tokens"] > 0 and record["completion_tokens"] > 0
 
 
+def test_anthropic_endpoint_over_a_chat_provider_is_logged_in_anthropic_shape(logged_gateway) -> None:
+    import anthropic
+
+    gw = logged_gateway()
+    client = anthropic.Anthropic(base_url=gw.url + "/api/anthropic", api_key=TEST_KEY, max_retries=0)
+    user = [{"role": "user", "content": "Say hello to Paris"}]
+    raw = client.messages.with_raw_response.create(model="gpt-test", max_tokens=50, messages=user, system="Be terse.")
+    message = raw.parse()
+    record = Logs(gw.url).get(raw.headers["x-respan-log-id"])
+    assert (record["endpoint"], record["model"], record["provider_id"], record["status_code"]) == ("anthropic_messages", "gpt-test", "fake", 200)
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (6, 5) and record["usage_estimated"] is False
+    assert record["cost"] == pytest.approx((6 * 1.0 + 5 * 2.0) / 1e6)
+    assert record["prompt_messages"] == user  # the request as the client sent it, not the translated chat body
+    assert record["completion_message"] == {"role": "assistant", "content": [{"type": "text", "text": ANSWER}]}
+    assert record["full_response"]["id"] == message.id and record["full_response"]["stop_reason"] == "end_turn"
+
+    tool = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    raw = client.messages.with_raw_response.create(model="gpt-test", max_tokens=50, messages=user, tools=[tool], stream=True)
+    assert [e.type for e in raw.parse()][-1] == "message_stop"
+    record = Logs(gw.url).wait_for(raw.headers["x-respan-log-id"])
+    assert (record["stream"], record["prompt_tokens"], record["completion_tokens"]) == (True, 4, 2)
+    assert record["usage_estimated"] is False and record["cost"] == pytest.approx((4 * 1.0 + 2 * 2.0) / 1e6)
+    (block,) = record["completion_message"]["content"]
+    assert (block["type"], block["name"], block["input"]) == ("tool_use", "get_weather", {"city": "Paris"})
+
+
 def test_customer_is_normalised_once_from_customer_params(logged_gateway) -> None:
     gw = logged_gateway()
     raw = gw.openai().chat.completions.with_raw_response.create(
