@@ -4,7 +4,8 @@ processes with two workers each, one PostgreSQL, one Redis, nginx (Debian's pack
 What an operator relies on: every request gets one log record in the shared database, whichever
 replica and worker served it; the logs API of either replica sees all of them; a replica stopped
 mid-load (SIGTERM, as Kubernetes and compose stop a container) loses no request the load balancer
-can retry and no log record.
+can retry and no log record; a cached answer made by one replica is a hit on the other; a customer's
+budget holds across both (the limits plugin's own two-process test measures the overshoot bound).
 """
 
 from __future__ import annotations
@@ -225,3 +226,51 @@ def test_a_replica_stopped_mid_load_loses_no_request_and_no_record(stack) -> Non
     assert len(set(ids)) == 150
     records = _records(second.url, run, 150)
     assert sorted(r["unique_id"] for r in records) == sorted(ids)
+
+
+def test_a_hit_cached_by_one_replica_is_served_by_the_other(stack, fake_upstream) -> None:
+    first, second = stack["replicas"]
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": f"cache me {uuid.uuid4().hex}"}],
+            "cache_enabled": True}
+    answers = []
+    for replica in (first, second, second, first):
+        r = httpx2.post(replica.url + "/api/chat/completions", json=body, headers=HEADERS, timeout=30)
+        assert r.status_code == 200, r.text
+        answers.append((r.headers["x-respan-cache"], r.json()["choices"][0]["message"]["content"]))
+    assert [a[0] for a in answers] == ["MISS", "HIT", "HIT", "HIT"]
+    assert len({a[1] for a in answers}) == 1
+    asked = [r for r in fake_upstream.requests if r.path.endswith("/chat/completions")
+             and r.json["messages"] == body["messages"]]
+    assert len(asked) == 1
+
+
+def test_a_customer_budget_holds_across_both_replicas(stack) -> None:
+    lb, replicas = stack["lb"], stack["replicas"]
+    customer = f"customer-{uuid.uuid4().hex[:8]}"
+    # gpt-test costs $1 / $2 per 1M tokens: a budget of a few requests' cost.
+    body = {"model": "gpt-test", "messages": MESSAGES, "max_tokens": 20, "customer_identifier": customer,
+            "customer_params": {"total_budget": 0.0002}}
+    statuses = []
+    for _ in range(40):
+        r = httpx2.post(lb.url + "/api/chat/completions", json=body, headers=HEADERS, timeout=30)
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            assert r.json()["error"]["code"] == "budget_exceeded"
+    assert 200 in statuses and 429 in statuses, statuses
+    assert statuses.index(429) == statuses.count(200)  # once refused, always refused
+    # Both replicas read the same settled spend, within the budget plus the one call in flight at a time.
+    deadline = time.monotonic() + 20
+    while True:
+        totals = []
+        for replica in replicas:
+            r = httpx2.get(f"{replica.url}/api/users/{customer}/", headers=HEADERS, timeout=10)
+            assert r.status_code == 200, r.text
+            totals.append(r.json())
+        settled = totals[0]["total_requests"] == statuses.count(200)
+        if (settled and totals[0] == totals[1]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert totals[0] == totals[1] and settled, totals
+    per_call = totals[0]["total_usage"] / totals[0]["total_requests"]
+    assert per_call > 0
+    assert totals[0]["total_usage"] <= 0.0002 + per_call * 1.01
