@@ -118,12 +118,15 @@ class Gateway:
 
     # -- start-up ---------------------------------------------------------------------------------
     @classmethod
-    def build(cls, config: Config, plugins: Iterable[Any] = ()) -> Gateway:
+    def build(cls, config: Config, plugins: Iterable[Any] = (), *, replaces: Gateway | None = None) -> Gateway:
         """Load plugins (blocked ones never imported), validate, and compile the pipeline.
 
         ``plugins``: extra plugin objects to register, as a test registers a plugin it defines.
+        ``replaces``: the gateway this one takes over from (a config reload): its metrics carry over.
         """
         gw = cls(config)
+        if replaces is not None:
+            gw.metrics = Registry(previous=replaces.metrics)
         gw._load_plugins(plugins)
         registrations, observers = gw._collect()
         components = gw._component_registrations
@@ -388,10 +391,19 @@ class Gateway:
             await self._http.aclose()
             self._http = None
 
+    #: Checks ``/readyz`` reports without failing on them: Redis is shared by every replica, so a
+    #: Redis outage failing readiness would take every replica out of the load balancer at once, while
+    #: each still answers (the cache degrades to no cache; budgets refuse with 503, their own choice).
+    ADVISORY_CHECKS = frozenset({"redis"})
+
     async def ready(self) -> dict[str, bool]:
+        """Each check of ``/readyz``: the database (when a plugin keeps a store), Redis (when
+        ``[state] redis_url`` is set; see :attr:`ADVISORY_CHECKS`) and each component's ``ready()``."""
         checks = {}
         if self.database is not None:
             checks["database"] = await self.database.ping()
+        if self.state.shared:
+            checks["redis"] = await self.state.ping()
         for name, component in [*self.middlewares, *self.observers, *self.components, *self.providers.items()]:
             if hasattr(component, "ready"):
                 try:
