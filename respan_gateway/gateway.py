@@ -285,7 +285,9 @@ class Gateway:
             reg = registrations.get(name)
             if reg is None:
                 raise ConfigError(f"{self.config.source}: `plugins.pipeline`: no loaded plugin provides middleware `{name}`")
-            self.middlewares.append((name, self._make("middleware", name, reg.factory, reg.settings, reg.plugin)))
+            middleware = self._make("middleware", name, reg.factory, reg.settings, reg.plugin)
+            if middleware is not None:  # None: the plugin does not run with this config (hookspecs)
+                self.middlewares.append((name, middleware))
         handler: CallNext = self.dispatch
         for _, middleware in reversed(self.middlewares):
             handler = _link(middleware, handler)
@@ -304,6 +306,8 @@ class Gateway:
     def _build_observers(self, registrations: dict[str, ObserverRegistration]) -> None:
         for reg in registrations.values():
             observer = self._make("observer", reg.name, reg.factory, reg.settings, reg.plugin)
+            if observer is None:
+                continue
             if not callable(getattr(observer, "observe", None)):
                 raise ConfigError(f"observer `{reg.name}` (plugin `{reg.plugin}`) has no observe(call) method")
             self.observers.append((reg.name, observer))
@@ -311,7 +315,9 @@ class Gateway:
 
     def _build_components(self, registrations: dict[str, ObserverRegistration]) -> None:
         for reg in registrations.values():
-            self.components.append((reg.name, self._make("component", reg.name, reg.factory, reg.settings, reg.plugin)))
+            component = self._make("component", reg.name, reg.factory, reg.settings, reg.plugin)
+            if component is not None:
+                self.components.append((reg.name, component))
 
     def _check_requirements(self, middlewares: dict[str, MiddlewareRegistration],
                             observers: dict[str, ObserverRegistration]) -> None:
