@@ -248,11 +248,16 @@ class ReloadingApp:
             self._loop.add_signal_handler(signal.SIGHUP, lambda: self._loop.create_task(self.reload()))  # type: ignore[union-attr]
         except (NotImplementedError, RuntimeError, ValueError):  # an event loop without signal support
             self._loop = None
+            return
+        # The master of `serve` blocks SIGHUP before its workers start (cli.SighupForwarder): from
+        # now on it reaches the handler, a reload asked while this worker started included.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
     def _unwatch_sighup(self) -> None:
         if self._loop is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_signal_handler(signal.SIGHUP)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # draining: a late SIGHUP must not kill it
             self._loop = None
 
     async def reload(self) -> bool:

@@ -27,6 +27,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
@@ -114,11 +115,40 @@ def _cgroup_quota(root: Path) -> float | None:
 
 def _forward_sighup(pids: Any) -> None:
     """The master's SIGHUP: each worker reloads the config itself (and keeps its own when it is bad)."""
-    for pid in pids():
+    try:
+        targets = list(pids())
+    except Exception as exc:  # noqa: BLE001 - say it; the next SIGHUP tries again
+        print(f"respan-gateway: SIGHUP not passed on to the workers: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return
+    for pid in targets:
         try:
             os.kill(pid, signal.SIGHUP)
         except (ProcessLookupError, TypeError):
             pass
+
+
+class SighupForwarder:
+    """In a master with worker processes: SIGHUP is blocked (before any worker starts, so every
+    worker inherits the mask, through fork and exec alike) and a thread waits for it and sends it on
+    to the workers. A worker unblocks it once its handler is installed: a reload asked while a worker
+    is still starting is delivered then, never lost, and never kills the worker (SIGHUP's default).
+    The server's own SIGHUP handling (uvicorn and granian restart every worker) never runs."""
+
+    def __init__(self) -> None:
+        self.pids: Any = lambda: []
+
+    def start(self, pids: Any = None) -> SighupForwarder:
+        if pids is not None:
+            self.pids = pids
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+            threading.Thread(target=self._run, name="respan-sighup", daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            signal.sigwait({signal.SIGHUP})
+            _forward_sighup(self.pids)
 
 
 def _serve_hypercorn(server: ServerSettings, host: str, port: int, workers: int) -> int:
@@ -149,14 +179,15 @@ def _hypercorn_master(hc: Any, server: ServerSettings) -> int:
     ctx = multiprocessing.get_context("spawn")
     sockets = hc.create_sockets()
     stop = ctx.Event()
+    processes: list[Any] = []
+    SighupForwarder().start(lambda: [p.pid for p in processes if p.is_alive()])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited until the worker installs its handlers
-    processes = [ctx.Process(target=_hypercorn_worker, kwargs={"config": hc, "sockets": sockets, "stop": stop})
-                 for _ in range(hc.workers)]
+    processes += [ctx.Process(target=_hypercorn_worker, kwargs={"config": hc, "sockets": sockets, "stop": stop})
+                  for _ in range(hc.workers)]
     for process in processes:
         process.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: _forward_sighup(lambda: [p.pid for p in processes if p.is_alive()]))
     # A worker that dies on its own ends the server (as with hypercorn): the others drain.
     while any(p.is_alive() for p in processes):
         wait([p.sentinel for p in processes if p.is_alive()], timeout=1)
@@ -216,15 +247,14 @@ def _serve_uvicorn(server: ServerSettings, host: str, port: int, workers: int) -
         uvicorn.run("respan_gateway.asgi:app", **options)
         return 0
     # uvicorn's own master restarts every worker on SIGHUP (a worker that cannot start on a bad
-    # config would then stop the server): this one passes SIGHUP on, each worker reloads in place.
+    # config would then stop the server): here SIGHUP goes on to the workers, each reloads in place.
     from uvicorn.supervisors import Multiprocess
 
-    class Supervisor(Multiprocess):
-        def handle_hup(self) -> None:
-            _forward_sighup(lambda: [p.pid for p in self.processes])
-
     config = uvicorn.Config("respan_gateway.asgi:app", **options)
-    Supervisor(config, sockets=[config.bind_socket()]).run()
+    forwarder = SighupForwarder().start()
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    forwarder.pids = lambda: [p.pid for p in supervisor.processes]
+    supervisor.run()
     return 0
 
 
@@ -232,16 +262,16 @@ def _serve_granian(server: ServerSettings, host: str, port: int, workers: int) -
     # Optional server (pip install granian): Rust HTTP stack, see docs/performance.md.
     from granian.server import Server
 
-    class Supervisor(Server):  # type: ignore[misc, valid-type]
-        # granian respawns every worker on SIGHUP; here each worker reloads its config in place.
-        def signal_handler_reload(self, *args: Any, **kwargs: Any) -> None:
-            _forward_sighup(lambda: [w.pid for w in self.wrks])
-
-    Supervisor(
+    # granian respawns every worker on SIGHUP; here SIGHUP goes on to the workers (always processes
+    # of their own with granian), each reloads its config in place.
+    forwarder = SighupForwarder().start()
+    granian = Server(
         "respan_gateway.asgi:app", address=host, port=port, interface="asgi", workers=max(workers, 1),
         loop="uvloop" if _has_uvloop() else "asyncio", log_access=False, backlog=server.backlog,
         workers_kill_timeout=int(server.graceful_timeout) or None,
-    ).serve()
+    )
+    forwarder.pids = lambda: [getattr(getattr(w, "inner", w), "pid", None) for w in granian.wrks]
+    granian.serve()
     return 0
 
 
