@@ -45,7 +45,8 @@ def new_request_id() -> str:
 
 
 class RequestIdMiddleware:
-    """Gives every request an id (``scope["state"]["request_id"]``) and every response its header."""
+    """Gives every request an id (``scope["state"]["request_id"]``), every response its header, and
+    every process-log line written while it is answered a ``request_id`` (structlog's contextvars)."""
 
     def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
@@ -64,7 +65,12 @@ class RequestIdMiddleware:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        # Every process-log line written while the request is answered carries its id.
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
 
 
 class AdmissionMiddleware:

@@ -24,7 +24,7 @@ from .cost import cost as price
 from .cost import usage_from
 from .database import Database, Migration
 from .endpoints import Endpoint
-from .errors import BadRequest, GatewayError
+from .errors import BadRequest, GatewayError, Overloaded
 from .log import add_secrets
 from .model_catalog import available_models
 from .params import request_secrets, strip_params
@@ -430,6 +430,11 @@ class Gateway:
             outcome.ended = time.perf_counter()
         answered = outcome.stream_end is not None or outcome.status < 400  # a stream's part counts
         self.settle(call, outcome.answer if answered else None)
+        if outcome.status >= 500 and not isinstance(outcome.error, Overloaded):  # the operator's side of a failure (upstream down, a bug); no secret:
+            # the error is redacted (dispatch), and the process log redacts what it knows besides.
+            log.warning("request_failed", request_id=call.request_id, status=outcome.status, endpoint=call.kind,
+                        model=outcome.model, provider=outcome.provider,
+                        error=outcome.error.message if outcome.error is not None else None)
         for name, observer in self.observers:
             try:
                 observer.observe(call)

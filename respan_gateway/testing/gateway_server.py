@@ -250,6 +250,7 @@ class GatewayProcess:
             if self.process.poll() is None or self.group_alive():
                 self._signal_group(signal.SIGKILL)
             self.process.wait(10)
+        self._read_output()  # `output`: everything it printed, as after terminate()
 
     def __enter__(self) -> GatewayProcess:
         return self.start()
