@@ -53,6 +53,8 @@ class Metric:
     def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()) -> None:
         self.name, self.help, self.label_names = name, help, tuple(labels)
         self.values: dict[LabelValues, Any] = {}
+        # Multiprocess mode: what the last flush wrote, per label set (a histogram: its count).
+        self.flushed: dict[LabelValues, Any] = {}
 
     def _bounded(self, labels: LabelValues) -> LabelValues:
         if labels in self.values or len(self.values) < self.max_series:
@@ -218,30 +220,39 @@ class Registry:
 
     # -- multiprocess mode ----------------------------------------------------------------------
     def flush(self) -> None:
-        """Write this process's values into its multiprocess files (nothing in one-process mode)."""
+        """Write this process's values into its multiprocess files (nothing in one-process mode).
+        A series unchanged since the last flush costs one comparison."""
         if not self.multiprocess:
             return
         for metric in self.metrics.values():
+            flushed = metric.flushed
             if isinstance(metric, Counter):
                 sample = metric.name if metric.name.endswith("_total") else metric.name + "_total"
                 family = sample[:-len("_total")]
                 for labels, value in list(metric.values.items()):
-                    _write("counter", family, sample, metric.label_names, labels, metric.help, value)
+                    if flushed.get(labels) != value:
+                        _write("counter", family, sample, metric.label_names, labels, metric.help, value)
+                        flushed[labels] = value
             elif isinstance(metric, Gauge):
                 try:
                     current = metric.current()
                 except Exception:  # noqa: BLE001 - a broken source must not stop the others' flush
                     continue
                 for labels, value in list(current.items()):
-                    _write("gauge", metric.name, metric.name, metric.label_names, labels, metric.help, value,
-                           metric.multiprocess_mode)
+                    if flushed.get(labels) != value:
+                        _write("gauge", metric.name, metric.name, metric.label_names, labels, metric.help, value,
+                               metric.multiprocess_mode)
+                        flushed[labels] = value
             else:
                 names = (*metric.label_names, "le")
                 bounds = [*(floatToGoString(b) for b in metric.buckets), "+Inf"]
-                for labels, (counts, total, _) in list(metric.values.items()):
+                for labels, (counts, total, count) in list(metric.values.items()):
+                    if flushed.get(labels) == count:  # no observation since: nothing moved
+                        continue
                     for bound, n in zip(bounds, counts):
                         _write("histogram", metric.name, metric.name + "_bucket", names, (*labels, bound), metric.help, n)
                     _write("histogram", metric.name, metric.name + "_sum", metric.label_names, labels, metric.help, total)
+                    flushed[labels] = count
 
     def close(self) -> None:
         """At the end of the process: a last flush, and this process's live gauges leave the group's sums."""
