@@ -207,6 +207,10 @@ class Call(msgspec.Struct, kw_only=True):
     timings: Timings = msgspec.field(default_factory=Timings)
     # Headers to add to the client's response (x-respan-log-id, x-respan-cache, ...).
     response_headers: dict[str, str] = {}
+    # Headers a stage adds to the upstream request of the next attempt (the trace context of tracing:
+    # `traceparent`), whatever the provider: ProviderAdapter.request_headers merges them after the
+    # client's `extra_headers` and before the adapter's own (credentials); a forbidden one is dropped.
+    upstream_headers: dict[str, str] = {}
     # A request the gateway cannot read (body not a JSON object, mistyped `model`): a GatewayError raised
     # by the first stage that reads the body (params, else the core's dispatch), so that earlier stages
     # (auth, logging) still run and a rejected request is logged like any other.

@@ -1,6 +1,6 @@
 """``respan-gateway``: serve the gateway, or check a config file.
 
-    respan-gateway serve [--config FILE] [--host H] [--port P] [--workers N] [--server hypercorn|uvicorn|granian]
+    respan-gateway serve [--config FILE] [--host H] [--port P] [--workers N|auto] [--server hypercorn|uvicorn|granian]
     respan-gateway check-config FILE
     respan-gateway <plugin command> [--config FILE] ...   (e.g. the auth plugin's `keys create|list|revoke`)
 
@@ -12,6 +12,12 @@ With several workers, SIGTERM may reach the master only (``kill``), or every pro
 (systemd's default): either way every worker stops accepting, finishes its streams and writes its
 log records. A worker whose master is gone (killed) shuts down the same way (see
 :func:`watch_master`), so no worker outlives its server.
+
+SIGHUP reloads the config file: the master passes it to every worker, and each worker builds a new
+gateway from the file and swaps it in, or keeps the one it has when the file is bad
+(:class:`respan_gateway.app.ReloadingApp`). With several workers the master makes the folder of
+``prometheus_client``'s multiprocess mode before they start and removes it at the end, so that
+``/metrics`` on any worker reports all of them (:mod:`respan_gateway.metrics`).
 """
 
 from __future__ import annotations
@@ -20,15 +26,21 @@ import argparse
 import asyncio
 import ctypes
 import importlib.util
+import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
+import threading
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, ServerSettings, find_config_file
 from .gateway import Gateway
 from .log import configure as configure_logs
+from .metrics import MULTIPROC_DIR_ENV
 
 
 def _build(path: str | None) -> tuple[Config, Gateway]:
@@ -95,15 +107,96 @@ def serve(args: argparse.Namespace) -> int:
     host = args.host or server.host
     port = args.port if args.port is not None else server.port
     workers = args.workers if args.workers is not None else server.workers
+    workers = available_cores() if workers == "auto" else max(int(workers), 1)
 
     if importlib.util.find_spec(args.server) is None:
         raise ConfigError(f"--server {args.server}: the package `{args.server}` is not installed (pip install {args.server})")
     os.environ["RESPAN_GATEWAY_CONFIG"] = str(path.resolve())
     os.environ[MASTER_PID_ENV] = str(os.getpid())  # read by the workers: see watch_master()
+    os.environ[SERVE_ENV] = "1"  # the workers' app reloads its config on SIGHUP (respan_gateway.asgi)
     # Spawned workers call watch_master() when they import the app; forked ones (granian) here.
     os.register_at_fork(after_in_child=watch_master)
-    print(f"respan-gateway listening on http://{host}:{port} ({max(workers, 1)} worker(s), {args.server}, config {path})", flush=True)
-    return SERVERS[args.server](server, host, port, workers)
+    metrics_dir = None
+    if workers > 1:  # one /metrics for the group: prometheus_client's multiprocess folder, made fresh
+        metrics_dir = tempfile.mkdtemp(prefix="respan-metrics-")
+        os.environ[MULTIPROC_DIR_ENV] = metrics_dir
+    else:
+        os.environ.pop(MULTIPROC_DIR_ENV, None)
+    print(f"respan-gateway listening on http://{host}:{port} ({workers} worker(s), {args.server}, config {path})", flush=True)
+    try:
+        return SERVERS[args.server](server, host, port, workers)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def available_cores(root: str = "/sys/fs/cgroup") -> int:
+    """The cores this process may use: its CPU affinity, bounded by its cgroup's CPU quota (a
+    container's ``--cpus``, a Kubernetes CPU limit) when there is one, rounded up; at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota(Path(root))
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(cores, 1)
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    """CPUs of the cgroup quota: cgroup v2 ``cpu.max`` ("max 100000" or "200000 100000"), else v1's
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``; None when unlimited or unreadable."""
+    try:
+        quota, _, period = (root / "cpu.max").read_text().strip().partition(" ")
+        if quota == "max":
+            return None
+        return int(quota) / int(period or 100000)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def _forward_sighup(pids: Any) -> None:
+    """The master's SIGHUP: each worker reloads the config itself (and keeps its own when it is bad)."""
+    try:
+        targets = list(pids())
+    except Exception as exc:  # noqa: BLE001 - say it; the next SIGHUP tries again
+        print(f"respan-gateway: SIGHUP not passed on to the workers: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return
+    for pid in targets:
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except (ProcessLookupError, TypeError):
+            pass
+
+
+class SighupForwarder:
+    """In a master with worker processes: SIGHUP is blocked (before any worker starts, so every
+    worker inherits the mask, through fork and exec alike) and a thread waits for it and sends it on
+    to the workers. A worker unblocks it once its handler is installed: a reload asked while a worker
+    is still starting is delivered then, never lost, and never kills the worker (SIGHUP's default).
+    The server's own SIGHUP handling (uvicorn and granian restart every worker) never runs."""
+
+    def __init__(self) -> None:
+        self.pids: Any = lambda: []
+
+    def start(self, pids: Any = None) -> SighupForwarder:
+        if pids is not None:
+            self.pids = pids
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+            threading.Thread(target=self._run, name="respan-sighup", daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            signal.sigwait({signal.SIGHUP})
+            _forward_sighup(self.pids)
 
 
 def _serve_hypercorn(server: ServerSettings, host: str, port: int, workers: int) -> int:
@@ -134,9 +227,11 @@ def _hypercorn_master(hc: Any, server: ServerSettings) -> int:
     ctx = multiprocessing.get_context("spawn")
     sockets = hc.create_sockets()
     stop = ctx.Event()
+    processes: list[Any] = []
+    SighupForwarder().start(lambda: [p.pid for p in processes if p.is_alive()])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited until the worker installs its handlers
-    processes = [ctx.Process(target=_hypercorn_worker, kwargs={"config": hc, "sockets": sockets, "stop": stop})
-                 for _ in range(hc.workers)]
+    processes += [ctx.Process(target=_hypercorn_worker, kwargs={"config": hc, "sockets": sockets, "stop": stop})
+                  for _ in range(hc.workers)]
     for process in processes:
         process.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -146,6 +241,7 @@ def _hypercorn_master(hc: Any, server: ServerSettings) -> int:
         wait([p.sentinel for p in processes if p.is_alive()], timeout=1)
         if not stop.is_set() and any(p.exitcode is not None for p in processes):
             stop.set()
+    _mark_dead([p.pid for p in processes])
     for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
         sock.close()
     codes = [p.exitcode for p in processes]
@@ -189,12 +285,24 @@ def _serve_uvicorn(server: ServerSettings, host: str, port: int, workers: int) -
     # uvicorn re-raises SIGTERM/SIGINT once it has drained; end with 0 then, as hypercorn does.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
-    uvicorn.run(
-        "respan_gateway.asgi:app", host=host, port=port, workers=max(workers, 1),
+    options = dict(
+        host=host, port=port, workers=max(workers, 1),
         loop="uvloop" if _has_uvloop() else "asyncio", http="auto", lifespan="on", access_log=False,
         backlog=server.backlog, timeout_keep_alive=int(server.keep_alive_timeout),
         timeout_graceful_shutdown=int(server.graceful_timeout), log_level="warning",
     )
+    if workers <= 1:
+        uvicorn.run("respan_gateway.asgi:app", **options)
+        return 0
+    # uvicorn's own master restarts every worker on SIGHUP (a worker that cannot start on a bad
+    # config would then stop the server): here SIGHUP goes on to the workers, each reloads in place.
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config("respan_gateway.asgi:app", **options)
+    forwarder = SighupForwarder().start()
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    forwarder.pids = lambda: [p.pid for p in supervisor.processes]
+    supervisor.run()
     return 0
 
 
@@ -202,11 +310,16 @@ def _serve_granian(server: ServerSettings, host: str, port: int, workers: int) -
     # Optional server (pip install granian): Rust HTTP stack, see docs/performance.md.
     from granian.server import Server
 
-    Server(
+    # granian respawns every worker on SIGHUP; here SIGHUP goes on to the workers (always processes
+    # of their own with granian), each reloads its config in place.
+    forwarder = SighupForwarder().start()
+    granian = Server(
         "respan_gateway.asgi:app", address=host, port=port, interface="asgi", workers=max(workers, 1),
         loop="uvloop" if _has_uvloop() else "asyncio", log_access=False, backlog=server.backlog,
         workers_kill_timeout=int(server.graceful_timeout) or None,
-    ).serve()
+    )
+    forwarder.pids = lambda: [getattr(getattr(w, "inner", w), "pid", None) for w in granian.wrks]
+    granian.serve()
     return 0
 
 
@@ -214,7 +327,21 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+def _mark_dead(pids: list[int | None]) -> None:
+    """Exited workers' live gauges (requests in flight...) leave the group's sums."""
+    path = os.environ.get(MULTIPROC_DIR_ENV)
+    if not path:
+        return
+    from prometheus_client.multiprocess import mark_process_dead
+
+    for pid in pids:
+        if pid is not None:
+            mark_process_dead(pid, path)
+
+
 MASTER_PID_ENV = "RESPAN_GATEWAY_MASTER_PID"
+#: Set by ``serve`` for its workers: the app they load reloads its config on SIGHUP.
+SERVE_ENV = "RESPAN_GATEWAY_SERVE"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -246,6 +373,15 @@ def _has_uvloop() -> bool:
     return True
 
 
+def _workers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers or `auto`, not {value!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(
@@ -256,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--config", help="config file (default: $RESPAN_GATEWAY_CONFIG or config/gateway.toml)")
     p_serve.add_argument("--host")
     p_serve.add_argument("--port", type=int)
-    p_serve.add_argument("--workers", type=int)
+    p_serve.add_argument("--workers", type=_workers, help="worker processes, or `auto`: one per core available (affinity, cgroup CPU quota)")
     p_serve.add_argument("--server", choices=sorted(SERVERS), default="hypercorn",
                          help="the ASGI server (default hypercorn; uvicorn and granian need their package installed)")
     p_serve.set_defaults(func=serve)

@@ -29,7 +29,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
 class ServerSettings(Settings):
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = 1
+    # Worker processes of `respan-gateway serve`, or "auto": one per core available to the process
+    # (its CPU affinity, bounded by a cgroup CPU quota such as a container's CPU limit).
+    workers: int | Literal["auto"] = 1
     # Hypercorn's graceful shutdown: how long in-flight streams may take to finish on SIGTERM.
     graceful_timeout: float = 60.0
     backlog: int = 2048

@@ -24,7 +24,7 @@ from .cost import cost as price
 from .cost import usage_from
 from .database import Database, Migration
 from .endpoints import Endpoint
-from .errors import BadRequest, GatewayError
+from .errors import BadRequest, GatewayError, Overloaded
 from .log import add_secrets
 from .model_catalog import available_models
 from .params import request_secrets, strip_params
@@ -132,12 +132,15 @@ class Gateway:
 
     # -- start-up ---------------------------------------------------------------------------------
     @classmethod
-    def build(cls, config: Config, plugins: Iterable[Any] = ()) -> Gateway:
+    def build(cls, config: Config, plugins: Iterable[Any] = (), *, replaces: Gateway | None = None) -> Gateway:
         """Load plugins (blocked ones never imported), validate, and compile the pipeline.
 
         ``plugins``: extra plugin objects to register, as a test registers a plugin it defines.
+        ``replaces``: the gateway this one takes over from (a config reload): its metrics carry over.
         """
         gw = cls(config)
+        if replaces is not None:
+            gw.metrics = Registry(previous=replaces.metrics)
         gw._load_plugins(plugins)
         registrations, observers = gw._collect()
         components = gw._component_registrations
@@ -307,7 +310,9 @@ class Gateway:
             reg = registrations.get(name)
             if reg is None:
                 raise ConfigError(f"{self.config.source}: `plugins.pipeline`: no loaded plugin provides middleware `{name}`")
-            self.middlewares.append((name, self._make("middleware", name, reg.factory, reg.settings, reg.plugin)))
+            middleware = self._make("middleware", name, reg.factory, reg.settings, reg.plugin)
+            if middleware is not None:  # None: the plugin does not run with this config (hookspecs)
+                self.middlewares.append((name, middleware))
         handler: CallNext = self.dispatch
         for _, middleware in reversed(self.middlewares):
             handler = _link(middleware, handler)
@@ -331,6 +336,8 @@ class Gateway:
                 known = ", ".join(registrations) or "none"
                 raise ConfigError(f"{self.config.source}: `plugins.observers`: no loaded plugin provides observer `{name}` (known: {known})")
             observer = self._make("observer", reg.name, reg.factory, reg.settings, reg.plugin)
+            if observer is None:
+                continue
             if not callable(getattr(observer, "observe", None)):
                 raise ConfigError(f"observer `{reg.name}` (plugin `{reg.plugin}`) has no observe(call) method")
             self.observers.append((reg.name, observer))
@@ -338,7 +345,9 @@ class Gateway:
 
     def _build_components(self, registrations: dict[str, ObserverRegistration]) -> None:
         for reg in registrations.values():
-            self.components.append((reg.name, self._make("component", reg.name, reg.factory, reg.settings, reg.plugin)))
+            component = self._make("component", reg.name, reg.factory, reg.settings, reg.plugin)
+            if component is not None:
+                self.components.append((reg.name, component))
 
     def _check_requirements(self, middlewares: dict[str, MiddlewareRegistration],
                             observers: dict[str, ObserverRegistration]) -> None:
@@ -418,10 +427,19 @@ class Gateway:
             await self._http.aclose()
             self._http = None
 
+    #: Checks ``/readyz`` reports without failing on them: Redis is shared by every replica, so a
+    #: Redis outage failing readiness would take every replica out of the load balancer at once, while
+    #: each still answers (the cache degrades to no cache; budgets refuse with 503, their own choice).
+    ADVISORY_CHECKS = frozenset({"redis"})
+
     async def ready(self) -> dict[str, bool]:
+        """Each check of ``/readyz``: the database (when a plugin keeps a store), Redis (when
+        ``[state] redis_url`` is set; see :attr:`ADVISORY_CHECKS`) and each component's ``ready()``."""
         checks = {}
         if self.database is not None:
             checks["database"] = await self.database.ping()
+        if self.state.shared:
+            checks["redis"] = await self.state.ping()
         for name, component in [*self.middlewares, *self.observers, *self.components, *self.providers.items()]:
             if hasattr(component, "ready"):
                 try:
@@ -442,6 +460,11 @@ class Gateway:
             outcome.ended = time.perf_counter()
         answered = outcome.stream_end is not None or outcome.status < 400  # a stream's part counts
         self.settle(call, outcome.answer if answered else None)
+        if outcome.status >= 500 and not isinstance(outcome.error, Overloaded):  # the operator's side of a failure (upstream down, a bug); no secret:
+            # the error is redacted (dispatch), and the process log redacts what it knows besides.
+            log.warning("request_failed", request_id=call.request_id, status=outcome.status, endpoint=call.kind,
+                        model=outcome.model, provider=outcome.provider,
+                        error=outcome.error.message if outcome.error is not None else None)
         for name, observer in self.observers:
             try:
                 observer.observe(call)

@@ -52,7 +52,9 @@ class RegisterMiddleware(Protocol):
         ``name``: the middleware's name in ``[plugins] pipeline`` and the name of its config section.
         ``factory(settings, gateway)``: called once per process; returns the middleware, an object
         with ``async def __call__(call, call_next) -> Result``, and optionally ``async def startup()``,
-        ``async def shutdown()`` and ``async def ready() -> bool`` (for ``/readyz``).
+        ``async def shutdown()`` and ``async def ready() -> bool`` (for ``/readyz``). It may return
+        None: the plugin does not run with this config (``tracing`` without an endpoint), and is left
+        out of the chain, at no cost per request (so may an observer or a component factory).
         ``order``: the default position when the config gives no ``pipeline`` (lower runs first;
         bundled: metrics 50, auth 100, logging 150, params 200, request_breakdown 250, limits 400, prompts 500,
         cache 600, routing 700, reliability 800, deployments 850, credentials 900).

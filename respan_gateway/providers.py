@@ -162,13 +162,15 @@ class ProviderAdapter:
         )
 
     def request_headers(self, call: Call, own: dict[str, str]) -> dict[str, str]:
-        """JSON content type, this provider's configured headers, the client's ``extra_headers`` (less
-        the context's ``forbidden_headers``), then ``own``: what the adapter sets itself, credentials and API
-        version (e.g. ``{"authorization": "Bearer ..."}``)."""
+        """JSON content type, this provider's configured headers, the client's ``extra_headers``, the
+        stages' ``call.upstream_headers`` (both less the context's ``forbidden_headers``), then ``own``:
+        what the adapter sets itself, credentials and API version (e.g. ``{"authorization": "Bearer ..."}``)."""
         headers = {"content-type": "application/json", **self.settings.headers}
+        forbidden = self.context.forbidden_headers
         if call.params.extra_headers:
-            forbidden = self.context.forbidden_headers
             headers.update({k: v for k, v in call.params.extra_headers.items() if k.lower() not in forbidden})
+        if call.upstream_headers:
+            headers.update({k: v for k, v in call.upstream_headers.items() if k.lower() not in forbidden})
         headers.update(own)
         return headers
 

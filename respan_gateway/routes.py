@@ -75,12 +75,16 @@ def bounded_body(app: ASGIApp, limit: int, style_for: Callable[[str], str]) -> A
 
 
 async def build_call(request: Request, kind: str, gateway: Gateway, *, needs_model: bool = True) -> Call:
-    """The call for this request. A body that is not a JSON object (or has a mistyped ``model`` or
-    ``stream``) does not stop here: the call carries the error as ``rejection``, raised by the first
+    """The call for this request. A body that is too large, or not a JSON object (or has a mistyped
+    ``model`` or ``stream``) does not stop here: the call carries the error as ``rejection``, raised by the first
     stage that reads the body, so that the stages before it (auth, logging) still see the request."""
-    raw = await read_body(request, gateway.config.server.max_body_bytes)
     body: dict[str, msgspec.Raw] = {}
     model, stream, rejection = None, False, None
+    try:
+        raw = await read_body(request, gateway.config.server.max_body_bytes)
+    except PayloadTooLarge as exc:  # still a call: auth and logging see it, as any rejected request
+        return Call(kind=kind, request_id=request.scope["state"]["request_id"], headers=request.headers,
+                    raw_body=b"", body={}, rejection=exc)
     try:
         if not raw.strip():
             raise BadRequest("the request body is empty: send a JSON object")
@@ -185,9 +189,18 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    checks = await request.app.state.gateway.ready()
-    ok = all(checks.values())
-    return json_response(200 if ok else 503, _encode({"status": "ready" if ok else "not ready", "checks": checks}))
+    """200 when every check but the advisory ones (Redis) passes; ``stores``: the stores each plugin
+    keeps in the database, and whether it answers; ``degraded``: the advisory checks that fail."""
+    gateway: Gateway = request.app.state.gateway
+    checks = await gateway.ready()
+    ok = all(v for k, v in checks.items() if k not in gateway.ADVISORY_CHECKS)
+    body: dict[str, Any] = {"status": "ready" if ok else "not ready", "checks": checks}
+    if gateway.database is not None:
+        body["stores"] = {name: checks["database"] for name in gateway.stores}
+    degraded = sorted(k for k, v in checks.items() if k in gateway.ADVISORY_CHECKS and not v)
+    if degraded:
+        body["degraded"] = degraded
+    return json_response(200 if ok else 503, _encode(body))
 
 
 async def public_models(request: Request) -> Response:

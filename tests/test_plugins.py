@@ -166,7 +166,9 @@ def test_a_missing_requirement_stops_the_start_naming_both(fake_upstream) -> Non
 
         @hookimpl
         def register_middlewares(self, register: Any) -> None:
-            register("needy", lambda settings, gateway: None, order=650, requires=("routing",))
+            # (a factory returning None would leave `needy` out, and it would need nothing)
+            register("needy", lambda settings, gateway: (lambda call, call_next: call_next(call)), order=650,
+                     requires=("routing",))
 
     config = Config.from_text(test_config(fake_upstream.url, '[plugins]\ndisabled = ["routing"]\n'))
     with pytest.raises(ConfigError, match=r"`needy` \(plugin `needy`\) requires `routing`, which is disabled or not installed"):

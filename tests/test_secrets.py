@@ -161,3 +161,41 @@ def test_no_client_sets_a_credential_header_of_any_registered_provider(gateway_f
     assert sent["authorization"] == f"Bearer {CONFIG_KEY}"
     assert not {"x-api-key", "x-goog-api-key", "api-key", "x-acme-key"} & set(sent)
     assert sent["x-harmless"] == "kept"
+
+
+def test_the_whole_process_log_of_a_served_gateway_holds_no_secret(tmp_path: Any, fake_upstream: FakeUpstream) -> None:
+    """`respan-gateway serve` (2 workers) answers good requests, a bad key, provider errors that quote
+    the request's headers (keys of the config and of the request), in a complete answer and mid-stream:
+    its whole stdout and stderr holds none of the keys, and the lines of the failed requests carry
+    their request ids."""
+    from respan_gateway.testing import GatewayProcess, test_config
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(test_config(fake_upstream.url, extra(fake_upstream) + f'\n[database]\nurl = "sqlite:///{tmp_path}/s.sqlite3"\n'
+                                                                          f'[logging]\nspill_dir = "{tmp_path}/spill"\n'))
+    wrong_key, body_keys = "sk-client-wrong-key-7777", ["sk-request-override-process-1", "sk-customer-cred-process-2"]
+    failed: list[str] = []
+    with GatewayProcess(str(path), workers=2) as gw:
+        url, auth = gw.base_url + "chat/completions", {"authorization": f"Bearer {TEST_KEY}"}
+        assert httpx2.post(url, headers=auth, json={"model": "gpt-test", "messages": MESSAGES}, timeout=10).status_code == 200
+        assert httpx2.post(url, headers={"authorization": f"Bearer {wrong_key}"},
+                           json={"model": "gpt-test", "messages": MESSAGES}, timeout=10).status_code == 401
+        for body in ({}, {"credential_override": {"leaky/fake-error-502,echo-headers": {"api_key": body_keys[0]}}},
+                     {"customer_credentials": {"leaky": {"api_key": body_keys[1]}}}):
+            r = httpx2.post(url, headers=auth, timeout=10,
+                            json={"model": "leaky/fake-error-502,echo-headers", "messages": MESSAGES, **body})
+            assert r.status_code == 502 and "[redacted]" in r.json()["error"]["message"]
+            failed.append(r.headers["x-respan-gateway-request-id"])
+        message, _ = stream_error(gw, "leaky/fake-midstream-error,echo-headers",  # type: ignore[arg-type]
+                                  {"customer_credentials": {"leaky": {"api_key": body_keys[1]}}})
+        assert "[redacted]" in message
+        # Proof that the upstream saw (and quoted back) every one of them.
+        quoted = " ".join(r.headers.get("authorization", "") + r.headers.get("x-proxy-auth", "") for r in fake_upstream.requests)
+        assert all(k in quoted for k in [CONFIG_KEY, HEADER_SECRET, *body_keys])
+    output = gw.log()  # after the drain: the workers' last lines included
+    assert "request_failed" in output and "listening on" in output
+    for secret in [TEST_KEY, wrong_key, CONFIG_KEY, HEADER_SECRET, "sk-upstream-secret-key", *body_keys]:
+        assert secret not in output, f"{secret} is in the process log:\n{output}"
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    failures = {line["request_id"] for line in lines if line.get("event") == "request_failed"}
+    assert set(failed) <= failures, output

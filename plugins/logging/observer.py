@@ -1,19 +1,24 @@
 """The logging observer: one record per named call, queued for the store when the call has ended.
 
 The core calls :meth:`LoggingObserver.observe` once per call, after the answer was sent or the stream
-ended (complete, cut, errored, or left by the client), with ``call.outcome`` complete. A call the
-logging middleware did not name (a 401: no tenant) or that a stage chose not to log
-(``outcome.omit_log``) gets no record. The writer's own health is in the gateway's metrics registry.
+ended (complete, cut, errored, or left by the client), with ``call.outcome`` complete. A call that a
+stage chose not to log (``outcome.omit_log``) gets no record. A call refused before the logging
+middleware named it (a 401, a 503 of the admission limit) gets one without content, under its
+caller's tenant when known, else ``[logging] unauthenticated_tenant``. The writer's own health is in
+the gateway's metrics registry.
 """
 
 from __future__ import annotations
 
+import uuid
+
 import structlog
 
-from respan_gateway import Call, Gateway, tokens
+from respan_gateway import ANONYMOUS, Call, Gateway, tokens
 from respan_gateway.hookspecs import RequestLogReader
 
 from .build import build_record
+from .privacy import strip_content
 from .reader import LogReader
 from .record import LogRecord
 from .settings import LoggingSettings
@@ -31,12 +36,18 @@ class LoggingObserver:
         self.writer = writer = RecordWriter(self, settings)
         tokens.use(settings.tokenizer)
         m = gateway.metrics
+        # Several workers: the depths are summed over the living ones, store_up is the lowest (0 when
+        # any worker's store is down), the running counts are per worker (a `pid` label).
         m.gauge("respan_gateway_log_queue_depth", "Log records in memory, not yet written.", source=lambda: len(writer.queue))
         m.gauge("respan_gateway_log_spill_pending", "Log records in spill files, waiting for the store.", source=lambda: writer.spill.pending)
-        m.gauge("respan_gateway_log_store_up", "1 when the log store accepts writes.", source=lambda: 1.0 if writer.store_up else 0.0)
-        m.gauge("respan_gateway_log_records_written_total", "Log records written to the store by this process.", source=lambda: writer.written)
-        m.gauge("respan_gateway_log_records_spilled_total", "Log records written to a spill file by this process.", source=lambda: writer.spilled)
-        m.gauge("respan_gateway_log_records_quarantined_total", "Log records the store refused, set aside in a quarantine file.", source=lambda: writer.quarantined)
+        m.gauge("respan_gateway_log_store_up", "1 when the log store accepts writes.", source=lambda: 1.0 if writer.store_up else 0.0,
+                multiprocess_mode="livemin")
+        m.gauge("respan_gateway_log_records_written_total", "Log records written to the store by this process.", source=lambda: writer.written,
+                multiprocess_mode="liveall")
+        m.gauge("respan_gateway_log_records_spilled_total", "Log records written to a spill file by this process.", source=lambda: writer.spilled,
+                multiprocess_mode="liveall")
+        m.gauge("respan_gateway_log_records_quarantined_total", "Log records the store refused, set aside in a quarantine file.", source=lambda: writer.quarantined,
+                multiprocess_mode="liveall")
         # The one way other plugins (and the logs API) read the records: hookspecs.RequestLogReader.
         gateway.provide(RequestLogReader, LogReader(self))
 
@@ -62,13 +73,24 @@ class LoggingObserver:
 
     # -- per call -----------------------------------------------------------------------------
     def observe(self, call: Call) -> None:
-        if call.outcome.log_id is None or call.outcome.omit_log:
+        outcome = call.outcome
+        if outcome.omit_log:
             return
+        refused = outcome.log_id is None  # refused before the middleware named it (401, admission 503)
+        anonymous = call.principal is ANONYMOUS
+        if refused:
+            if anonymous and not self.settings.unauthenticated_tenant:
+                return
+            outcome.log_id = str(uuid.uuid4())
         try:
             record = build_record(call)
         except Exception:  # a record we cannot build must not fail the others
             log.exception("request_log_build_failed", request_id=call.request_id)
             return
+        if refused:  # nobody vouched for this body: ids, status and error only
+            strip_content(record)
+            if anonymous:
+                record.tenant = self.settings.unauthenticated_tenant
         self.writer.put(record)
 
 

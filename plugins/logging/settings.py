@@ -25,3 +25,7 @@ class LoggingSettings(Settings):
     # on first need (o200k_base adds ~60-130 MB per worker, cl100k_base about half), or "heuristic"
     # (characters/4, nothing loaded).
     tokenizer: Literal["o200k_base", "cl100k_base", "heuristic"] = "o200k_base"
+    # The tenant whose logs hold the requests refused before their caller was known (a bad or missing
+    # key: 401; a request shed by the admission limit with no good key: 503), without content.
+    # "" = such requests get no record.
+    unauthenticated_tenant: str = "default"

@@ -9,9 +9,12 @@ counts the requests in flight with a middleware. See README.md beside this file.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import msgspec
+import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -25,6 +28,7 @@ REQUEST_LABELS = ("endpoint", "model", "provider", "status_code")
 MODEL_LABELS = ("model", "provider")
 
 
+log = structlog.get_logger("respan_gateway.metrics")
 OTHER = "other"  # the label value of every model / provider / status the config does not name
 
 
@@ -35,6 +39,9 @@ class MetricsSettings(Settings):
     max_series: int = 2000
     latency_buckets: list[float] = msgspec.field(default_factory=lambda: list(LATENCY_BUCKETS))
     overhead_buckets: list[float] = msgspec.field(default_factory=lambda: list(OVERHEAD_BUCKETS))
+    # With several workers (multiprocess mode): seconds between two writes of this worker's values to
+    # the files every worker reads at a scrape; a scrape shows the other workers as of their last one.
+    flush_interval: float = 1.0
 
 
 class InFlight:
@@ -85,6 +92,26 @@ class RequestMetrics:
         self.cost = r.counter("respan_gateway_cost_usd_total", "Cost in USD at catalog prices.", MODEL_LABELS)
         self.attempts = r.counter("respan_gateway_upstream_attempts_total", "Upstream attempts (retries and fallbacks included).", (*MODEL_LABELS, "status_code"))
         self.cache_hits = r.counter("respan_gateway_cache_hits_total", "Requests answered from the response cache.", ("endpoint",))
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def startup(self) -> None:
+        if self.gateway.metrics.multiprocess:  # several workers: publish this one's values now and then
+            self._flusher = asyncio.create_task(self._flush_every(self.settings.flush_interval))
+
+    async def shutdown(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        self.gateway.metrics.flush()
+
+    async def _flush_every(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.gateway.metrics.flush()
+            except Exception:  # a full disk must not end the loop: the next flush tries again
+                log.exception("metrics_flush_failed")
 
     def observe(self, call: Call) -> None:
         o = call.outcome

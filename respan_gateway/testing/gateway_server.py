@@ -176,6 +176,14 @@ class GatewayProcess:
         self._read_output()
         return code
 
+    def reload(self) -> None:
+        """SIGHUP to the master, as an operator reloads the config (every worker reloads it)."""
+        self.process.send_signal(signal.SIGHUP)
+
+    def log(self) -> str:
+        """Everything the gateway printed so far (stdout and stderr)."""
+        return self._read_output()
+
     def worker_pids(self) -> list[int]:
         """The pids of the master's worker processes (its children, multiprocessing's helper left out)."""
         try:
@@ -242,6 +250,7 @@ class GatewayProcess:
             if self.process.poll() is None or self.group_alive():
                 self._signal_group(signal.SIGKILL)
             self.process.wait(10)
+        self._read_output()  # `output`: everything it printed, as after terminate()
 
     def __enter__(self) -> GatewayProcess:
         return self.start()
