@@ -196,9 +196,10 @@ def test_plugins_observers_chooses_and_orders_the_observers(gateway_factory, fak
             register("first", lambda settings, gateway: Named("first"))
             register("second", lambda settings, gateway: Named("second"), requires=("first",))
 
-    # Only the named observers run, in the config's order; `metrics` and `logging` are left out.
-    gw = gateway_factory('[plugins]\nobservers = ["second", "first"]\n', plugins=(Watchers(),))
-    assert [name for name, _ in gw.gateway.observers] == ["second", "first"]
+    # Only the named observers run, in the config's order; `metrics` and `logging` are left out
+    # (`limits_settle` stays: the limits middleware requires it).
+    gw = gateway_factory('[plugins]\nobservers = ["second", "first", "limits_settle"]\n', plugins=(Watchers(),))
+    assert [name for name, _ in gw.gateway.observers] == ["second", "first", "limits_settle"]
     gw.openai().chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
     deadline = time.monotonic() + 5
     while len(seen) < 2 and time.monotonic() < deadline:
@@ -207,7 +208,7 @@ def test_plugins_observers_chooses_and_orders_the_observers(gateway_factory, fak
     with pytest.raises(ConfigError, match=r"`plugins.observers`: no loaded plugin provides observer `nope`"):
         Gateway.build(Config.from_text(test_config(fake_upstream.url, '[plugins]\nobservers = ["nope"]\n')))
     with pytest.raises(ConfigError, match=r"`second` \(plugin `watchers`\) requires `first`, which is not in `plugins.observers`"):
-        Gateway.build(Config.from_text(test_config(fake_upstream.url, '[plugins]\nobservers = ["second"]\n')),
+        Gateway.build(Config.from_text(test_config(fake_upstream.url, '[plugins]\nobservers = ["second", "limits_settle"]\n')),
                       plugins=(Watchers(),))
 
 
