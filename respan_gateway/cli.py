@@ -2,6 +2,7 @@
 
     respan-gateway serve [--config FILE] [--host H] [--port P] [--workers N] [--server hypercorn|uvicorn|granian]
     respan-gateway check-config FILE
+    respan-gateway <plugin command> ...        (e.g. `prompts check DIR`, from the plugins' register_commands)
 
 With several workers, SIGTERM may reach the master only (``kill``), or every process of the group
 (systemd's default): either way every worker stops accepting, finishes its streams and writes its
@@ -22,7 +23,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from .config import Config, ConfigError, ServerSettings, find_config_file
-from .gateway import Gateway
+from .gateway import Gateway, plugin_commands
 
 
 def _build(path: str | None) -> tuple[Config, Gateway]:
@@ -54,6 +55,10 @@ def serve(args: argparse.Namespace) -> int:
     os.environ[MASTER_PID_ENV] = str(os.getpid())  # read by the workers: see watch_master()
     # Spawned workers call watch_master() when they import the app; forked ones (granian) here.
     os.register_at_fork(after_in_child=watch_master)
+    # SIGHUP reloads (Gateway.reload) once a worker is up; until then (and in the master) it must not
+    # end the process, its default. Ignored signals stay ignored in the workers until they handle it.
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     print(f"respan-gateway listening on http://{host}:{port} ({max(workers, 1)} worker(s), {args.server}, config {path})", flush=True)
     return SERVERS[args.server](server, host, port, workers)
 
@@ -93,6 +98,8 @@ def _hypercorn_master(hc: Any, server: ServerSettings) -> int:
         process.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # SIGHUP reloads (Gateway.reload): each worker does it on its own signal, so pass it on.
+    signal.signal(signal.SIGHUP, lambda *_: [os.kill(p.pid, signal.SIGHUP) for p in processes if p.is_alive() and p.pid])
     # A worker that dies on its own ends the server (as with hypercorn): the others drain.
     while any(p.is_alive() for p in processes):
         wait([p.sentinel for p in processes if p.is_alive()], timeout=1)
@@ -212,6 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     p_check = sub.add_parser("check-config", help="validate a config file and the plugins it names")
     p_check.add_argument("file", nargs="?")
     p_check.set_defaults(func=check_config)
+    core = ("serve", "check-config")
+    given = sys.argv[1:] if argv is None else argv
+    try:
+        # Plugin commands load every plugin: only when the command is not the core's own.
+        if not given or given[0] not in core:
+            for command in plugin_commands(core):
+                p_plugin = sub.add_parser(command.name, help=command.help)
+                command.configure(p_plugin)
+                p_plugin.set_defaults(func=command.run)
+    except ConfigError as exc:
+        print(f"respan-gateway: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

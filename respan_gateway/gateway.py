@@ -7,7 +7,10 @@ routing did not) and calls the provider adapter.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
@@ -27,7 +30,7 @@ from .errors import BadRequest, GatewayError
 from .log import add_secrets
 from .model_catalog import available_models
 from .params import request_secrets, strip_params
-from .openai_chat import ChatAccumulator
+from .openai_chat import ChatAccumulator, check_not_empty
 from .metrics import Registry
 from .providers import AdapterContext, Catalog, ProviderAdapter, forbidden_headers
 from .state import SharedState
@@ -110,6 +113,7 @@ class Gateway:
         self._http: httpx2.AsyncClient | None = None
         self._authenticator: Any = None
         self._services: dict[type, Any] = {}
+        self._sighup = False
         self.handle: CallNext = self.dispatch
 
     # -- start-up ---------------------------------------------------------------------------------
@@ -370,8 +374,37 @@ class Gateway:
         for component in self._components():
             if hasattr(component, "startup"):
                 await component.startup()
+        self._install_sighup()
+
+    async def reload(self) -> None:
+        """Call ``reload()`` on every middleware, observer and component that has one (what SIGHUP
+        does): each re-reads what it loads from outside (the prompts folder...). A failure is logged
+        and the others still reload; the process keeps serving."""
+        log.info("reload")
+        for name, component in [*self.middlewares, *self.observers, *self.components]:
+            if hasattr(component, "reload"):
+                try:
+                    await component.reload()
+                except Exception:
+                    log.exception("reload_failed", component=name)
+
+    def _install_sighup(self) -> None:
+        """SIGHUP reloads (see :meth:`reload`), where the process's event loop runs in its main
+        thread (the server's workers); a gateway in a test's thread leaves the signal alone."""
+        sighup = getattr(signal, "SIGHUP", None)
+        if sighup is None or threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(sighup, lambda: loop.create_task(self.reload()))
+        except (NotImplementedError, RuntimeError, ValueError):
+            return
+        self._sighup = True
 
     async def shutdown(self) -> None:
+        if self._sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            self._sighup = False
         for component in reversed(self._components()):
             if hasattr(component, "shutdown"):
                 await component.shutdown()
@@ -456,6 +489,8 @@ class Gateway:
             raise call.rejection
         if not call.params_collected:  # no params stage ran: no Respan param may reach a provider
             strip_params(call)
+        if call.kind == "chat":
+            check_not_empty(call.body.get("messages"))
         target = call.target
         if target is None:
             if not call.model:
@@ -501,6 +536,37 @@ async def _redacted(chunks: AsyncIterator[Chunk], adapter: ProviderAdapter, call
         raise exc.redact(_secrets(adapter, call, target))
     finally:
         await aclose(chunks)
+
+
+class CommandRegistration:
+    __slots__ = ("name", "configure", "run", "help", "plugin")
+
+    def __init__(self, name: str, configure: Callable[[Any], None], run: Callable[[Any], int], help: str, plugin: str) -> None:
+        self.name, self.configure, self.run, self.help, self.plugin = name, configure, run, help, plugin
+
+
+def plugin_commands(taken: Iterable[str] = ()) -> list[CommandRegistration]:
+    """The CLI subcommands of the installed plugins (``register_commands``), without a config: every
+    plugin of the entry-point group is loaded. A name in ``taken`` (the core's commands) or claimed
+    twice is a :class:`ConfigError` naming both."""
+    pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    pm.add_hookspecs(hookspecs)
+    try:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    except Exception as exc:
+        raise ConfigError(f"a plugin failed to load: {type(exc).__name__}: {exc}") from exc
+    owners = {name: CORE for name in taken}
+    commands: list[CommandRegistration] = []
+    for impl in pm.hook.register_commands.get_hookimpls():
+        def add(name: str, configure: Callable[[Any], None], run: Callable[[Any], int], *, help: str,
+                _p: str = impl.plugin_name) -> None:
+            if name in owners:
+                raise ConfigError(f"plugin `{_p}` registers the command `{name}`, already registered by `{owners[name]}`")
+            owners[name] = _p
+            commands.append(CommandRegistration(name, configure, run, help, _p))
+
+        impl.function(register=add)
+    return commands
 
 
 def _dist_name(ep: importlib.metadata.EntryPoint) -> str:

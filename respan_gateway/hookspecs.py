@@ -21,6 +21,14 @@ second ``provide`` of the same Protocol fails the start. The services:
 
 - :class:`RequestLogReader`: the log records of the ``request_logs`` store (the ``logging`` plugin),
   read with the logs API's filters; used by the logs API itself and the dashboard.
+- :class:`PromptCatalog`: the managed prompts of a tenant, their versions and the deployed one (the
+  ``prompts`` plugin), read-only; for the dashboard.
+
+Reload (SIGHUP): a middleware, observer or component may have ``async def reload()``. On SIGHUP each
+worker process calls it on every one that has it (``Gateway.reload``), in pipeline order; the
+multi-worker master of ``serve`` forwards the signal to its workers. A failing ``reload()`` is logged
+and keeps what was loaded before; the process goes on serving. What a reload re-reads is the plugin's
+business (the ``prompts`` plugin re-reads its folder); the config file itself is not re-read.
 """
 
 from __future__ import annotations
@@ -121,6 +129,17 @@ class RegisterRoute(Protocol):
         """
 
 
+class RegisterCommand(Protocol):
+    def __call__(self, name: str, configure: Callable[[Any], None], run: Callable[[Any], int], *, help: str) -> None:
+        """Contribute a subcommand of the ``respan-gateway`` CLI (``respan-gateway prompts check DIR``).
+
+        ``configure(parser)`` adds the command's arguments to its ``argparse`` sub-parser (it may add
+        sub-commands of its own); ``run(args)`` runs it and returns the exit status. The command runs
+        without a config and without the gateway: it is for offline tools (validating files in CI).
+        A name taken by the core or another plugin stops the CLI, naming both.
+        """
+
+
 class RegisterStore(Protocol):
     def __call__(self, name: str, migrations: list[Any]) -> None:
         """Declare the tables a plugin keeps in the gateway's database.
@@ -165,6 +184,11 @@ def register_routes(register: RegisterRoute) -> None:
     The core bounds every such route's request body (``[server] max_body_bytes``, larger is a 413
     in the OpenAI error envelope) before the endpoint runs: ``await request.body()`` is safe.
     """
+
+
+@hookspec
+def register_commands(register: RegisterCommand) -> None:
+    """Called when the ``respan-gateway`` CLI starts, to collect plugin subcommands (offline tools)."""
 
 
 @hookspec
@@ -244,3 +268,52 @@ class RequestLogReader(Protocol):
         """Aggregates per time bucket (``None``: the whole range in one) and per group, computed in
         the database (GROUP BY), ordered by bucket then group. ``query``'s paging and order are ignored.
         ``percentiles=False`` leaves the latency percentiles None (they cost a sort; the rest a scan)."""
+
+
+class PromptVersionInfo(msgspec.Struct, kw_only=True, frozen=True):
+    """One version of a managed prompt, as stored: the templates (unrendered) and the settings.
+
+    ``messages``: chat messages whose ``content`` is a Jinja template (a string, or content parts);
+    ``instructions``: a template that stands for a leading system message; ``params``: the other
+    request fields of the version (``temperature``, ``max_tokens``, ``tools``, Respan params such as
+    ``fallback_models``...); ``variables``: default values of template variables.
+    """
+
+    version: int
+    messages: list[dict[str, Any]] = []
+    instructions: str | None = None
+    model: str | None = None
+    stream: bool = False
+    params: dict[str, Any] = {}
+    variables: dict[str, Any] = {}
+    description: str = ""
+    created_at: float | None = None
+    deployed: bool = False
+
+
+class PromptInfo(msgspec.Struct, kw_only=True, frozen=True):
+    """A managed prompt: ``source`` ``"file"`` (the prompts folder, read-only) or ``"api"`` (the
+    database, managed through ``/api/prompts/``). ``deployed_version``: what a request without a
+    ``version`` gets; ``latest_version``: the newest (None when it has no version yet)."""
+
+    prompt_id: str
+    name: str
+    description: str = ""
+    source: Literal["file", "api"] = "api"
+    deployed_version: int | None = None
+    latest_version: int | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+
+
+@runtime_checkable
+class PromptCatalog(Protocol):
+    """Reads the managed prompts one tenant may use (provided by the ``prompts`` plugin): the files of
+    the prompts folder visible to the tenant, and the tenant's prompts in the database. Raises
+    ``respan_gateway.database.StoreUnavailable`` when the database cannot be reached."""
+
+    async def list_prompts(self, tenant: str) -> list[PromptInfo]:
+        """Every prompt of the tenant, ordered by ``prompt_id``."""
+
+    async def versions(self, tenant: str, prompt_id: str) -> list[PromptVersionInfo] | None:
+        """The prompt's versions, oldest first (``deployed`` marks the live one); None: no such prompt."""
