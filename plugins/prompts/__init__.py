@@ -22,8 +22,8 @@ from .store import MIGRATIONS
 
 @hookimpl
 def register_middlewares(register: RegisterMiddleware) -> None:
-    # Reads the typed params (the `prompt` param), so `params` must run before it.
-    register("prompts", PromptsMiddleware, order=500, settings=PromptsSettings, requires=("params",))
+    # Reads the typed `prompt` param: without the `params` stage (disabled) there is none, and it does nothing.
+    register("prompts", PromptsMiddleware, order=500, settings=PromptsSettings)
 
 
 @hookimpl
