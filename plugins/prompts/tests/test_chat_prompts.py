@@ -12,7 +12,7 @@ import pytest
 
 from respan_gateway.testing import TEST_KEY, FakeUpstream
 
-from prompts_kit import chat, write
+from prompts_kit import folder, prompts_gateway, chat, write  # noqa: F401 (fixtures)
 
 SUPPORT = """
 name = "Support reply"

@@ -14,7 +14,7 @@ import anthropic
 import msgspec
 import pytest
 
-from prompts_kit import KEYS, chat, write
+from prompts_kit import folder, prompts_gateway, KEYS, chat, write  # noqa: F401 (fixtures)
 
 from respan_gateway import Call, ConfigError
 from respan_gateway.params import PromptParams
@@ -145,10 +145,12 @@ def test_sighup_reloads_a_served_gateway(folder: Path, fake_upstream: FakeUpstre
                                   keys=KEYS))
     with GatewayProcess(str(config), workers=2) as gw:
         path.write_text(path.read_text().replace('"one"', '"two"'))
-        gw.process.send_signal(signal.SIGHUP)  # to the master, which passes it to each worker
         deadline = time.monotonic() + 20
         seen: set[str] = set()
         while time.monotonic() < deadline and seen != {"two"}:
+            # To the master, which passes it to each worker. Sent again while a worker still answers
+            # "one": a worker that was still starting (reading the folder) when it came may have missed it.
+            gw.process.send_signal(signal.SIGHUP)
             seen = set()
             for _ in range(6):  # both workers (connections are spread over them)
                 assert chat(gw, {"prompt": {"prompt_id": "greet"}}).status_code == 200

@@ -12,7 +12,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from prompts_kit import ADMIN_KEY, KEYS, OTHER_TENANT_KEY, chat, write
+from prompts_kit import folder, prompts_gateway, ADMIN_KEY, KEYS, OTHER_TENANT_KEY, chat, write  # noqa: F401 (fixtures)
 
 from respan_gateway.hookspecs import PromptCatalog
 from respan_gateway.testing import TEST_KEY, FakeUpstream, GatewayProcess, GatewayServer, test_config
