@@ -2,7 +2,8 @@
 
     respan-gateway serve [--config FILE] [--host H] [--port P] [--workers N|auto] [--server hypercorn|uvicorn|granian]
     respan-gateway check-config FILE
-    respan-gateway <plugin command> [--config FILE] ...   (e.g. the auth plugin's `keys create|list|revoke`)
+    respan-gateway <plugin command> [--config FILE] ...   (the auth plugin's `keys create|list|revoke`,
+                                                           the prompts plugin's `prompts check DIR`)
 
 A plugin adds a command through the ``register_commands`` hook: the CLI builds the gateway from the
 command's ``--config`` (so the plugins are those the config loads), starts its database, and awaits
@@ -236,6 +237,8 @@ def _hypercorn_master(hc: Any, server: ServerSettings) -> int:
         process.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # SIGHUP reloads (Gateway.reload): each worker does it on its own signal, so pass it on.
+    signal.signal(signal.SIGHUP, lambda *_: [os.kill(p.pid, signal.SIGHUP) for p in processes if p.is_alive() and p.pid])
     # A worker that dies on its own ends the server (as with hypercorn): the others drain.
     while any(p.is_alive() for p in processes):
         wait([p.sentinel for p in processes if p.is_alive()], timeout=1)

@@ -28,7 +28,7 @@ from .errors import BadRequest, GatewayError, Overloaded
 from .log import add_secrets
 from .model_catalog import available_models
 from .params import request_secrets, strip_params
-from .openai_chat import ChatAccumulator
+from .openai_chat import ChatAccumulator, check_not_empty
 from .openai_chat import cacheable as chat_cacheable
 from .openai_chat import replay as chat_replay
 from .metrics import Registry
@@ -515,6 +515,8 @@ class Gateway:
             raise call.rejection
         if not call.params_collected:  # no params stage ran: no Respan param may reach a provider
             strip_params(call)
+        if call.kind == "chat":
+            check_not_empty(call.body.get("messages"))
         target = call.target
         if target is None:
             if not call.model:

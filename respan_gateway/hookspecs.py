@@ -23,6 +23,9 @@ second ``provide`` of the same Protocol fails the start. The services:
   read with the logs API's filters; used by the logs API itself and the dashboard.
 - :class:`CustomerReader`: the customers of a tenant (the ``limits`` plugin's ``customers`` store),
   their budgets and usage totals, read-only; used by the users API and (later) the dashboard.
+- :class:`PromptCatalog`: the managed prompts of a tenant, their versions and the deployed one (the
+  ``prompts`` plugin), read-only; for the dashboard.
+
 """
 
 from __future__ import annotations
@@ -200,7 +203,7 @@ def register_stores(register: RegisterStore) -> None:
 @hookspec
 def register_commands(register: RegisterCommand) -> None:
     """Called once when the CLI runs a command it does not know itself, to collect the plugins' CLI
-    subcommands (the auth plugin's ``keys``). The gateway is built from the command's ``--config``
+    subcommands (the auth plugin's ``keys``, the prompts plugin's ``prompts check``). The gateway is built from the command's ``--config``
     first, so the plugins are those the config loads."""
 
 
@@ -292,3 +295,50 @@ class CustomerReader(Protocol):
                    sort_by: str = "-last_active_timeframe") -> tuple[int, list[dict[str, Any]]]:
         """(count of the tenant's customers, the page's customers); ``sort_by`` a field of the record,
         ``-`` for descending."""
+class PromptVersionInfo(msgspec.Struct, kw_only=True, frozen=True):
+    """One version of a managed prompt, as stored: the templates (unrendered) and the settings.
+
+    ``messages``: chat messages whose ``content`` is a Jinja template (a string, or content parts);
+    ``instructions``: a template that stands for a leading system message; ``params``: the other
+    request fields of the version (``temperature``, ``max_tokens``, ``tools``, Respan params such as
+    ``fallback_models``...); ``variables``: default values of template variables.
+    """
+
+    version: int
+    messages: list[dict[str, Any]] = []
+    instructions: str | None = None
+    model: str | None = None
+    stream: bool = False
+    params: dict[str, Any] = {}
+    variables: dict[str, Any] = {}
+    description: str = ""
+    created_at: float | None = None
+    deployed: bool = False
+
+
+class PromptInfo(msgspec.Struct, kw_only=True, frozen=True):
+    """A managed prompt: ``source`` ``"file"`` (the prompts folder, read-only) or ``"api"`` (the
+    database, managed through ``/api/prompts/``). ``deployed_version``: what a request without a
+    ``version`` gets; ``latest_version``: the newest (None when it has no version yet)."""
+
+    prompt_id: str
+    name: str
+    description: str = ""
+    source: Literal["file", "api"] = "api"
+    deployed_version: int | None = None
+    latest_version: int | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+
+
+@runtime_checkable
+class PromptCatalog(Protocol):
+    """Reads the managed prompts one tenant may use (provided by the ``prompts`` plugin): the files of
+    the prompts folder visible to the tenant, and the tenant's prompts in the database. Raises
+    ``respan_gateway.database.StoreUnavailable`` when the database cannot be reached."""
+
+    async def list_prompts(self, tenant: str) -> list[PromptInfo]:
+        """Every prompt of the tenant, ordered by ``prompt_id``."""
+
+    async def versions(self, tenant: str, prompt_id: str) -> list[PromptVersionInfo] | None:
+        """The prompt's versions, oldest first (``deployed`` marks the live one); None: no such prompt."""

@@ -30,16 +30,22 @@ class _Message(msgspec.Struct):
 _decode_messages = msgspec.json.Decoder(list[_Message]).decode
 
 
-def check_messages(raw: msgspec.Raw) -> None:
+def check_messages(raw: msgspec.Raw, *, allow_empty: bool = False) -> None:
     """A chat request's ``messages``: a non-empty array of objects, each with a string ``role``, else a
     400 naming the item. Only that shape is checked (cheaply: nothing else is read); the provider
-    judges the rest."""
+    judges the rest. ``allow_empty``: ``[]`` passes (a stage may fill it: a managed prompt)."""
     try:
         messages = _decode_messages(raw)
     except msgspec.ValidationError as exc:
         text = describe_validation_error(exc, "messages").replace(".[", "[")
         raise BadRequest(text, param="messages") from None
-    if not messages:
+    if not messages and not allow_empty:
+        raise BadRequest("`messages` must not be empty", param="messages")
+
+
+def check_not_empty(raw: msgspec.Raw | None) -> None:
+    """The 400 of an empty ``messages`` (``[]``), checked before a chat request goes to a provider."""
+    if raw is not None and len(raw) < 16 and bytes(raw).replace(b" ", b"").replace(b"\n", b"") == b"[]":
         raise BadRequest("`messages` must not be empty", param="messages")
 
 

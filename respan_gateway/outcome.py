@@ -35,11 +35,19 @@ class CacheInfo(msgspec.Struct, kw_only=True):
 
 
 class PromptRef(msgspec.Struct, kw_only=True):
-    """The managed prompt a call was rendered from."""
+    """The managed prompt a call was rendered from (set by the ``prompts`` plugin).
+
+    ``version``: the version used (the deployed one, a pinned one or the newest); ``variables``: the
+    values it was rendered with (the version's defaults under the request's; a composed prompt's
+    value carries its text as ``_rendered_result``); ``template``: the version's messages, unrendered;
+    ``rendered``: the rendered messages (what ``echo`` returns)."""
 
     prompt_id: str
     version: int | None = None
     variables: dict[str, Any] | None = None
+    name: str | None = None
+    template: list[dict[str, Any]] | None = None
+    rendered: list[dict[str, Any]] | None = None
 
 
 class Customer(msgspec.Struct, kw_only=True, frozen=True):

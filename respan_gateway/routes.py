@@ -104,7 +104,8 @@ async def build_call(request: Request, kind: str, gateway: Gateway, *, needs_mod
         model = _field(body, "model", str)
         stream = _field(body, "stream", bool) or False
         if kind == "chat" and "messages" in body:
-            check_messages(body["messages"])
+            # `[]` is checked before the provider call (Gateway.dispatch): a managed prompt may fill it.
+            check_messages(body["messages"], allow_empty=True)
     except BadRequest as exc:
         body, rejection = {}, exc
     return Call(

@@ -233,9 +233,11 @@ def test_params_header_nested_too_deeply_is_400(gateway: GatewayServer) -> None:
 
 def test_largest_values_that_fit_are_accepted(probed: tuple[GatewayServer, CallRecorder]) -> None:
     gateway, probe = probed
-    gateway.openai().chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={
-        "prompt": {"prompt_id": "p", "version": 2**63 - 1}, "timeout": 30, "prompt_unit_price": 1e300,
-        "extra_headers": {"x-tab": "a\tb ~"}})
+    # The params decode; then the prompts plugin finds no prompt `p` (a 404 naming it, not a 400).
+    with pytest.raises(openai.NotFoundError, match="prompt `p` not found"):
+        gateway.openai().chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={
+            "prompt": {"prompt_id": "p", "version": 2**63 - 1}, "timeout": 30, "prompt_unit_price": 1e300,
+            "extra_headers": {"x-tab": "a\tb ~"}})
     assert probe.last.params.prompt.version == 2**63 - 1
 
 

@@ -66,6 +66,7 @@ def build_record(call: Call) -> LogRecord:
     )
     if o.prompt is not None:
         record.prompt_id, record.prompt_version_number, record.variables = o.prompt.prompt_id, o.prompt.version, o.prompt.variables
+        record.prompt_name, record.prompt_messages_template = o.prompt.name, o.prompt.template
     elif p.prompt is not None:
         record.prompt_id = p.prompt.prompt_id
         record.prompt_version_number = p.prompt.version if isinstance(p.prompt.version, int) else None

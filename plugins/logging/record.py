@@ -37,7 +37,8 @@ KINDS: dict[str, str] = {
     "customer_identifier": "text", "customer_email": "text", "customer_name": "text", "customer_params": "json",
     "note": "text",
     # prompt management and limits
-    "prompt_id": "text", "prompt_version_number": "int", "limit_info": "json",
+    "prompt_id": "text", "prompt_version_number": "int", "limit_info": "json", "prompt_name": "text",
+    "prompt_messages_template": "json",
     # content (dropped by disable_log)
     "disable_log": "bool", "prompt_messages": "json", "completion_message": "json", "tools": "json",
     "tool_choice": "json", "tool_calls": "json", "variables": "json", "full_request": "json",
@@ -60,7 +61,7 @@ KINDS.update({f.name: _column_kind(f.type) for f in msgspec.structs.fields(Obser
 #: What ``disable_log: true`` keeps out of the record (Respan: messages, prompt, completion, tools, full request/response).
 CONTENT_FIELDS = frozenset({
     "prompt_messages", "completion_message", "tools", "tool_choice", "tool_calls", "variables",
-    "full_request", "full_response",
+    "full_request", "full_response", "prompt_messages_template",
 })
 
 #: Fields a PATCH may change; the rest of a record is immutable.
@@ -126,6 +127,9 @@ class LogRecord(ObservabilityParams, kw_only=True, omit_defaults=False):
     variables: Any = None
     full_request: Any = None
     full_response: Any = None
+    # Added by migration 3 (prompt management): the prompt's name and its messages, unrendered.
+    prompt_name: str | None = None
+    prompt_messages_template: Any = None
 
 
 assert set(LogRecord.__struct_fields__) == set(KINDS), "KINDS must list every LogRecord field"

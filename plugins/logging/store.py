@@ -30,10 +30,15 @@ _INDEXES = [("tenant_time", "tenant, start_time"), ("tenant_customer", "tenant, 
             ("trace", "trace_unique_id")]
 
 
+#: Columns later migrations add (migration 1 creates the table without them, as it always did).
+_ADDED_LATER = frozenset({"prompt_name", "prompt_messages_template"})
+
+
 def _create(dialect: str) -> str:
     types = _SQL_TYPES[dialect]
     cols = ",\n  ".join(
-        f"{name} {types[KINDS[name]]}" + (" PRIMARY KEY" if name == "unique_id" else "") for name in COLUMNS
+        f"{name} {types[KINDS[name]]}" + (" PRIMARY KEY" if name == "unique_id" else "")
+        for name in COLUMNS if name not in _ADDED_LATER
     )
     indexes = ";\n".join(f"CREATE INDEX IF NOT EXISTS {TABLE}_{n} ON {TABLE} ({c})" for n, c in _INDEXES)
     return f"CREATE TABLE IF NOT EXISTS {TABLE} (\n  {cols}\n);\n{indexes}"
@@ -45,9 +50,16 @@ _USAGE_INDEX = (f"CREATE INDEX IF NOT EXISTS {TABLE}_usage ON {TABLE} (tenant, s
                 "customer_identifier, status_code, latency, prompt_tokens, completion_tokens, total_request_tokens, "
                 "cost, cache_hit)")
 
+# The prompt fields of Respan's log schema beyond prompt_id/version/variables (prompt management).
+_PROMPT_COLUMNS = {"sqlite": f"ALTER TABLE {TABLE} ADD COLUMN prompt_name TEXT;\n"
+                             f"ALTER TABLE {TABLE} ADD COLUMN prompt_messages_template TEXT",
+                   "postgres": f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS prompt_name TEXT;\n"
+                               f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS prompt_messages_template JSONB"}
+
 MIGRATIONS = [
     Migration(1, sqlite=_create("sqlite"), postgres=_create("postgres")),
     Migration(2, sqlite=_USAGE_INDEX, postgres=_USAGE_INDEX),
+    Migration(3, sqlite=_PROMPT_COLUMNS["sqlite"], postgres=_PROMPT_COLUMNS["postgres"]),
 ]
 
 _INSERT = (
