@@ -121,23 +121,6 @@ def test_responses_system_messages_become_instructions() -> None:
     assert call.get("instructions") == "You are terse." and len(call.get("input")) == 1
 
 
-def test_reload_reads_the_folder_again_and_keeps_a_broken_file(prompts_gateway, folder: Path, fake_upstream: FakeUpstream) -> None:
-    path = write(folder, "greet.toml", '[[versions]]\nmodel = "gpt-test"\nmessages = [{ role = "user", content = "one" }]\n')
-    gw = prompts_gateway()
-    chat(gw, {"prompt": {"prompt_id": "greet"}})
-    assert fake_upstream.requests[-1].json["messages"][0]["content"] == "one"
-    path.write_text(path.read_text().replace('"one"', '"two"'))
-    write(folder, "new.toml", '[[versions]]\nmodel = "gpt-test"\nmessages = [{ role = "user", content = "new" }]\n')
-    gw.call(gw.gateway.reload())  # what SIGHUP does in a server's worker
-    chat(gw, {"prompt": {"prompt_id": "greet"}})
-    assert fake_upstream.requests[-1].json["messages"][0]["content"] == "two"
-    assert chat(gw, {"prompt": {"prompt_id": "new"}}).status_code == 200
-    path.write_text('[[versions]]\nmessages = [{ role = "user", content = "{% if %}" }]\n')  # a bad edit
-    gw.call(gw.gateway.reload())
-    chat(gw, {"prompt": {"prompt_id": "greet"}})
-    assert fake_upstream.requests[-1].json["messages"][0]["content"] == "two"  # still what it held
-
-
 def test_sighup_reloads_a_served_gateway(folder: Path, fake_upstream: FakeUpstream, tmp_path: Path) -> None:
     path = write(folder, "greet.toml", '[[versions]]\nmodel = "gpt-test"\nmessages = [{ role = "user", content = "one" }]\n')
     config = tmp_path / "gateway.toml"
@@ -158,6 +141,16 @@ def test_sighup_reloads_a_served_gateway(folder: Path, fake_upstream: FakeUpstre
             time.sleep(0.05)
         assert seen == {"two"}
         assert gw.process.poll() is None and len(gw.worker_pids()) == 2  # nobody died of the signal
+        # A bad edit fails the reload as a whole: each worker logs why and keeps what it had.
+        path.write_text('[[versions]]\nmessages = [{ role = "user", content = "{% if %}" }]\n')
+        gw.reload()
+        deadline = time.monotonic() + 20
+        while gw.log().count("config_reload_failed") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert gw.log().count("config_reload_failed") >= 2 and "greet.toml" in gw.log()
+        for _ in range(6):
+            assert chat(gw, {"prompt": {"prompt_id": "greet"}}).status_code == 200
+            assert fake_upstream.requests[-1].json["messages"][0]["content"] == "two"
 
 
 def test_a_broken_file_stops_the_start_naming_file_and_key(gateway_factory, folder: Path) -> None:
