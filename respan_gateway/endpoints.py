@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from .call import Call, Chunk
+from .cost import Usage
 
 #: The error envelope and stream framing of an endpoint: OpenAI's (``data:`` events ending with
 #: ``[DONE]``, ``{"error": {...}}``) or Anthropic's (named events, ``{"type": "error", ...}``).
@@ -55,6 +56,36 @@ class ChatTranslation(Protocol):
         """The endpoint's stream from the chat chunks (it must ``aclose`` ``chunks`` when it ends early)."""
 
 
+class StreamContinuation(Protocol):
+    """One stream of an endpoint, watched so that it can be continued on another model if it breaks.
+
+    The reliability stage makes one per stream (``Endpoint.continuation``) and feeds it every chunk
+    before the client gets it. When the stream breaks after chunks reached the client and
+    :meth:`resumable` is true, it asks :meth:`request` for the continuation's request (the
+    conversation plus :meth:`prefill`, the text delivered so far, as a trailing assistant message),
+    calls :meth:`resume`, and feeds the continuation's chunks through the same object, which turns
+    them into the rest of the one answer the client is reading (no second role delta, no text
+    repeated, one id, the usage of every attempt).
+    """
+
+    def feed(self, chunk: Chunk) -> Chunk | None:
+        """The chunk as the client gets it (None: nothing to send)."""
+
+    def resumable(self) -> bool:
+        """Whether what the client has can be continued: text only (no tool call, no reasoning), no finish."""
+
+    def prefill(self) -> str:
+        """The answer's text the client has received so far."""
+
+    def request(self, call: Call, body: dict[str, msgspec.Raw]) -> None:
+        """Make ``call.body`` the continuation's request: ``body`` (the request as the endpoint had it)
+        with :meth:`prefill` as a trailing assistant message."""
+
+    def resume(self, prior: Usage | None) -> None:
+        """The chunks fed from now on are a continuation's; ``prior``: the usage of the attempts
+        before it, added to the continuation's usage."""
+
+
 class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     """A pipeline endpoint.
 
@@ -68,6 +99,11 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     ``own_fields``: body fields that belong to this wire format even where a Respan param has the same
     name (Anthropic's ``metadata``), so they are not taken as Respan params.
     ``via_chat``: a :class:`ChatTranslation`, so that providers that speak only chat serve it too.
+    ``first_token``: whether a chunk of its stream carries the answer's first token (text, a tool
+    call, reasoning, a finish), for the time-to-first-token limit; None: its first chunk does.
+    ``continuation``: makes a :class:`StreamContinuation` per stream, so that a stream broken after
+    its first chunk can be continued on another model (None: it cannot; the stream ends with an error
+    event).
     """
 
     kind: str
@@ -77,6 +113,8 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     accumulator: Callable[[], Accumulator] | None = None
     own_fields: frozenset[str] = frozenset()
     via_chat: ChatTranslation | None = None
+    first_token: Callable[[Chunk], bool] | None = None
+    continuation: Callable[[Call], StreamContinuation] | None = None
 
 
-__all__ = ["Accumulator", "ChatTranslation", "Endpoint", "ErrorStyle"]
+__all__ = ["Accumulator", "ChatTranslation", "Endpoint", "ErrorStyle", "StreamContinuation"]

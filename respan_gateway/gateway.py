@@ -28,7 +28,7 @@ from .errors import BadRequest, GatewayError
 from .log import add_secrets
 from .model_catalog import available_models
 from .params import request_secrets, strip_params
-from .openai_chat import ChatAccumulator
+from .openai_chat import ChatAccumulator, ChatContinuation, chat_first_token
 from .metrics import Registry
 from .providers import AdapterContext, Catalog, ProviderAdapter, forbidden_headers
 from .state import SharedState
@@ -70,7 +70,7 @@ def core_endpoints() -> list[Endpoint]:
     """The endpoints the core serves itself; plugins declare theirs through ``register_endpoints``."""
     return [
         Endpoint(kind="chat", paths=("/api/chat/completions", "/api/v1/chat/completions", "/v1/chat/completions"),
-                 accumulator=ChatAccumulator),
+                 accumulator=ChatAccumulator, first_token=chat_first_token, continuation=ChatContinuation),
         Endpoint(kind="embeddings", paths=("/api/embeddings", "/api/v1/embeddings", "/v1/embeddings")),
     ]
 

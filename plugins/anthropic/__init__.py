@@ -67,6 +67,8 @@ class AnthropicAdapter(ProviderAdapter):
     Settings = AnthropicSettings
     default_base_url = "https://api.anthropic.com"
     credential_headers = frozenset({"x-api-key"})
+    # A trailing assistant message is a prefill: the answer continues it (wire-formats 4).
+    capabilities = frozenset({"assistant_prefill"})
     settings: AnthropicSettings
 
     # -- endpoint kinds ---------------------------------------------------------------------------
