@@ -121,6 +121,19 @@ return fails
 """
 
 
+# The probe's lease, taken only while the breaker is half-open (read again here: another replica's
+# probe may have failed and tripped it since this request looked), or already this request's.
+_LEASE = """
+local owner = redis.call('GET', KEYS[2])
+if owner == ARGV[1] then return 1 end
+if owner then return 0 end
+if redis.call('HGET', KEYS[1], 'tripped') ~= '1' then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'until') or '0') > tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+return 1
+"""
+
+
 class _RedisStore:
     """The breakers every process on the same Redis shares: ``<prefix>deployments:<provider>:<deployment>:<model>``."""
 
@@ -174,12 +187,9 @@ class _RedisStore:
             self._down(exc)
 
     async def lease(self, key: HealthKey, owner: str, now: float, seconds: float) -> bool:
-        name = self._key(key) + ":probe"
+        name = self._key(key)
         try:
-            redis = self.state.redis
-            if await redis.set(name, owner.encode(), nx=True, px=max(1, int(seconds * 1000))):
-                return True
-            return await redis.get(name) == owner.encode()
+            return bool(await self.state.redis.eval(_LEASE, 2, name, name + ":probe", owner, repr(now), max(1, int(seconds * 1000))))
         except UNAVAILABLE as exc:
             self._down(exc)
             return True
