@@ -176,10 +176,19 @@ def _native_defaults(call: Call) -> None:
         call.set("max_tokens", 4096)  # SPEC section 1: the native endpoint's default
 
 
+def first_token(chunk: Chunk) -> bool:
+    """Whether a Messages stream event carries the answer's first token: a delta (text, tool input,
+    thinking), a tool call's start, the stop reason, or an error (message_start and ping do not)."""
+    kind = chunk.event
+    if kind in ("content_block_delta", "message_delta", "message_stop", "error"):
+        return True
+    return kind == "content_block_start" and b'tool_use"' in chunk.data
+
+
 #: ``POST /api/anthropic/v1/messages``: Anthropic's Messages API, errors in Anthropic's envelope.
 NATIVE_ENDPOINT = Endpoint(
     kind="anthropic_messages", paths=(NATIVE_PATH,), style="anthropic", prepare=_native_defaults,
-    accumulator=MessagesAccumulator, own_fields=frozenset({"metadata"}),
+    accumulator=MessagesAccumulator, own_fields=frozenset({"metadata"}), first_token=first_token,
 )
 
 

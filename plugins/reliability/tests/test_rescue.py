@@ -462,3 +462,19 @@ def test_shared_cooldown_is_seen_by_another_gateway(gateway_factory: Callable[..
     assert ask(second, "fake/fake-error-503", fallback_models=["gpt-test"])[1] == "gpt-test-upstream"
     assert upstream_models(fake_upstream) == ["gpt-test-upstream"]
     assert any(b"deployments:fake:-:fake-error-503" in key for key in redis_state.keys())
+
+
+# -- other endpoints ------------------------------------------------------------------------------------
+
+def test_native_anthropic_stream_fails_over_on_a_late_first_token(start: Callable[..., GatewayServer], fake_upstream: FakeUpstream,
+                                                                  recorder: CallRecorder) -> None:
+    import anthropic
+
+    gw = start(reliability=TTFT, first_byte=5.0)
+    client = anthropic.Anthropic(base_url=gw.url + "/api/anthropic", api_key=TEST_KEY, max_retries=0)
+    # message_start comes at once, the first word never.
+    with client.messages.stream(model="claude/fake-stall-after-0", max_tokens=50, messages=MESSAGES,
+                                extra_body={"fallback_models": ["claude/claude-test"]}) as s:
+        text = "".join(s.text_stream)
+    assert text == ANSWER
+    assert recorder.attempts() == [("claude/fake-stall-after-0", 504), ("claude/claude-test", 200)]
