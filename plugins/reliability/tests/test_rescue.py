@@ -229,6 +229,14 @@ def test_broken_stream_is_continued_on_a_prefill_fallback(gw: GatewayServer, fak
     assert recorder.last.outcome.usage is not None and recorder.last.outcome.usage.completion_tokens == s.usage.completion_tokens
 
 
+def test_broken_anthropic_stream_is_continued_too(gw: GatewayServer, fake_upstream: FakeUpstream, recorder: CallRecorder) -> None:
+    # The Anthropic wire cut after "Hello from " (message_start, ping, the block's start, two deltas).
+    s = stream(gw, "claude/fake-cut-after-4", fallback_models=["claude/claude-test"])
+    assert (s.text, s.roles, s.finishes, len(s.ids)) == (ANSWER, 1, ["stop"], 1)
+    assert fake_upstream.requests[-1].json["messages"][-1]["content"] == [{"type": "text", "text": "Hello from"}]
+    assert [a.prefill for a in recorder.last.attempts] == [None, len("Hello from ")]
+
+
 def test_continuation_is_on_the_log_record(gw: GatewayServer, fake_upstream: FakeUpstream) -> None:
     with httpx2.stream("POST", gw.base_url + "chat/completions", headers={"authorization": f"Bearer {TEST_KEY}"}, timeout=30,
                        json={"model": "fake/fake-cut-after-3", "messages": MESSAGES, "stream": True,
