@@ -8,6 +8,7 @@ from .call import ANONYMOUS, Attempt, Call, CallNext, Chunk, JSONResult, KeyLimi
 from .config import Config, ConfigError, ProviderSettings, Settings
 from .endpoints import Accumulator, ChatTranslation, Endpoint
 from .errors import (
+    CONTEXT_LENGTH_EXCEEDED,
     AuthenticationFailed,
     BadRequest,
     GatewayError,
@@ -35,7 +36,7 @@ __all__ = [
     "AdapterContext", "ErrorFields", "OpenAIAdapter", "OpenAICompatibleAdapter", "StreamMark", "aclose",
     "ProviderAdapter", "ProviderSettings", "RateLimited", "RespanParams", "Result", "Settings",
     "StreamInterrupted", "StreamResult", "Target", "UpstreamError", "UpstreamTimeout", "UpstreamTooLarge",
-    "UpstreamUnreachable",
+    "UpstreamUnreachable", "CONTEXT_LENGTH_EXCEEDED",
     "hookimpl", "create_app",
 ]
 

@@ -86,6 +86,8 @@ class Attempt(msgspec.Struct, kw_only=True):
     status: int | None = None
     error: str | None = None
     duration: float = 0.0
+    # A continuation of a broken stream: the characters of delivered text it was sent as an assistant prefill.
+    prefill: int | None = None
 
 
 class Chunk(msgspec.Struct):

@@ -15,6 +15,7 @@ import msgspec
 
 from .call import Call, Chunk
 from .errors import GatewayError
+from .cost import Usage
 
 #: The error envelope and stream framing of an endpoint: OpenAI's (``data:`` events ending with
 #: ``[DONE]``, ``{"error": {...}}``) or Anthropic's (named events, ``{"type": "error", ...}``).
@@ -63,6 +64,36 @@ class ChatTranslation(Protocol):
         """The endpoint's stream from the chat chunks (it must ``aclose`` ``chunks`` when it ends early)."""
 
 
+class StreamContinuation(Protocol):
+    """One stream of an endpoint, watched so that it can be continued on another model if it breaks.
+
+    The reliability stage makes one per stream (``Endpoint.continuation``) and feeds it every chunk
+    before the client gets it. When the stream breaks after chunks reached the client and
+    :meth:`resumable` is true, it asks :meth:`request` for the continuation's request (the
+    conversation plus :meth:`prefill`, the text delivered so far, as a trailing assistant message),
+    calls :meth:`resume`, and feeds the continuation's chunks through the same object, which turns
+    them into the rest of the one answer the client is reading (no second role delta, no text
+    repeated, one id, the usage of every attempt).
+    """
+
+    def feed(self, chunk: Chunk) -> Chunk | None:
+        """The chunk as the client gets it (None: nothing to send)."""
+
+    def resumable(self) -> bool:
+        """Whether what the client has can be continued: text only (no tool call, no reasoning), no finish."""
+
+    def prefill(self) -> str:
+        """The answer's text the client has received so far."""
+
+    def request(self, call: Call, body: dict[str, msgspec.Raw]) -> None:
+        """Make ``call.body`` the continuation's request: ``body`` (the request as the endpoint had it)
+        with :meth:`prefill` as a trailing assistant message."""
+
+    def resume(self, prior: Usage | None) -> None:
+        """The chunks fed from now on are a continuation's; ``prior``: the usage of the attempts
+        before it, added to the continuation's usage."""
+
+
 class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     """A pipeline endpoint.
 
@@ -95,6 +126,11 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     ``max_tokens_fields``: the body fields that bound the tokens an answer may generate, the first one
     present wins (read by :meth:`max_output_tokens`, e.g. for a budget's estimate of a request's
     cost); empty when the endpoint generates no tokens (embeddings).
+    ``first_token``: whether a chunk of its stream carries the answer's first token (text, a tool
+    call, reasoning, a finish), for the time-to-first-token limit; None: its first chunk does.
+    ``continuation``: makes a :class:`StreamContinuation` per stream, so that a stream broken after
+    its first chunk can be continued on another model (None: it cannot; the stream ends with an error
+    event).
     """
 
     kind: str
@@ -110,6 +146,8 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     stream_done: bytes | None = None
     stream_error: Callable[[GatewayError, Call], Chunk] | None = None
     max_tokens_fields: tuple[str, ...] = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+    first_token: Callable[[Chunk], bool] | None = None
+    continuation: Callable[[Call], StreamContinuation] | None = None
 
     def max_output_tokens(self, call: Call) -> int | None:
         """The request's bound on generated tokens: the first of ``max_tokens_fields`` the body holds
@@ -131,4 +169,4 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
 
 _decode_int = msgspec.json.Decoder(int | None).decode
 
-__all__ = ["Accumulator", "ChatTranslation", "Endpoint", "ErrorStyle"]
+__all__ = ["Accumulator", "ChatTranslation", "Endpoint", "ErrorStyle", "StreamContinuation"]

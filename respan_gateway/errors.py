@@ -12,6 +12,7 @@ other stage, the client or the log record sees it.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -203,6 +204,25 @@ class UpstreamError(GatewayError):
     @property
     def retryable(self) -> bool:
         return self.status in (408, 409, 429) or self.status >= 500
+
+
+#: The ``code`` of an upstream error that says the prompt does not fit the model's context window,
+#: whatever the provider's words (:func:`is_context_length_exceeded`): a reason to try another model,
+#: never to resend the same payload to the same one.
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+# What providers say when the prompt is too long: OpenAI (and compatible servers, Azure), Anthropic, Gemini.
+_CONTEXT_LENGTH = re.compile(
+    r"maximum context length|context_length_exceeded|context window|prompt is too long"
+    r"|exceeds the maximum number of tokens",
+    re.IGNORECASE,
+)
+
+
+def is_context_length_exceeded(status: int, message: str, code: str | None) -> bool:
+    """Whether a provider's error answer (400/413) says the prompt is longer than the model's context."""
+    if code == CONTEXT_LENGTH_EXCEEDED:
+        return True
+    return status in (400, 413) and bool(_CONTEXT_LENGTH.search(message or ""))
 
 
 class UpstreamUnreachable(UpstreamError):

@@ -31,6 +31,7 @@ from .params import request_secrets, strip_params
 from .openai_chat import ChatAccumulator, check_not_empty
 from .openai_chat import cacheable as chat_cacheable
 from .openai_chat import replay as chat_replay
+from .openai_chat import ChatContinuation, chat_first_token
 from .metrics import Registry
 from .providers import AdapterContext, Catalog, ProviderAdapter, forbidden_headers
 from .state import SharedState
@@ -81,7 +82,8 @@ def core_endpoints() -> list[Endpoint]:
     """The endpoints the core serves itself; plugins declare theirs through ``register_endpoints``."""
     return [
         Endpoint(kind="chat", paths=("/api/chat/completions", "/api/v1/chat/completions", "/v1/chat/completions"),
-                 accumulator=ChatAccumulator, replay=chat_replay, cacheable=chat_cacheable),
+                 accumulator=ChatAccumulator, replay=chat_replay, cacheable=chat_cacheable,
+                 first_token=chat_first_token, continuation=ChatContinuation),
         Endpoint(kind="embeddings", paths=("/api/embeddings", "/api/v1/embeddings", "/v1/embeddings"),
                  max_tokens_fields=()),
     ]

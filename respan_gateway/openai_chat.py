@@ -355,6 +355,9 @@ class ChatAccumulator:
         return body
 
 
+
+
+
 #: Finish reasons of an answer a response cache may store: a whole answer to the request as asked
 #: (``length`` is what the request's own ``max_tokens`` gives again); not ``content_filter`` (a
 #: moderation decision, not the model's answer) nor a missing one (the answer did not finish).
@@ -413,4 +416,152 @@ def replay(answer: dict[str, Any], call: Call) -> list[Chunk]:
     return chunks
 
 
-__all__ = ["CACHEABLE_FINISH_REASONS", "ChatAccumulator", "ChunkWriter", "FINISH_REASONS", "cacheable", "replay", "check_messages", "completion", "include_usage", "parse_data_url", "text_of", "usage"]
+# -- time to first token and continuation of a broken stream (the chat endpoint's) ------------------
+class _TokenDelta(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[Any] | None = None
+    function_call: Any = None
+    refusal: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+
+
+class _TokenChoice(msgspec.Struct):
+    index: int = 0
+    delta: _TokenDelta | None = None
+    finish_reason: str | None = None
+
+
+class _TokenChunk(msgspec.Struct):
+    id: str | None = None
+    created: int | None = None
+    choices: list[_TokenChoice] | None = None
+    usage: dict[str, Any] | None = None
+
+
+_decode_token_chunk = msgspec.json.Decoder(_TokenChunk).decode
+
+
+def _read(chunk: Chunk) -> _TokenChunk | None:
+    try:
+        return _decode_token_chunk(chunk.data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def chat_first_token(chunk: Chunk) -> bool:
+    """Whether a ``chat.completion.chunk`` carries the answer's first token: text, a tool call, a
+    refusal, reasoning, a finish reason or the usage (a role-only delta or Azure's prompt-filter
+    chunk does not). A chunk that cannot be read counts (the relay judges it)."""
+    data = _read(chunk)
+    if data is None or data.usage:
+        return True
+    for choice in data.choices or ():
+        if choice.finish_reason:
+            return True
+        d = choice.delta
+        if d is not None and (d.content or d.tool_calls or d.function_call or d.refusal or d.reasoning_content or d.reasoning):
+            return True
+    return False
+
+
+class ChatContinuation:
+    """The chat endpoint's :class:`~respan_gateway.endpoints.StreamContinuation`: one choice, text only.
+
+    While the first attempt streams it keeps the text delivered and notes what cannot be continued
+    (a tool call, reasoning, a refusal, a finish, a second choice). A continuation's chunks are
+    rewritten into the rest of the same answer: the first attempt's ``id`` and ``created``, no role,
+    the whitespace the prefill left out not sent twice, chunks left empty dropped, and the usage
+    chunk counting every attempt.
+    """
+
+    __slots__ = ("parts", "blocked", "id", "created", "continuing", "pending", "prior")
+
+    def __init__(self, call: Call | None = None) -> None:
+        self.parts: list[str] = []
+        self.blocked = False
+        self.id: str | None = None
+        self.created: int | None = None
+        self.continuing = False
+        # Whitespace the client has that the prefill did not carry (providers refuse a trailing one).
+        self.pending = ""
+        self.prior: dict[str, int] | None = None
+
+    def feed(self, chunk: Chunk) -> Chunk | None:
+        data = _read(chunk)
+        if data is None:
+            self.blocked = True
+            return chunk
+        if self.id is None:
+            self.id, self.created = data.id, data.created
+        for choice in data.choices or ():
+            d = choice.delta
+            if choice.index != 0 or choice.finish_reason or (
+                    d is not None and (d.tool_calls or d.function_call or d.refusal or d.reasoning_content or d.reasoning)):
+                self.blocked = True
+        if not self.continuing:
+            for choice in data.choices or ():
+                if choice.delta is not None and choice.delta.content:
+                    self.parts.append(choice.delta.content)
+            return chunk
+        return self._rewrite(chunk)
+
+    def _rewrite(self, chunk: Chunk) -> Chunk | None:
+        body = msgspec.json.decode(chunk.data)
+        if not isinstance(body, dict):
+            return chunk
+        if self.id is not None and "id" in body:
+            body["id"] = self.id
+        if self.created is not None and "created" in body:
+            body["created"] = self.created
+        said = False
+        for choice in body.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict):
+                delta.pop("role", None)
+                text = delta.get("content")
+                if isinstance(text, str) and text:
+                    if self.pending:
+                        # The prefill ended before this whitespace: the continuation may repeat it.
+                        kept = len(text) - len(text.lstrip())
+                        drop = min(kept, len(self.pending))
+                        text, self.pending = text[drop:], "" if text[drop:] else self.pending[drop:]
+                        delta["content"] = text
+                    if text:
+                        self.parts.append(text)
+                said = said or bool(text) or any(v not in (None, "", []) for k, v in delta.items() if k != "content")
+            said = said or bool(isinstance(choice, dict) and choice.get("finish_reason"))
+        usage = body.get("usage")
+        if isinstance(usage, dict) and self.prior:
+            for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                if isinstance(usage.get(key), int):
+                    usage[key] += self.prior.get(key, 0)
+        if not said and not usage:
+            return None
+        return Chunk(_encode(body), chunk.event)
+
+    def resumable(self) -> bool:
+        return not self.blocked
+
+    def prefill(self) -> str:
+        return "".join(self.parts)
+
+    def request(self, call: Call, body: dict[str, msgspec.Raw]) -> None:
+        text = self.prefill().rstrip()
+        messages = msgspec.json.decode(body["messages"]) if "messages" in body else []
+        if text:
+            messages = [*messages, {"role": "assistant", "content": text}]
+        call.body = {**body, "messages": msgspec.Raw(_encode(messages))}
+        call.body_changed = True
+
+    def resume(self, prior: Any = None) -> None:
+        text = self.prefill()
+        self.pending = text[len(text.rstrip()):]
+        self.continuing = True
+        if prior is not None:
+            add = {"prompt_tokens": prior.prompt_tokens, "completion_tokens": prior.completion_tokens,
+                   "total_tokens": prior.prompt_tokens + prior.completion_tokens}
+            self.prior = {k: v + (self.prior or {}).get(k, 0) for k, v in add.items()}
+
+
+__all__ = ["CACHEABLE_FINISH_REASONS", "ChatAccumulator", "ChatContinuation", "chat_first_token", "ChunkWriter", "FINISH_REASONS", "cacheable", "replay", "check_messages", "completion", "include_usage", "parse_data_url", "text_of", "usage"]

@@ -48,6 +48,8 @@ class RetryParams(Params):
     retry_enabled: bool = True
     num_retries: Count | None = None
     retry_after: Amount | None = None
+    # The gateway's own: resend the same model after a timeout even when a fallback is left.
+    retry_on_timeout: bool | None = None
 
 
 class LoadBalanceModel(Params):
@@ -142,6 +144,8 @@ class RespanParams(ObservabilityParams):
     model_name_map: dict[str, str] | None = None
     route_provider_override: str | None = None
     timeout: Amount | None = None
+    # The gateway's own: seconds until a stream's first token (content, tool call or finish), this request.
+    first_token_timeout: Amount | None = None
     # Credentials (SPEC section 3).
     customer_credentials: dict[str, Any] | list[dict[str, Any]] | None = None
     credential_override: dict[str, dict[str, Any]] | None = None

@@ -26,7 +26,7 @@ import msgspec
 
 from .call import Call, Chunk, Result, Target
 from .config import ConfigError, ModelEntry, ProviderSettings, UpstreamSettings
-from .errors import BadRequest, GatewayError, ModelNotFound, StreamInterrupted, UpstreamError, UpstreamTooLarge
+from .errors import CONTEXT_LENGTH_EXCEEDED, BadRequest, GatewayError, ModelNotFound, StreamInterrupted, UpstreamError, UpstreamTooLarge, is_context_length_exceeded
 from .sse import read_events
 from .upstream import parse_retry_after, parsed_url, timeout_for, transport_error
 
@@ -96,6 +96,10 @@ class ProviderAdapter:
     credential_headers: ClassVar[frozenset[str]] = frozenset()
     #: The content type a streamed answer must have (:meth:`send` refuses any other with a 502).
     stream_content_type: ClassVar[str] = "text/event-stream"
+    #: Capabilities of every model this adapter serves, added to a catalog entry's ``capabilities``
+    #: (and the only ones of a ``<provider>/<model>`` slug without an entry): e.g. ``assistant_prefill``,
+    #: a trailing assistant message is continued as it stands.
+    capabilities: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, provider_id: str, settings: ProviderSettings, context: AdapterContext) -> None:
         self.id = provider_id
@@ -256,14 +260,19 @@ class ProviderAdapter:
     async def error_from_response(self, response: httpx2.Response, target: Target) -> UpstreamError:
         """The provider's error answer as an :class:`UpstreamError` keeping its status and message."""
         fields = self.error_fields(await self._read_limited(response))
+        status = response.status_code
+        code = fields.code
+        # One code for "the prompt is too long", whatever the provider's words (reliability falls back on it).
+        if is_context_length_exceeded(status, fields.message, code):
+            code = CONTEXT_LENGTH_EXCEEDED
         return UpstreamError(
-            fields.message or f"provider `{self.id}` answered {response.status_code}",
-            status=response.status_code,
+            fields.message or f"provider `{self.id}` answered {status}",
+            status=status,
             provider=self.id,
             retry_after=parse_retry_after(response.headers),
             type=fields.type or "upstream_error",
             param=fields.param,
-            code=fields.code,
+            code=code,
         )
 
     def error_fields(self, content: bytes) -> ErrorFields:
@@ -388,6 +397,13 @@ class Catalog:
         if pinned is not None:
             return Target(provider=pinned, model=slug, upstream_model=slug)
         raise ModelNotFound(f"Requested model `{slug}` is not available in the model list", param="model")
+
+    def capabilities(self, target: Target) -> frozenset[str]:
+        """What the model of ``target`` can do: its catalog entry's ``capabilities`` and its adapter's."""
+        entry = self.entry(target.model)
+        adapter = self.providers.get(target.provider)
+        own = adapter.capabilities if adapter is not None else frozenset()
+        return own | frozenset(entry.capabilities) if entry is not None else own
 
     def listing(self) -> list[dict[str, Any]]:
         return [

@@ -69,6 +69,8 @@ class AnthropicAdapter(ProviderAdapter):
     Settings = AnthropicSettings
     default_base_url = "https://api.anthropic.com"
     credential_headers = frozenset({"x-api-key"})
+    # A trailing assistant message is a prefill: the answer continues it (wire-formats 4).
+    capabilities = frozenset({"assistant_prefill"})
     settings: AnthropicSettings
 
     # -- endpoint kinds ---------------------------------------------------------------------------
@@ -176,11 +178,21 @@ def _native_defaults(call: Call) -> None:
         call.set("max_tokens", 4096)  # SPEC section 1: the native endpoint's default
 
 
+def first_token(chunk: Chunk) -> bool:
+    """Whether a Messages stream event carries the answer's first token: a delta (text, tool input,
+    thinking), a tool call's start, the stop reason, or an error (message_start and ping do not)."""
+    kind = chunk.event
+    if kind in ("content_block_delta", "message_delta", "message_stop", "error"):
+        return True
+    return kind == "content_block_start" and b'tool_use"' in chunk.data
+
+
 #: ``POST /api/anthropic/v1/messages``: Anthropic's Messages API, errors in Anthropic's envelope. A model
 #: of a provider whose adapter speaks only chat is served through the core's translation.
 NATIVE_ENDPOINT = Endpoint(
     kind="anthropic_messages", paths=(NATIVE_PATH,), style="anthropic", prepare=_native_defaults,
     accumulator=MessagesAccumulator, own_fields=frozenset({"metadata"}), via_chat=MESSAGES_VIA_CHAT,
+    first_token=first_token,
     # A response cache replays a stored message as a stream, and keys on the betas (they change the answer).
     replay=replay, cacheable=cacheable, key_headers=("anthropic-beta",),
 )

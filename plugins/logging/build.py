@@ -74,7 +74,8 @@ def build_record(call: Call) -> LogRecord:
     if call.attempts:
         record.warnings = [
             {"model": a.model, "provider": a.provider, "deployment": a.deployment, "status_code": a.status,
-             "error": a.error, "duration": round(a.duration, 6)} for a in call.attempts
+             "error": a.error, "duration": round(a.duration, 6),
+             **({"prefill_length": a.prefill} if a.prefill is not None else {})} for a in call.attempts
         ]
     usage = o.usage
     if usage is not None:

@@ -1,16 +1,19 @@
-"""The clock of one attempt: the first-byte limit, then the stream under the idle and total limits.
+"""The clock of one attempt: the first-byte or first-token limit, then the stream under the idle and total limits.
 
-:func:`timed_attempt` runs one attempt and, for a stream, fetches its first chunk inside the same
-limit, so that a stream failing before it can still be retried or fall back. After it, :func:`relay`
-hands the chunks to the client one by one, each checked to be JSON, under a :class:`_Watchdog`;
-a failure there ends the client's stream with an error event (the endpoint writes it).
+:func:`timed_attempt` runs one attempt and, for a stream, fetches its head (every chunk up to and
+including the first token: content, a tool call, reasoning or a finish, as the endpoint's
+``first_token`` tells) inside the same limit, so that a stream failing or silent before its first
+token can still be retried or fall back, with nothing sent to the client. After it, :func:`relay`
+hands the chunks to the client one by one, each checked to be JSON, under a :class:`_Watchdog`; a
+failure there ends the client's stream with an error event (the endpoint writes it), unless the
+middleware continues the stream on another candidate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
@@ -29,33 +32,66 @@ from respan_gateway import (
 
 from .settings import ReliabilitySettings
 
-__all__ = ["attempt_timeouts", "timed_attempt", "relay"]
+__all__ = ["Limits", "attempt_limits", "timed_attempt", "relay"]
 
 # Validates a chunk's JSON without building any object.
 _check_json = msgspec.json.Decoder(msgspec.Raw).decode
 
-
-def attempt_timeouts(settings: ReliabilitySettings, call: Call) -> tuple[float, float]:
-    """(first byte, idle) of the attempt on ``call.target``: the request's `timeout` > per provider > the default."""
-    s = settings
-    if call.params.timeout is not None:
-        return call.params.timeout, call.params.timeout
-    per = s.providers.get(call.target.provider) if call.target is not None else None
-    if per is None:
-        return s.first_byte_timeout, s.idle_timeout
-    return (per.first_byte_timeout if per.first_byte_timeout is not None else s.first_byte_timeout,
-            per.idle_timeout if per.idle_timeout is not None else s.idle_timeout)
+FirstToken = Callable[[Chunk], bool]
 
 
-async def timed_attempt(settings: ReliabilitySettings, call: Call, call_next: CallNext, deadline: float) -> Result:
-    """One attempt on ``call.target``: an answer (or a stream's first chunk) within the first-byte limit.
+class Limits:
+    """The limits of one attempt: until its head (and the setting that gave it), then between chunks."""
+
+    __slots__ = ("head", "head_name", "idle")
+
+    def __init__(self, head: float, head_name: str, idle: float) -> None:
+        self.head, self.head_name, self.idle = head, head_name, idle
+
+
+def attempt_limits(settings: ReliabilitySettings, call: Call) -> Limits:
+    """The limits of the attempt on ``call.target``.
+
+    A complete answer: the request's ``timeout`` > the model's ``first_byte_timeout`` > the
+    provider's > the section's. A stream's first token: the request's ``first_token_timeout`` > its
+    ``timeout`` > ``first_token_timeout`` of the model, the provider, the section > the first-byte
+    limit above. Idle: the request's ``timeout`` > model > provider > section.
+    """
+    s, p, target = settings, call.params, call.target
+    layers = [s.models.get(target.model), s.providers.get(target.provider)] if target is not None else []
+
+    def pick(name: str) -> tuple[float, str] | None:
+        for layer in layers:
+            value = getattr(layer, name, None) if layer is not None else None
+            if value is not None:
+                return value, name
+        value = getattr(s, name)
+        return (value, name) if value is not None else None
+
+    if p.timeout is not None:
+        first_byte, idle = (p.timeout, "timeout"), p.timeout
+    else:
+        first_byte, idle = pick("first_byte_timeout"), pick("idle_timeout")[0]  # type: ignore[assignment,index]
+    head = first_byte
+    if call.stream:
+        if p.first_token_timeout is not None:
+            head = (p.first_token_timeout, "first_token_timeout")
+        elif p.timeout is None:
+            head = pick("first_token_timeout") or first_byte
+    assert head is not None
+    return Limits(head[0], head[1], idle)
+
+
+async def timed_attempt(settings: ReliabilitySettings, call: Call, call_next: CallNext, deadline: float,
+                        first_token: FirstToken | None = None) -> Result:
+    """One attempt on ``call.target``: an answer (or a stream's head) within its limit.
 
     A failure is put on the attempt the core recorded, and raised; a stream comes back as the relay
     of :func:`relay`.
     """
     loop = asyncio.get_running_loop()
-    first_byte, idle = attempt_timeouts(settings, call)
-    limit = min(first_byte, deadline - loop.time())
+    limits = attempt_limits(settings, call)
+    limit = min(limits.head, deadline - loop.time())
     seen = len(call.attempts)
     started = time.perf_counter()
     result: Result | None = None
@@ -64,20 +100,20 @@ async def timed_attempt(settings: ReliabilitySettings, call: Call, call_next: Ca
             result = await call_next(call)
             if not isinstance(result, StreamResult):
                 return result
-            first = await _first_chunk(result.chunks, call)
+            head = await _head(result.chunks, call, first_token)
     except TimeoutError:
-        if isinstance(result, StreamResult):
-            await aclose(result.chunks, quiet=True)
         provider = call.target.provider if call.target is not None else "upstream"
-        what = "no first chunk" if call.stream else "no answer"
-        which = "total_timeout" if limit < first_byte else ("timeout" if call.params.timeout is not None else "first_byte_timeout")
+        what = ("no first token" if first_token is not None else "no first chunk") if call.stream else "no answer"
+        which = "total_timeout" if limit < limits.head else limits.head_name
         exc = UpstreamTimeout(f"provider `{provider}` sent {what} within {limit:.3g}s ({which})", provider=provider)
         _record(call, seen, exc, started)
-        raise exc from None
-    except GatewayError as exc:
         if isinstance(result, StreamResult):
             await aclose(result.chunks, quiet=True)
+        raise exc from None
+    except GatewayError as exc:
         _record(call, seen, exc, started)
+        if isinstance(result, StreamResult):
+            await aclose(result.chunks, quiet=True)
         raise
     except BaseException:
         if isinstance(result, StreamResult):
@@ -85,31 +121,39 @@ async def timed_attempt(settings: ReliabilitySettings, call: Call, call_next: Ca
         raise
     attempt = call.attempts[-1] if len(call.attempts) > seen else None
     if attempt is not None:
-        # A stream's attempt lasts until its first chunk, as a complete answer's lasts until the answer.
+        # A stream's attempt lasts until its first token, as a complete answer's lasts until the answer.
         attempt.duration = time.perf_counter() - started
-    chunks = relay(call, first, result.chunks, idle, deadline, attempt)
+    chunks = relay(call, head, result.chunks, limits.idle, deadline, attempt)
     return StreamResult(chunks, status=result.status, headers=result.headers)
 
 
-async def _first_chunk(chunks: AsyncIterator[Chunk], call: Call) -> Chunk:
+async def _head(chunks: AsyncIterator[Chunk], call: Call, first_token: FirstToken | None) -> list[Chunk]:
+    """The stream's chunks up to its first token (the first chunk, without ``first_token``)."""
     provider = call.target.provider if call.target is not None else "upstream"
-    try:
-        first = await anext(chunks)
-    except StopAsyncIteration:
-        raise StreamInterrupted(f"provider `{provider}` ended the stream before sending anything", provider=provider) from None
-    _check_chunk(first, provider)
-    return first
+    head: list[Chunk] = []
+    while True:
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            if not head:
+                raise StreamInterrupted(f"provider `{provider}` ended the stream before sending anything", provider=provider) from None
+            return head  # an answer without a token: the relay ends it as the provider did
+        _check_chunk(chunk, provider)
+        head.append(chunk)
+        if first_token is None or first_token(chunk):
+            return head
 
 
 async def relay(
-    call: Call, first: Chunk, chunks: AsyncIterator[Chunk], idle: float, deadline: float, attempt: Attempt | None,
+    call: Call, head: list[Chunk], chunks: AsyncIterator[Chunk], idle: float, deadline: float, attempt: Attempt | None,
 ) -> AsyncIterator[Chunk]:
-    """The stream as the client gets it: the first chunk, then the rest under the idle and total limits."""
+    """The stream as the client gets it: its head, then the rest under the idle and total limits."""
     loop = asyncio.get_running_loop()
     provider = call.target.provider if call.target is not None else "upstream"
     watchdog = _Watchdog(loop)
     try:
-        yield first
+        for chunk in head:
+            yield chunk
         while True:
             now = loop.time()
             until = min(now + idle, deadline)

@@ -12,7 +12,9 @@ Middleware ``deployments`` (order 850, after reliability) picks, for every attem
 provider's configured deployments (keys and endpoints, by weight) and cools down a deployment that
 keeps failing (see :mod:`.deployments`); its ``[deployments]`` section holds the cooldown settings.
 A candidate whose every deployment is cooling down moves to the end of routing's list, so traffic
-goes to the fallbacks until it comes back.
+goes to the fallbacks until it comes back; after the cooldown one request (the probe, holding a
+lease) tries it first, the others keep to the fallbacks until the probe succeeded. With
+``[state] redis_url`` that state is shared by every worker and replica.
 
 How routing learns that health without a module global: the pool belongs to ``deployments``, which
 builds it from its own settings; :func:`register_middlewares` runs once per gateway build and gives
@@ -56,7 +58,7 @@ def register_middlewares(register: RegisterMiddleware) -> None:
 
     def deployments(settings: DeploymentsSettings, gateway: Gateway) -> DeploymentsMiddleware:
         slot.pool = DeploymentPool(gateway, settings)
-        return DeploymentsMiddleware(slot.pool)
+        return DeploymentsMiddleware(slot.pool, {e.kind: e.first_token for e in gateway.endpoints if e.first_token is not None})
 
     register("routing", routing, order=700, settings=RoutingSettings)
     # Routing orders its candidates by this pool's health: `deployments` is meant to run with it.

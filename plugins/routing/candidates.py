@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from .deployments import DeploymentPool
 
-__all__ = ["RoutingMiddleware", "plan"]
+__all__ = ["RoutingMiddleware", "by_health", "plan"]
 
 
 class RoutingMiddleware:
@@ -39,6 +39,10 @@ class RoutingMiddleware:
         # Fail at start-up, by name, on a slug no request could ever reach.
         for i, slug in enumerate(settings.fallback_models):
             self._check_slug(slug, f"routing.fallback_models[{i}]", source)
+        for primary, slugs in settings.fallbacks.items():
+            self._check_slug(primary, f"routing.fallbacks.{primary}", source)
+            for i, slug in enumerate(slugs):
+                self._check_slug(slug, f"routing.fallbacks.{primary}[{i}]", source)
         for gid, group in settings.load_balance_groups.items():
             if not group.models:
                 raise ConfigError(f"{source}: `routing.load_balance_groups.{gid}.models`: the group is empty")
@@ -54,13 +58,28 @@ class RoutingMiddleware:
             raise ConfigError(f"{source}: `{key}`: unknown model `{slug}`") from None
 
     async def __call__(self, call: Call, call_next: CallNext) -> Result:
-        candidates = plan(call, self.catalog, self.settings, self.slot.pool)
+        candidates = plan(call, self.catalog, self.settings)
+        pool = self.slot.pool
+        if pool is not None and len(candidates) > 1:
+            candidates = await by_health(call, candidates, pool)
         call.candidates = candidates
         call.target = msgspec.structs.replace(candidates[0])
         return await call_next(call)
 
 
-def plan(call: Call, catalog: Catalog, settings: RoutingSettings, pool: DeploymentPool | None = None) -> list[Target]:
+async def by_health(call: Call, candidates: list[Target], pool: DeploymentPool) -> list[Target]:
+    """The candidates with those whose every deployment is cooling down moved last, in order.
+
+    A half-open candidate comes first only for the request that took its probe lease, and only when
+    no candidate before it is healthy: the others keep to the fallbacks until the probe succeeded."""
+    readiness = await pool.readiness(candidates, call.request_id)
+    ready = [t for t, r in zip(candidates, readiness) if r != "cooling"]
+    if not ready or len(ready) == len(candidates):
+        return candidates
+    return ready + [t for t, r in zip(candidates, readiness) if r == "cooling"]
+
+
+def plan(call: Call, catalog: Catalog, settings: RoutingSettings) -> list[Target]:
     """The ordered candidates of ``call``: routing choices, then fallbacks (see README.md)."""
     p = call.params
     excluded_models = set(p.exclude_models or ())
@@ -89,7 +108,11 @@ def plan(call: Call, catalog: Catalog, settings: RoutingSettings, pool: Deployme
     else:
         raise BadRequest("the request has no `model`: name one (or `models`, or a load_balance_group)", param="model")
 
-    fallback_slugs = p.fallback_models if p.fallback_models is not None else settings.fallback_models
+    primary = (explicit or routed)[0].model if explicit or routed else None
+    if p.fallback_models is not None:
+        fallback_slugs = p.fallback_models
+    else:  # the primary's own list, else the config's default
+        fallback_slugs = settings.fallbacks.get(primary, settings.fallback_models) if primary else settings.fallback_models
     fallbacks = [catalog.resolve(m) for m in fallback_slugs]
     # With a primary named by `model` or a group, `models` are extra fallbacks (after fallback_models).
     extra = [t for t in (catalog.resolve(m) for m in p.models or ()) if not excluded(t)] if members is not None or call.model else []
@@ -101,11 +124,6 @@ def plan(call: Call, catalog: Catalog, settings: RoutingSettings, pool: Deployme
         )
     if p.disable_fallback:
         ordered = ordered[:1]
-    elif pool is not None and len(ordered) > 1:
-        # A candidate whose deployments are all cooling down goes last: traffic moves on until it recovers.
-        ready = [t for t in ordered if pool.available(t)]
-        if len(ready) != len(ordered):
-            ordered = ready + [t for t in ordered if t not in ready]
     return ordered
 
 

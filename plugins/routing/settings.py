@@ -30,6 +30,8 @@ class LoadBalanceGroupSettings(Settings):
 class RoutingSettings(Settings):
     # Fallbacks used when a request names none (a request's `fallback_models` replaces this list).
     fallback_models: list[str] = []
+    # Per primary model slug: its own fallbacks, instead of `fallback_models` (a request's still win).
+    fallbacks: dict[str, list[str]] = {}
     # Groups a request names in `load_balance_group.group_id`.
     load_balance_groups: dict[str, LoadBalanceGroupSettings] = {}
 

@@ -108,6 +108,36 @@ async def send_error(ex: _Exchange, wire: str | None, status: int, message: str,
     await ex.error(status, message, headers)
 
 
+#: What each wire says when the prompt is too long ("context-length") or refused by policy ("content-policy").
+_REFUSALS = {
+    ("openai", "context-length"): ("This model's maximum context length is 128000 tokens. However, your messages "
+                                   "resulted in 130532 tokens. Please reduce the length of the messages.",
+                                   "invalid_request_error", "context_length_exceeded", "messages"),
+    ("openai", "content-policy"): ("Your request was rejected as a result of our safety system.",
+                                   "invalid_request_error", "content_policy_violation", None),
+    ("anthropic", "context-length"): ("prompt is too long: 210432 tokens > 200000 maximum", None, None, None),
+    ("anthropic", "content-policy"): ("Output blocked by content filtering policy", None, None, None),
+    ("gemini", "context-length"): ("The input token count (1203412) exceeds the maximum number of tokens allowed (1048576).",
+                                   None, None, None),
+    ("gemini", "content-policy"): ("The request was blocked because it violates the usage policy.", None, None, None),
+    ("azure", "context-length"): ("This model's maximum context length is 128000 tokens. However, your messages "
+                                  "resulted in 130532 tokens. Please reduce the length of the messages.",
+                                  None, "context_length_exceeded", None),
+    ("azure", "content-policy"): ("The response was filtered due to the prompt triggering Azure OpenAI's content "
+                                  "management policy.", None, "content_filter", None),
+}
+
+
+async def send_refusal(ex: _Exchange, wire: str | None, fault: str) -> None:
+    """A 400 ``context-length`` or ``content-policy`` answer in the envelope and words of ``wire``."""
+    message, kind, code, param = _REFUSALS[(wire or "openai", fault)]
+    if wire is None:
+        return await ex.respond(400, {"error": {"message": message, "type": kind, "param": param, "code": code}})
+    if wire == "azure":
+        return await ex.respond(400, {"error": {"code": code, "message": message, "param": "prompt", "status": 400}})
+    await send_error(ex, wire, 400, message)
+
+
 async def handle(fake: FakeUpstream, ex: _Exchange, request: RecordedRequest, scenario: Scenario, wire: str) -> None:
     body = request.json
     if request.method != "POST":
@@ -144,7 +174,7 @@ async def _anthropic(fake: FakeUpstream, ex: _Exchange, request: RecordedRequest
 
 async def _anthropic_answer(fake: FakeUpstream, ex: _Exchange, body: Message, scenario: Scenario) -> None:
     """A Messages answer (auth already checked): the Anthropic API's, and Claude's on Vertex AI."""
-    from .fake_upstream import TOOL_ARGUMENT_FRAGMENTS, _answer_pieces
+    from .fake_upstream import TOOL_ARGUMENT_FRAGMENTS, _answer_pieces, continue_pieces
 
     for field in ("model", "max_tokens", "messages"):
         if field not in body:
@@ -155,6 +185,15 @@ async def _anthropic_answer(fake: FakeUpstream, ex: _Exchange, body: Message, sc
     tool = _anthropic_tool(body, scenario)
     thinking = isinstance(body.get("thinking"), dict) and body["thinking"].get("type") == "enabled"
     pieces = TOOL_ARGUMENT_FRAGMENTS if tool else _answer_pieces(scenario.chunks)
+    last = body["messages"][-1] if body["messages"] else None
+    if isinstance(last, dict) and last.get("role") == "assistant" and not tool:
+        # An assistant prefill: the answer continues it (and, as Anthropic's, refuses a trailing space).
+        content = last.get("content")
+        prefix = content if isinstance(content, str) else "".join(
+            b.get("text", "") for b in content or () if isinstance(b, dict) and b.get("type") == "text")
+        if prefix != prefix.rstrip():
+            return await send_error(ex, "anthropic", 400, "messages: final assistant content cannot end with trailing whitespace")
+        pieces = continue_pieces(pieces, prefix)
     stop_reason = scenario.finish or ("tool_use" if tool else "end_turn")
     stop_sequence = None
     if stop_reason == "stop_sequence":
@@ -208,7 +247,8 @@ async def _anthropic_answer(fake: FakeUpstream, ex: _Exchange, body: Message, sc
     ]
     frames = [_named(name, payload) for name, payload in events]
     error = _named("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})
-    await fake._stream(ex, frames, scenario, error_frame=error)
+    # midstream-error after the first piece of the answer (message_start, ping and the block's start come first).
+    await fake._stream(ex, frames, scenario, error_frame=error, error_at=4)
 
 
 def _anthropic_tool(body: Message, scenario: Scenario) -> str | None:

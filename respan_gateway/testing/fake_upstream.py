@@ -68,6 +68,13 @@ ignored (so ``model="fake-model"`` is just a model).
   F ``malformed-after-<n>``    streaming: role chunk + n chunks, ``data: {not json``, then the rest.
   F ``no-done``                streaming: the whole stream but no ``data: [DONE]``.
   F ``midstream-error``        streaming: role chunk + 2 chunks, ``data: {"error": {...}}``, clean end.
+  F ``context-length``         400: the prompt is longer than the model's context, in the provider's own
+                               words and shape (OpenAI/Azure ``code: context_length_exceeded``, Anthropic
+                               ``prompt is too long``, Gemini ``exceeds the maximum number of tokens``).
+  F ``content-policy``         400: the request was refused by the provider's content policy (OpenAI
+                               ``content_policy_violation``, Azure ``content_filter``; others in their shape).
+    ``reject-prefill``         a 400 when the conversation ends with an assistant message (a model that
+                               refuses an assistant prefill).
     ``echo-headers``           the error messages of ``error-<status>`` and ``midstream-error`` quote
                                every request header (``name: value``), as a careless provider or
                                proxy does: for tests that no secret gets past the gateway.
@@ -75,6 +82,11 @@ ignored (so ``model="fake-model"`` is just a model).
   F ``no-newline-<n>``         streaming: ``data: `` and n bytes that never end their line, then the end.
     ``multiline-data``         streaming: each event's JSON split over two ``data:`` lines (valid SSE:
                                the lines of one event join with a newline, valid JSON whitespace).
+
+Assistant prefill: the Anthropic wire continues a conversation that ends with an assistant message
+(as Claude does): the answer is the rest of the fake's text after that prefix (the whole text when it
+is not a prefix of it), and a prefill ending in whitespace is Anthropic's 400. The OpenAI wire
+ignores a trailing assistant message, as OpenAI does.
 
 The streaming-only faults are ignored by non-streaming requests and other endpoints. Chunk counts
 (<n>) count SSE events after the first (role) chunk: content pieces, then the finish chunk, then
@@ -112,7 +124,7 @@ import msgspec
 from ._server import ServerThread
 from .fake_clouds import FAKE_AWS_KEY_ID, FAKE_AWS_SECRET
 from .fake_providers import handle as handle_wire
-from .fake_providers import model_of, send_error, wire_of
+from .fake_providers import model_of, send_error, send_refusal, wire_of
 
 __all__ = ["FakeUpstream", "RecordedRequest", "Scenario", "parse_scenario"]
 
@@ -168,6 +180,7 @@ class Scenario:
     echo_headers: bool = False  # error messages quote the request's headers
     multiline: bool = False  # each SSE event's data on two `data:` lines
     big: int = 0  # the answer text as one piece of this many bytes
+    reject_prefill: bool = False  # a 400 for a conversation that ends with an assistant message
 
 
 _NUMBERED = re.compile(
@@ -192,6 +205,8 @@ def parse_scenario(value: str, *, strict: bool = True) -> Scenario:
             scenario = replace(scenario, reasoning=True)
         elif name == "multiline-data":
             scenario = replace(scenario, multiline=True)
+        elif name == "reject-prefill":
+            scenario = replace(scenario, reject_prefill=True)
         elif name == "chunks":
             scenario = replace(scenario, chunks=max(number, 1))
         elif name == "slow-chunks":
@@ -206,7 +221,7 @@ def parse_scenario(value: str, *, strict: bool = True) -> Scenario:
             scenario = replace(scenario, finish=name[7:])
         elif name in ("error", "error-text") and not 400 <= number <= 599:
             raise ValueError(f"fake scenario {token!r}: the status must be 400-599")
-        elif match or name in ("reset", "hang", "no-done", "midstream-error"):
+        elif match or name in ("reset", "hang", "no-done", "midstream-error", "context-length", "content-policy"):
             scenario = replace(scenario, fault=name, arg=number)
         elif strict:
             raise ValueError(f"unknown fake scenario token {token!r}")
@@ -441,6 +456,11 @@ class FakeUpstream:
             return await send_error(ex, wire, status, f"fake upstream error {status}{_echo(ex, scenario)}", retry)
         if fault == "error-text":
             return await ex.respond(arg, f"fake upstream error {arg}".encode())
+        if fault in ("context-length", "content-policy"):
+            return await send_refusal(ex, wire, fault)
+        if scenario.reject_prefill and _ends_with_assistant(request.json):
+            return await send_error(ex, wire, 400, "This model does not support assistant message prefill. "
+                                    "The conversation must end with a user message.")
         if wire is not None:
             return await handle_wire(self, ex, request, scenario, wire)
 
@@ -516,10 +536,11 @@ class FakeUpstream:
         await self._stream(ex, [*preamble, *(_sse(chunk) for chunk in chunks), b"data: [DONE]\n\n"], scenario)
 
     async def _stream(self, ex: _Exchange, frames: list[bytes], scenario: Scenario, error_frame: bytes | None = None,
-                      headers: list[tuple[bytes, bytes]] = SSE_HEADERS) -> None:
+                      headers: list[tuple[bytes, bytes]] = SSE_HEADERS, error_at: int = 3) -> None:
         """Write SSE frames (role chunk first), acting out the streaming faults.
 
-        ``error_frame``: what ``midstream-error`` sends (default: OpenAI's ``data: {"error": ...}``);
+        ``error_frame``: what ``midstream-error`` sends (default: OpenAI's ``data: {"error": ...}``),
+        after ``error_at`` frames (by default the role chunk and two pieces of text);
         ``headers``: the response's (Bedrock's binary event stream has its own content type).
         """
         fault, n = scenario.fault, scenario.arg
@@ -535,7 +556,7 @@ class FakeUpstream:
         elif fault == "midstream-error":
             error = {"message": f"fake upstream mid-stream error{_echo(ex, scenario)}", "type": "server_error", "param": None,
                      "code": "internal_error"}
-            frames = frames[:3] + [error_frame or _sse({"error": error})]
+            frames = frames[:error_at] + [error_frame or _sse({"error": error})]
         if scenario.multiline:
             frames = [_two_data_lines(f) for f in frames]
         self._stream_delta(+1)
@@ -680,6 +701,26 @@ def _two_data_lines(frame: bytes) -> bytes:
     if not sep or not frame.startswith(b"data: {"):
         return frame
     return head + b',\ndata: "' + rest
+
+
+def _ends_with_assistant(body: Any) -> bool:
+    messages = body.get("messages") if isinstance(body, dict) else None
+    return bool(isinstance(messages, list) and messages and isinstance(messages[-1], dict)
+                and messages[-1].get("role") == "assistant")
+
+
+def continue_pieces(pieces: list[str], prefix: str) -> list[str]:
+    """The pieces of the answer after ``prefix`` (all of them when the answer does not start with it)."""
+    if not prefix or not "".join(pieces).startswith(prefix):
+        return pieces
+    out, skip = [], len(prefix)
+    for piece in pieces:
+        if skip >= len(piece):
+            skip -= len(piece)
+            continue
+        out.append(piece[skip:])
+        skip = 0
+    return out or [""]
 
 
 def _answer_pieces(n: int) -> list[str]:
