@@ -171,6 +171,6 @@ def test_sigterm_with_requests_in_flight_loses_no_record(fake_upstream, tmp_path
         started.wait(60)
         assert proc.terminate(timeout=30) == 0, proc.output
         for t in threads:
-            t.join(10)
+            t.join(60)
     assert len(results) == 8, "every in-flight stream finishes during the graceful shutdown"
     assert sorted(_sqlite_ids(db)) == sorted(results + done_before)
