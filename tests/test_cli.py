@@ -30,7 +30,7 @@ def test_serve_with_two_workers(tmp_path: Path, fake_upstream: FakeUpstream) -> 
 
 
 def test_serve_refuses_a_broken_config(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
-    gateway = GatewayProcess(config_file(tmp_path, fake_upstream, "[server]\nworkers = \"two\"\n"), ready_timeout=15)
+    gateway = GatewayProcess(config_file(tmp_path, fake_upstream, "[server]\nworkers = \"two\"\n"))
     try:
         gateway.start()
     except RuntimeError as exc:

@@ -143,7 +143,7 @@ def test_serves_from_config_drains_a_stream_on_sigterm_and_flushes_its_log(
     (config_dir / "gateway.toml").write_text(
         test_config(fake_upstream.url, '[database]\nurl = "sqlite:///data/respan.sqlite3"\n[logging]\nflush_interval = 30\n'))
 
-    gateway = GatewayProcess(str(config_dir / "gateway.toml"), ready_timeout=60)
+    gateway = GatewayProcess(str(config_dir / "gateway.toml"))
     gateway.command = container_command(image, container.rootfs, config_dir, data_dir, gateway.port)
     gateway.start()
     try:

@@ -123,7 +123,7 @@ def stack(fake_upstream, postgres_schema, redis_state, tmp_path) -> Iterator[dic
         fake_upstream.url,
         f'[database]\nurl = "{PG_URL}"\nschema = "{schema}"\n'
         f'[logging]\nspill_dir = "{tmp_path}/spill"\nflush_interval = 0.05\n' + redis_state))
-    replicas = [GatewayProcess(str(config), workers=2, ready_timeout=90) for _ in range(2)]
+    replicas = [GatewayProcess(str(config), workers=2) for _ in range(2)]
     try:
         for replica in replicas:
             replica.start()
@@ -259,7 +259,7 @@ def test_a_customer_budget_holds_across_both_replicas(stack) -> None:
     assert 200 in statuses and 429 in statuses, statuses
     assert statuses.index(429) == statuses.count(200)  # once refused, always refused
     # Both replicas read the same settled spend, within the budget plus the one call in flight at a time.
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while True:
         totals = []
         for replica in replicas:

@@ -59,8 +59,8 @@ def test_answers_streams_and_stops_reading_when_the_client_leaves(tmp_path: Path
             if i == 2:
                 break
         stream.close()
-        assert fake_upstream.wait_for_disconnect(timeout=10), f"{server}: the gateway kept reading from the upstream"
-        deadline = time.monotonic() + 5
+        assert fake_upstream.wait_for_disconnect(timeout=60), f"{server}: the gateway kept reading from the upstream"
+        deadline = time.monotonic() + 60
         while fake_upstream.open_streams and time.monotonic() < deadline:
             time.sleep(0.02)
         assert fake_upstream.open_streams == 0
@@ -79,7 +79,7 @@ def test_sigterm_finishes_the_stream_in_flight(tmp_path: Path, fake_upstream: Fa
         stopper = threading.Thread(target=lambda: code.append(gateway.terminate()))
         stopper.start()
         chunks += list(stream)
-        stopper.join(30)
+        stopper.join(90)
     finally:
         gateway.stop()
     assert chunks[-1].choices[0].finish_reason == "stop"
@@ -133,7 +133,7 @@ def test_sigterm_to_the_process_group_drains_every_worker(tmp_path: Path, fake_u
                 log_ids.append(r.headers["x-respan-log-id"])
                 chunks = r.iter_text()
                 first = next(chunks)
-                started.wait(10)
+                started.wait(60)
                 body = first + "".join(chunks)
             if body.endswith("data: [DONE]\n\n"):
                 finished.append(r.headers["x-respan-log-id"])
@@ -141,10 +141,10 @@ def test_sigterm_to_the_process_group_drains_every_worker(tmp_path: Path, fake_u
         threads = [threading.Thread(target=stream) for _ in range(6)]
         for t in threads:
             t.start()
-        started.wait(10)
+        started.wait(60)
         code = gateway.terminate(timeout=60, group=True)
         for t in threads:
-            t.join(30)
+            t.join(90)
     finally:
         gateway.stop()
     assert sorted(finished) == sorted(log_ids) and len(log_ids) == 6, gateway.output
@@ -159,7 +159,7 @@ def test_workers_exit_when_their_master_is_killed(tmp_path: Path, fake_upstream:
         assert len(workers) == 2, workers
         os.kill(gateway.process.pid, signal.SIGKILL)
         gateway.process.wait(10)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while gateway.group_alive() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not gateway.group_alive(), f"{server}: workers {workers} kept running without their master"

@@ -46,7 +46,8 @@ class ServerThread:
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
         self._thread = threading.Thread(target=self._run, name=f"{self.name}-{self.url}", daemon=True)
         self._thread.start()
-        if not self._ready.wait(30) or self._error is not None:
+        # A deadline only (the lifespan's start-up: migrations, connections; slow on a busy machine).
+        if not self._ready.wait(120) or self._error is not None:
             self.stop()
             raise RuntimeError(f"{self.name} failed to start") from self._error
         return self

@@ -128,9 +128,13 @@ class GatewayProcess:
     installed in a folder).
 
     It runs in a process group of its own (its workers too), as under systemd: :meth:`stop` ends
-    the whole group, gracefully first, so that no worker outlives a test."""
+    the whole group, gracefully first, so that no worker outlives a test.
 
-    def __init__(self, config_path: str, *, workers: int = 1, env: dict[str, str] | None = None, ready_timeout: float = 30) -> None:
+    :meth:`start` returns once ``/healthz`` answers and, with several workers, every worker process
+    exists. ``ready_timeout`` is only a deadline (start-up takes ~3 s on a quiet machine, over 20 s
+    on a busy 2-core one: imports and the app's build in each worker), hence generous."""
+
+    def __init__(self, config_path: str, *, workers: int = 1, env: dict[str, str] | None = None, ready_timeout: float = 180) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -156,7 +160,8 @@ class GatewayProcess:
                 self._read_output()
                 raise RuntimeError(f"respan-gateway exited with {self.process.returncode}:\n{self.output}")
             try:
-                if httpx2.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if (httpx2.get(self.url + "/healthz", timeout=5).status_code == 200
+                        and (self.workers <= 1 or len(self.worker_pids()) >= self.workers)):
                     return self
             except httpx2.TransportError:
                 pass

@@ -49,12 +49,23 @@ flush_interval = 0.2
         with ThreadPoolExecutor(CONCURRENCY) as pool:
             statuses = list(pool.map(one, range(200)))
         allowed = statuses.count(200)
-        time.sleep(0.5)  # the last settlements (one Redis round trip after each answer) and usage writes
-        with redis_state.client() as r:
-            (key,) = [k for k in r.scan_iter(match=redis_state.prefix + "limits:*cust-race*")]
-            counted = float(r.get(key))
-        totals = httpx2.get(first.base_url + "users/cust-race/", headers=AUTH, timeout=10).json()
-    settled = allowed * REAL
+        settled = allowed * REAL
+
+        def counters() -> tuple[float, dict]:
+            with redis_state.client() as r:
+                (key,) = [k for k in r.scan_iter(match=redis_state.prefix + "limits:*cust-race*")]
+                counted = float(r.get(key))
+            return counted, httpx2.get(first.base_url + "users/cust-race/", headers=AUTH, timeout=10).json()
+
+        # The last settlements (one Redis round trip after each answer) and usage writes may still be
+        # on their way: wait for them (a generous deadline, not a fixed sleep).
+        deadline = time.monotonic() + 60
+        while True:
+            counted, totals = counters()
+            done = totals["total_requests"] == allowed and totals["total_usage"] == pytest.approx(settled, rel=1e-6)
+            if (done and counted == pytest.approx(settled, rel=1e-6)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     overshoot = max(0.0, settled - budget)
     print(f"\ntwo processes x two workers, 200 calls, {CONCURRENCY} at once, budget ${budget:.6f}: {allowed} allowed, "
           f"{statuses.count(429)} refused; settled ${settled:.6f} (Redis counter ${counted:.6f}); overshoot "

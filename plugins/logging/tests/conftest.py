@@ -26,8 +26,11 @@ def store_toml(backend: str, tmp_path: Any, request: pytest.FixtureRequest, **lo
     else:
         # One schema per test: records of other tests never show up in a list.
         schema = f"{request.getfixturevalue('postgres_schema')}_{next(_SCHEMA_IDS)}"
-        database = f'url = "{PG_URL}"\nschema = "{schema}"\npool_size = 4'
-    settings = {"flush_interval": 0.05, "spill_dir": f"{tmp_path}/spill", **logging}
+        # A generous connect (and pool acquire) timeout: the server is shared, and busy under load.
+        database = f'url = "{PG_URL}"\nschema = "{schema}"\npool_size = 4\nconnect_timeout = 30'
+    # A generous write timeout: a batch that takes long on a busy machine is not an outage (a spilled
+    # record is readable only once replayed). The outage tests set short ones of their own.
+    settings = {"flush_interval": 0.05, "spill_dir": f"{tmp_path}/spill", "write_timeout": 30.0, **logging}
     lines = "\n".join(f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in settings.items())
     return f"\n[database]\n{database}\n\n[logging]\n{lines}\n"
 

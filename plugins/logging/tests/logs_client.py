@@ -30,8 +30,10 @@ class Logs:
         assert r.status_code == 200, r.text
         return r.json()
 
-    def wait_for(self, log_id: str, timeout: float = 5.0) -> dict[str, Any]:
-        """Stream records complete when the stream ends; a disconnect may finish a moment later."""
+    def wait_for(self, log_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """The record, once it is readable: stream records complete when the stream ends, a disconnect
+        may finish a moment later, and a read gives up waiting for a slow store's write after 2 s
+        (the logging plugin's READ_FLUSH_TIMEOUT). ``timeout`` is only a deadline."""
         deadline = time.monotonic() + timeout
         while True:
             r = httpx2.get(f"{self.url}/api/request-logs/{log_id}/", headers=self.headers, timeout=10)

@@ -56,13 +56,17 @@ def _one_request(base_url: str, n: int) -> str:
     return r.headers["x-respan-log-id"]
 
 
-def _load(base_url: str, count: int, outage: Any) -> list[str]:
-    """``count`` requests from 4 clients; the outage starts after a third of them and lasts ~1 s."""
+def _load(base_url: str, count: int, outage: Any, felt: Any) -> list[str]:
+    """``count`` requests from 4 clients; the outage starts after a third of them were sent and lasts
+    until the middle third are answered and ``felt()`` is true (the writer failed and spilled), so
+    that it bites however slow the machine is (a fixed window can pass before any record is written)."""
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(_one_request, base_url, i) for i in range(count // 3)]
         with outage():
-            futures += [pool.submit(_one_request, base_url, i) for i in range(count // 3, 2 * count // 3)]
-            time.sleep(1.0)
+            during = [pool.submit(_one_request, base_url, i) for i in range(count // 3, 2 * count // 3)]
+            futures += during
+            assert _wait_until(lambda: all(f.done() for f in during) and felt(), 120), \
+                "the writer never failed during the outage"
         futures += [pool.submit(_one_request, base_url, i) for i in range(2 * count // 3, count)]
         return [f.result() for f in futures]
 
@@ -76,7 +80,7 @@ def _wait_until(check: Any, timeout: float) -> Any:
         time.sleep(0.1)
 
 
-def _all_stored(read: Any, expected: int, timeout: float = 15) -> list[str]:
+def _all_stored(read: Any, expected: int, timeout: float = 60) -> list[str]:
     """The stored ids, once there are ``expected`` of them (or the timeout passed)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -105,12 +109,12 @@ def test_postgres_stopped_and_restarted_under_load_loses_nothing(gateway_factory
             finally:
                 proxy.open()
 
-        ids = _load(gw.base_url, 45, outage)
         writer = dict(gw.gateway.observers)["logging"].writer
-        assert writer.spilled > 0, "the outage must have sent records to the spill file"
+        ids = _load(gw.base_url, 45, outage, lambda: writer.spilled > 0)
+        assert writer.write_failures > 0 and writer.spilled > 0, "the outage sent records to the spill file"
         stored = _all_stored(lambda: _pg_ids(schema), len(ids))
         assert sorted(stored) == sorted(ids)  # every record, once
-        assert _wait_until(lambda: writer.spill.pending == 0 and writer.store_up, 5)
+        assert _wait_until(lambda: writer.spill.pending == 0 and writer.store_up, 30)
         assert not list((tmp_path / "spill").glob("*.jsonl")), "replayed spill files are deleted"
     finally:
         proxy.shut()
@@ -132,9 +136,9 @@ def test_sqlite_locked_under_load_loses_nothing(gateway_factory, tmp_path) -> No
             blocker.execute("ROLLBACK")
             blocker.close()
 
-    ids = _load(gw.base_url, 30, outage)
     writer = dict(gw.gateway.observers)["logging"].writer
-    assert writer.spilled > 0
+    ids = _load(gw.base_url, 30, outage, lambda: writer.spilled > 0)
+    assert writer.write_failures > 0 and writer.spilled > 0, "the lock sent records to the spill file"
     stored = _all_stored(lambda: _sqlite_ids(db), len(ids))
     assert sorted(stored) == sorted(ids)
 
@@ -155,7 +159,7 @@ def test_sigterm_with_requests_in_flight_loses_no_record(fake_upstream, tmp_path
                                json={"model": "gpt-test", "messages": MESSAGES, "stream": True,
                                      "extra_headers": {"x-fake-scenario": "slow-chunks-150"}}) as r:
                 log_id = r.headers["x-respan-log-id"]
-                started.wait(10)
+                started.wait(60)
                 body = "".join(r.iter_text())
             assert body.endswith("data: [DONE]\n\n"), body[-200:]
             results.append(log_id)
@@ -164,9 +168,9 @@ def test_sigterm_with_requests_in_flight_loses_no_record(fake_upstream, tmp_path
         for t in threads:
             t.start()
         done_before = [_one_request(proc.base_url, i) for i in range(4)]
-        started.wait(10)
+        started.wait(60)
         assert proc.terminate(timeout=30) == 0, proc.output
         for t in threads:
-            t.join(10)
+            t.join(60)
     assert len(results) == 8, "every in-flight stream finishes during the graceful shutdown"
     assert sorted(_sqlite_ids(db)) == sorted(results + done_before)

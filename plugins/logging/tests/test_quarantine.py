@@ -45,7 +45,7 @@ def _metric(url: str, name: str) -> float:
     raise AssertionError(f"no metric {name}")
 
 
-def _wait_until(check: Any, timeout: float = 10) -> Any:
+def _wait_until(check: Any, timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     while not (value := check()) and time.monotonic() < deadline:
         time.sleep(0.05)

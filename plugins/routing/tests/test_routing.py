@@ -6,7 +6,6 @@ What reached the fake upstream says which model and which deployment (key, endpo
 from __future__ import annotations
 
 import socket
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ import openai
 import pytest
 
 from respan_gateway.testing import TEST_KEY, CallRecorder, FakeUpstream, GatewayServer
+from respan_plugins.routing import deployments
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 ANSWER = "Hello from the fake upstream!"
@@ -222,6 +222,31 @@ def test_weighted_keys_of_a_provider(gateway_factory: Callable[..., GatewayServe
     assert {c.attempts[0].deployment for c in recorder.calls} == {"multi-1", "light"}
 
 
+class Clock:
+    """The cooldowns' clock, moved by the test: a cooldown ends when the test says so, not when a busy
+    machine happens to be slow (both of the ``time`` functions the deployments read)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Replace the deployments' clock (before the gateway is built)."""
+    fake = Clock()
+    monkeypatch.setattr(deployments, "time", fake)
+    return fake
+
+
 @pytest.fixture
 def dead_url() -> Iterator[str]:
     """A loopback URL where nothing listens: connections are refused."""
@@ -233,7 +258,7 @@ def dead_url() -> Iterator[str]:
 
 
 def test_failing_endpoint_is_cooled_down_and_comes_back(
-    gateway_factory: Callable[..., GatewayServer], fake_upstream: FakeUpstream, dead_url: str
+    gateway_factory: Callable[..., GatewayServer], fake_upstream: FakeUpstream, dead_url: str, clock: Clock
 ) -> None:
     recorder = CallRecorder()
     gw = gateway_factory(f"""
@@ -262,7 +287,7 @@ cooldown_seconds = 1.0
     while not failed:  # until "down" was picked once (each pick is a coin flip)
         failed = round_of(5)
     assert round_of(10) == []
-    time.sleep(1.1)
+    clock.advance(1.1)
     # Back after the cooldown: tried again (still down), and cooled again at its first failure.
     tried = []
     for _ in range(12):
@@ -270,7 +295,9 @@ cooldown_seconds = 1.0
     assert tried == ["down"]
 
 
-def test_primary_down_for_a_while_then_recovers(gateway_factory: Callable[..., GatewayServer], fake_upstream: FakeUpstream) -> None:
+def test_primary_down_for_a_while_then_recovers(
+    gateway_factory: Callable[..., GatewayServer], fake_upstream: FakeUpstream, clock: Clock
+) -> None:
     # Provider `flaky` answers 503 to its first 3 requests, then recovers (headers sent on each request).
     gw = gateway_factory(f"""
 [providers.flaky]
@@ -298,11 +325,11 @@ cooldown_seconds = 1.0
     assert primary_requests() == 2
     assert [answered_by() for _ in range(3)] == ["gpt-test-upstream"] * 3
     assert primary_requests() == 2
-    time.sleep(1.1)
+    clock.advance(1.1)
     # After the cooldown it is tried again: still down (its 3rd failure) and cooled down again at once.
     assert [answered_by(), answered_by()] == ["gpt-test-upstream"] * 2
     assert primary_requests() == 3
-    time.sleep(1.1)
+    clock.advance(1.1)
     # Recovered: traffic goes back to it.
     assert [answered_by() for _ in range(3)] == ["primary-upstream"] * 3
     assert primary_requests() == 6
