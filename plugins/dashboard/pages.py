@@ -544,6 +544,7 @@ async def _keys_view(request: Request, dash: Dashboard, session: Session, direct
         except StoreUnavailable:
             pass  # the keys still show, without their usage
     context.setdefault("form", {"name": "", "environment": "production", "expires": ""})
+    context.setdefault("revoked_id", None)
     return dash.render(request, "keys.html", status=status, session=session, keys=keys, usage=usage,
                        usage_range=KEY_USAGE_RANGE if logs is not None else None,
                        include_revoked=include_revoked, **context)
