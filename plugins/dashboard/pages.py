@@ -585,7 +585,8 @@ async def revoke_key(request: Request, dash: Dashboard, session: Session, direct
     if revoked is None:
         return dash.render(request, "message.html", status=404, session=session, title="Not found",
                            message=f"No database key {key_id} in this tenant.")
-    return _redirect(f"{PREFIX}/keys?{urlencode({'done': revoked['id']})}")
+    # The list with the revoked keys, this one among them: what was done stays in sight.
+    return _redirect(f"{PREFIX}/keys?{urlencode({'revoked': 1, 'done': revoked['id']})}")
 
 
 async def static(request: Request) -> Response:

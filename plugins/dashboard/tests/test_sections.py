@@ -129,11 +129,13 @@ def test_key_forms_need_the_csrf_token_and_work_with_it(dashboard_gateway) -> No
     assert other.post(f"/ui/keys/{key_id}/revoke", data={"csrf_token": other_token}).status_code == 404
     assert _works(gw, plain)
     revoked = session.post(f"/ui/keys/{key_id}/revoke", data={"csrf_token": token})
-    assert revoked.status_code == 303 and revoked.headers["location"] == f"/ui/keys?done={key_id}"
+    assert revoked.status_code == 303 and revoked.headers["location"] == f"/ui/keys?revoked=1&done={key_id}"
     assert not _works(gw, plain)
     assert _keys_api(gw, "GET", f"{key_id}/").json()["status"] == "revoked"
+    after = session.get(revoked.headers["location"]).text
+    assert re.search(rf'id="revoked" role="status">Key <b>from-ui</b> revoked', after)
+    assert f'<tr class="status-revoked" data-key="{key_id}">' in after
     assert "from-ui" not in session.get("/ui/keys").text  # revoked keys are hidden unless asked
-    assert "revoked" in session.get("/ui/keys?revoked=1").text
 
 
 def test_a_bad_expiry_is_refused_with_the_form_kept(dashboard_gateway) -> None:
