@@ -24,6 +24,7 @@ from starlette.responses import RedirectResponse, Response
 
 from respan_gateway import AuthenticationFailed, BadRequest
 from respan_gateway.database import StoreUnavailable
+from respan_gateway import hookspecs
 from respan_gateway.hookspecs import (
     ApiKeyDirectory, CacheStats, CustomerReader, LogQuery, RequestLogReader, UsageBucket,
 )
@@ -67,6 +68,10 @@ SECTIONS = [
     Section("customers", "Customers", f"{PREFIX}/customers", CustomerReader),
     Section("keys", "Keys", f"{PREFIX}/keys", ApiKeyDirectory),
 ]
+# The prompts plugin's service, once the core declares it (hookspecs.PromptCatalog: list_prompts, versions).
+PROMPT_CATALOG: type | None = getattr(hookspecs, "PromptCatalog", None)
+if PROMPT_CATALOG is not None:
+    SECTIONS.insert(2, Section("prompts", "Prompts", f"{PREFIX}/prompts", PROMPT_CATALOG))
 
 
 class Dashboard:
@@ -589,6 +594,40 @@ async def revoke_key(request: Request, dash: Dashboard, session: Session, direct
     return _redirect(f"{PREFIX}/keys?{urlencode({'revoked': 1, 'done': revoked['id']})}")
 
 
+# -- prompts ------------------------------------------------------------------------------------------
+
+def _prompts_page(handler: Any) -> Any:
+    if PROMPT_CATALOG is None:
+        async def absent(request: Request) -> Response:
+            return Response("not found", status_code=404, media_type="text/plain", headers=SECURITY_HEADERS)
+        return absent
+    return _serving(PROMPT_CATALOG, "Prompts are not running",
+                    "This page lists the managed prompts: enable the prompts plugin (and keep it in the pipeline).")(handler)
+
+
+@_prompts_page
+async def prompts(request: Request, dash: Dashboard, session: Session, catalog: Any) -> Response:
+    try:
+        found = await catalog.list_prompts(session.tenant)
+    except StoreUnavailable as exc:
+        return _store_down(dash, request, session, "prompts", exc)
+    return dash.render(request, "prompts.html", session=session, prompts=found)
+
+
+@_prompts_page
+async def prompt_detail(request: Request, dash: Dashboard, session: Session, catalog: Any) -> Response:
+    prompt_id = request.path_params["prompt_id"]
+    try:
+        found = {p.prompt_id: p for p in await catalog.list_prompts(session.tenant)}.get(prompt_id)
+        versions = await catalog.versions(session.tenant, prompt_id) if found is not None else None
+    except StoreUnavailable as exc:
+        return _store_down(dash, request, session, "prompts", exc)
+    if found is None or versions is None:
+        return dash.render(request, "message.html", status=404, session=session, title="Not found",
+                           message=f"No prompt {prompt_id} in this tenant.")
+    return dash.render(request, "prompt_detail.html", session=session, p=found, versions=list(reversed(versions)))
+
+
 async def static(request: Request) -> Response:
     dash = _dashboard(request)
     if dash is None:
@@ -612,6 +651,8 @@ ROUTES = [
     (f"{PREFIX}/customers", customers, ["GET"]),
     (f"{PREFIX}/customers/{{identifier:path}}", customer_detail, ["GET"]),
     (f"{PREFIX}/keys", keys, ["GET", "POST"]),
+    (f"{PREFIX}/prompts", prompts, ["GET"]),
+    (f"{PREFIX}/prompts/{{prompt_id:path}}", prompt_detail, ["GET"]),
     (f"{PREFIX}/keys/{{key_id}}/revoke", revoke_key, ["POST"]),
     (f"{PREFIX}/static/{{name}}", static, ["GET"]),
 ]

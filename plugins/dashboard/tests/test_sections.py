@@ -11,6 +11,8 @@ import httpx2
 import pytest
 from dashboard_kit import ADMIN_KEY, OTHER_ADMIN_KEY, csrf_of, sign_in
 
+from respan_gateway import hookspecs
+
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_IMG = '"><img src=x onerror=alert(1)>'
 HI = [{"role": "user", "content": "hi"}]
@@ -158,3 +160,24 @@ def test_the_keys_page_lists_config_and_database_keys_with_their_usage(dashboard
     assert "config" in rows["ops"] and "admin" in rows["ops"] and "Revoke" not in rows["ops"]
     assert made["prefix"] in rows[made["id"]] and "requests_per_minute 60" in rows[made["id"]]
     assert "<td>2</td>" in rows[made["id"]] and "Revoke" in rows[made["id"]]
+
+
+@pytest.mark.skipif(not hasattr(hookspecs, "PromptCatalog"),
+                    reason="the prompts section waits for the prompts plugin's PromptCatalog service (hookspecs.py)")
+def test_the_prompts_section_lists_prompts_and_their_versions(dashboard_gateway, tmp_path) -> None:  # noqa: ANN001
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    (folder / "greeter.toml").write_text(
+        f'name = "{XSS_SCRIPT}"\n'
+        '[[versions]]\nmodel = "gpt-test"\nmessages = [{ role = "system", content = "Be brief." }]\n'
+        f'[[versions]]\nmodel = "gpt-test"\nmessages = [{{ role = "user", content = "{XSS_IMG.replace(chr(34), "")} hi {{{{ who }}}}" }}]\n')
+    gw = dashboard_gateway(f'[prompts]\nfolder = "{folder}"\n')
+    session = sign_in(gw)
+    page = session.get("/ui/prompts").text
+    assert "prompts" in _nav(page) and 'data-prompt="greeter"' in page
+    assert "<script>alert" not in page and "&lt;script&gt;" in page
+    detail = session.get("/ui/prompts/greeter").text
+    assert detail.count('class="version') == 2 and detail.count("<span class=\"tag\">deployed</span>") == 1
+    assert "Be brief." in detail and "<img src=x" not in detail
+    assert session.get("/ui/prompts/nope").status_code == 404
+    assert 'data-prompt="greeter"' in sign_in(gw, OTHER_ADMIN_KEY).get("/ui/prompts").text  # a shared file prompt
