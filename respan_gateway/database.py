@@ -53,19 +53,22 @@ class RowRejected(Exception):
 class Migration(msgspec.Struct, frozen=True):
     """One schema step of a store: ``version`` (1, 2, ...) and its SQL for each dialect.
 
-    The SQL may hold several statements separated by ``;``.
+    The SQL may hold several statements separated by ``;``, or be a list of statements, each run
+    whole: the form for a statement with ``;`` inside (a trigger's body, a PostgreSQL function).
     """
 
     version: int
-    sqlite: str
-    postgres: str
+    sqlite: str | list[str]
+    postgres: str | list[str]
 
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _statements(sql: str) -> list[str]:
+def _statements(sql: str | list[str]) -> list[str]:
+    if isinstance(sql, list):
+        return [s.strip() for s in sql if s.strip()]
     return [s.strip() for s in sql.split(";") if s.strip()]
 
 

@@ -22,7 +22,12 @@ second ``provide`` of the same Protocol fails the start. The services:
 - :class:`RequestLogReader`: the log records of the ``request_logs`` store (the ``logging`` plugin),
   read with the logs API's filters; used by the logs API itself and the dashboard.
 - :class:`CustomerReader`: the customers of a tenant (the ``limits`` plugin's ``customers`` store),
-  their budgets and usage totals, read-only; used by the users API and (later) the dashboard.
+  their budgets and usage totals, read-only; used by the users API and the dashboard.
+- :class:`ApiKeyDirectory`: the gateway API keys of a tenant (the ``auth`` plugin: ``[auth] keys`` and
+  the ``api_keys`` store), listed without their secrets; database keys may be created and revoked.
+  Used by the dashboard.
+- :class:`CacheStats`: what the response cache holds for a tenant now (the ``cache`` plugin). Used by
+  the dashboard.
 - :class:`PromptCatalog`: the managed prompts of a tenant, their versions and the deployed one (the
   ``prompts`` plugin), read-only; for the dashboard.
 
@@ -232,8 +237,10 @@ class UsageBucket(msgspec.Struct, kw_only=True, frozen=True):
     """Aggregates of the records of one time bucket (and one group, when grouped).
 
     ``bucket``: the bucket's start, epoch seconds (UTC hours or days; 0 when not bucketed).
-    ``group``: the model, provider or customer (``""`` for records without one; ``""`` when not
-    grouped). Latency percentiles are nearest-rank over the records with a latency (None if none).
+    ``group``: the model, provider, customer or key id (``""`` for records without one; ``""`` when not
+    grouped). Latency percentiles are nearest-rank over the records with a latency (None if none);
+    a reader may answer them from latency histograms instead (the ``logging`` plugin does for the
+    ranges its hourly roll-up serves: a value within 5% of the exact one, see its README).
     """
 
     bucket: float
@@ -249,7 +256,7 @@ class UsageBucket(msgspec.Struct, kw_only=True, frozen=True):
     p95_latency: float | None
 
 
-UsageGroup = Literal["model", "provider", "customer"]
+UsageGroup = Literal["model", "provider", "customer", "key"]
 
 
 @runtime_checkable
@@ -342,3 +349,38 @@ class PromptCatalog(Protocol):
 
     async def versions(self, tenant: str, prompt_id: str) -> list[PromptVersionInfo] | None:
         """The prompt's versions, oldest first (``deployed`` marks the live one); None: no such prompt."""
+
+
+@runtime_checkable
+class ApiKeyDirectory(Protocol):
+    """The gateway API keys of one tenant (provided by the ``auth`` plugin), never their secrets.
+
+    A key is the keys API's record (``id``, ``prefix``, ``name``, ``tenant``, ``environment``, ``admin``,
+    ``limits``: every ``KeyLimits`` field, None where unset, ``created_at``, ``expires_at``,
+    ``revoked_at``: ISO 8601 or None, ``status``: ``active``, ``expired`` or ``revoked``) and its
+    ``source``: ``config`` (``[auth] keys``: read-only, no prefix, no creation time) or ``database``
+    (the ``api_keys`` store). Raises ``respan_gateway.database.StoreUnavailable`` when the store
+    cannot be reached.
+    """
+
+    async def list(self, tenant: str, *, include_revoked: bool = False) -> list[dict[str, Any]]:
+        """The config keys, then the database keys newest first (revoked ones only when asked)."""
+
+    async def create(self, tenant: str, *, name: str, environment: Literal["production", "test"] = "production",
+                     expires_at: float | None = None, by: str | None = None) -> tuple[dict[str, Any], str]:
+        """A new non-admin database key without limits: (its record, the full key, shown this once).
+        ``expires_at`` epoch seconds, in the future; ``by``: who asked (logged). ``BadRequest`` for a
+        bad name or expiry."""
+
+    async def revoke(self, tenant: str, key_id: str, *, by: str | None = None) -> dict[str, Any] | None:
+        """Revoke the tenant's database key ``key_id`` (again: no change); its record, or None when the
+        tenant has no database key of that id."""
+
+
+@runtime_checkable
+class CacheStats(Protocol):
+    """What the response cache holds now (provided by the ``cache`` plugin)."""
+
+    async def stats(self, tenant: str) -> dict[str, Any]:
+        """``backend`` (``memory`` or ``redis``), ``entries``: the tenant's stored entries (None when the
+        backend does not count them cheaply: Redis), ``default_ttl`` (seconds)."""

@@ -9,18 +9,28 @@ authenticator so that other routes (models list, logs API...) authenticate the s
 
 from __future__ import annotations
 
+from typing import Any
+
 from respan_gateway import hookimpl
-from respan_gateway.hookspecs import RegisterCommand, RegisterMiddleware, RegisterRoute, RegisterStore
+from respan_gateway.hookspecs import ApiKeyDirectory, RegisterCommand, RegisterMiddleware, RegisterRoute, RegisterStore
 
 from .api import ROUTES
 from .cli import add_arguments, keys_command
+from .directory import KeyDirectory
 from .middleware import Auth, AuthSettings, KeySettings, KeyStoreUnavailable
 from .store import MIGRATIONS, ApiKey, ApiKeyStore, hash_key
 
 
+def make_auth(settings: AuthSettings, gateway: Any) -> Auth:
+    auth = Auth(settings, gateway)
+    # The tenant's keys for other plugins (the dashboard's keys page): hookspecs.ApiKeyDirectory.
+    gateway.provide(ApiKeyDirectory, KeyDirectory(auth))
+    return auth
+
+
 @hookimpl
 def register_middlewares(register: RegisterMiddleware) -> None:
-    register("auth", Auth, order=100, settings=AuthSettings)
+    register("auth", make_auth, order=100, settings=AuthSettings)
 
 
 @hookimpl
@@ -40,4 +50,4 @@ def register_commands(register: RegisterCommand) -> None:
              arguments=add_arguments)
 
 
-__all__ = ["ApiKey", "ApiKeyStore", "Auth", "AuthSettings", "KeySettings", "KeyStoreUnavailable", "hash_key"]
+__all__ = ["ApiKey", "ApiKeyStore", "Auth", "AuthSettings", "KeyDirectory", "KeySettings", "KeyStoreUnavailable", "hash_key"]

@@ -139,6 +139,12 @@ class BoundedMemoryCache(BaseCache):
         self._entries.clear()
         self.bytes = 0
 
+    def count(self, prefix: str) -> int:
+        """The live entries under ``prefix``."""
+        now = self.clock()
+        return sum(1 for key, (_, expires) in self._entries.items()
+                   if key.startswith(prefix) and (expires is None or now < expires))
+
     async def purge(self, prefix: str, match: Match | None) -> int:
         """Delete the entries under ``prefix`` whose header ``match`` accepts (all of them when None)."""
         doomed = []

@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from respan_gateway import (
     CacheInfo, Call, CallNext, Chunk, ConfigError, Endpoint, Gateway, JSONResult, Result, StreamResult, aclose,
 )
+from respan_gateway.hookspecs import CacheStats
 from respan_gateway.state import UNAVAILABLE
 
 from .backends import BoundedMemoryCache, SharedRedisCache, glob_escape
@@ -106,6 +107,18 @@ class ResponseCache:
             r.gauge("respan_gateway_cache_memory_bytes", "Bytes of the entries in the in-process response cache.", source=lambda: memory.bytes)
             r.gauge("respan_gateway_cache_memory_evictions", "Entries the in-process cache dropped to stay within its bounds (since start).",
                     source=lambda: memory.evictions)
+
+        # What the cache holds, for other plugins (the dashboard's usage page): hookspecs.CacheStats.
+        gateway.provide(CacheStats, self)
+
+    async def stats(self, tenant: str) -> dict[str, Any]:
+        """The CacheStats service: the tenant's entries are counted in memory only (on Redis that would
+        be a SCAN of the whole keyspace per page view)."""
+        entries = None
+        if self.memory is not None:
+            entries = self.memory.count(self.state.key("cache", tenant) + ":")
+        return {"backend": "redis" if self.shared else "memory", "entries": entries,
+                "default_ttl": self.settings.default_ttl}
 
     # -- life cycle -------------------------------------------------------------------------------
     async def shutdown(self) -> None:

@@ -1,8 +1,10 @@
-"""The dashboard's routes: sign-in/out, the logs table and a record's detail, usage over time.
+"""The dashboard's routes: sign-in/out, the logs table and a record's detail, usage over time,
+customers and a customer's usage, the API keys.
 
 Every page is rendered on the server (Jinja2, autoescaped) and sent with a strict Content-Security-Policy:
-scripts and styles only from ``/ui/static/``, no inline script. The only state-changing forms (sign-in,
-sign-out) carry a CSRF token. Every read is scoped to the signed-in admin's tenant.
+scripts and styles only from ``/ui/static/``, no inline script. Every state-changing form (sign-in,
+sign-out, creating and revoking a key) carries a CSRF token. Every read and write is scoped to the
+signed-in admin's tenant.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import importlib.resources
 import math
 import time
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
 import msgspec
@@ -22,7 +24,10 @@ from starlette.responses import RedirectResponse, Response
 
 from respan_gateway import AuthenticationFailed, BadRequest
 from respan_gateway.database import StoreUnavailable
-from respan_gateway.hookspecs import LogQuery, RequestLogReader, UsageBucket
+from respan_gateway import hookspecs
+from respan_gateway.hookspecs import (
+    ApiKeyDirectory, CacheStats, CustomerReader, LogQuery, RequestLogReader, UsageBucket,
+)
 from respan_gateway.timestamps import parse_iso
 
 from .session import LOGIN_COOKIE, SESSION_COOKIE, Session, Sessions
@@ -42,7 +47,9 @@ SECURITY_HEADERS = {
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 MAX_FORM_BYTES = 16 * 1024
 RANGES = {"24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400, "90d": 90 * 86400}
-GROUPS = ("model", "provider", "customer")
+GROUPS = ("model", "provider", "customer", "key")
+CUSTOMER_SORTS = {"-last_active_timeframe": "last active", "-total_usage": "total usage",
+                  "-total_requests": "requests", "customer_identifier": "identifier"}
 
 
 class Section(msgspec.Struct, frozen=True):
@@ -54,11 +61,17 @@ class Section(msgspec.Struct, frozen=True):
     needs: type
 
 
-# Sections of later plugins (customers and keys, prompts, cache) add their line with their service.
+# One line per page: it shows while a running plugin provides its service (hookspecs.py, Services).
 SECTIONS = [
     Section("logs", "Logs", f"{PREFIX}/logs", RequestLogReader),
     Section("usage", "Usage", f"{PREFIX}/usage", RequestLogReader),
+    Section("customers", "Customers", f"{PREFIX}/customers", CustomerReader),
+    Section("keys", "Keys", f"{PREFIX}/keys", ApiKeyDirectory),
 ]
+# The prompts plugin's service, once the core declares it (hookspecs.PromptCatalog: list_prompts, versions).
+PROMPT_CATALOG: type | None = getattr(hookspecs, "PromptCatalog", None)
+if PROMPT_CATALOG is not None:
+    SECTIONS.insert(2, Section("prompts", "Prompts", f"{PREFIX}/prompts", PROMPT_CATALOG))
 
 
 class Dashboard:
@@ -72,7 +85,7 @@ class Dashboard:
             loader=jinja2.PackageLoader("respan_plugins.dashboard", "templates"),
             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
         )
-        self.templates.filters.update(pretty=_pretty, when=_when, seconds=_seconds, usd=_usd)
+        self.templates.filters.update(pretty=_pretty, when=_when, seconds=_seconds, usd=_usd, segment=_segment)
         folder = importlib.resources.files("respan_plugins.dashboard") / "static"
         self.static = {f.name: f.read_bytes() for f in folder.iterdir() if f.name[f.name.rfind("."):] in STATIC_TYPES}
 
@@ -173,6 +186,11 @@ def _seconds(value: Any) -> str:
 
 def _usd(value: Any) -> str:
     return "" if value is None else f"${value:.6f}".rstrip("0").rstrip(".") if value else "$0"
+
+
+def _segment(value: Any) -> str:
+    """A value as one path segment: every reserved character quoted, dots too (no ``..`` segment)."""
+    return quote(str(value), safe="").replace(".", "%2E")
 
 
 def _parse_local(value: str, name: str) -> float | None:
@@ -330,32 +348,57 @@ def _unavailable(dash: Dashboard, request: Request, session: Session) -> Respons
 
 # -- usage --------------------------------------------------------------------------------------------
 
-@_reading
-async def usage(request: Request, dash: Dashboard, session: Session, reader: RequestLogReader) -> Response:
-    params = request.query_params
-    span = params.get("range") if params.get("range") in RANGES else "24h"
-    bucket = params.get("bucket") if params.get("bucket") in ("hour", "day") else ("hour" if span == "24h" else "day")
-    group = params.get("group") if params.get("group") in GROUPS else "model"
+class Span(msgspec.Struct, frozen=True):
+    """The time range of a usage view: its name, bucket width and the buckets' starts (UTC)."""
+
+    name: str
+    bucket: str
+    buckets: list[float]
+
+    @property
+    def first(self) -> float:
+        return self.buckets[0]
+
+
+def _span(params: Any, default: str = "24h") -> Span:
+    name = params.get("range") if params.get("range") in RANGES else default
+    bucket = params.get("bucket") if params.get("bucket") in ("hour", "day") else ("hour" if name == "24h" else "day")
     width = 3600 if bucket == "hour" else 86400
     now = time.time()
-    first = math.floor((now - RANGES[span]) / width) * width
-    query = LogQuery(start_time=first)
+    # Whole buckets (aligned on the hour or the UTC day): what the logging plugin's hourly roll-up serves.
+    first = math.floor((now - RANGES[name]) / width) * width
+    return Span(name=name, bucket=bucket, buckets=[float(first + i * width) for i in range(int((now - first) // width) + 1)])
+
+
+def _store_down(dash: Dashboard, request: Request, session: Session, what: str, exc: Exception) -> Response:
+    return dash.render(request, "message.html", status=503, session=session, title="Store unavailable",
+                       message=f"The {what} store is unavailable: {exc}")
+
+
+@_reading
+async def usage(request: Request, dash: Dashboard, session: Session, reader: RequestLogReader) -> Response:
+    span = _span(request.query_params)
+    group = request.query_params.get("group") if request.query_params.get("group") in GROUPS else "model"
+    query = LogQuery(start_time=span.first)
+    cache = dash.gateway.service(CacheStats)
     try:
-        series = await reader.usage(session.tenant, query, bucket=bucket)
-        grouped = await reader.usage(session.tenant, query, bucket=bucket, group_by=group, percentiles=False)
-        # Latency percentiles cost a sort of the range: for the series and the models only.
+        series = await reader.usage(session.tenant, query, bucket=span.bucket)
+        grouped = await reader.usage(session.tenant, query, bucket=span.bucket, group_by=group, percentiles=False)
+        # Latency percentiles cost a sort of the range (or histograms): for the series and the models only.
         tops = {g: await reader.usage(session.tenant, query, bucket=None, group_by=g, percentiles=g == "model")
                 for g in GROUPS}
+        cache_now = await cache.stats(session.tenant) if cache is not None else None
     except StoreUnavailable as exc:
-        return dash.render(request, "message.html", status=503, session=session, title="Store unavailable",
-                           message=f"The log store is unavailable: {exc}")
-    buckets = [float(first + i * width) for i in range(int((now - first) // width) + 1)]
+        return _store_down(dash, request, session, "log", exc)
     totals = _total(series)
-    plot = _plot_data(buckets, series, grouped)
+    plot = _plot_data(span.buckets, series, grouped)
     for rows in tops.values():
         rows.sort(key=lambda r: (-r.requests, r.group))
-    return dash.render(request, "usage.html", session=session, span=span, bucket=bucket, group=group,
-                       ranges=list(RANGES), groups=GROUPS, totals=totals, tops=tops, plot=plot)
+    # The cache's plot: while the cache plugin runs, or when the range holds hits from when it did.
+    show_cache = cache is not None or any(r.cache_hits for r in series)
+    return dash.render(request, "usage.html", session=session, span=span.name, bucket=span.bucket, group=group,
+                       ranges=list(RANGES), groups=GROUPS, totals=totals, tops=tops, plot=plot,
+                       show_cache=show_cache, cache_now=cache_now)
 
 
 def _total(rows: list[UsageBucket]) -> dict[str, Any]:
@@ -363,18 +406,20 @@ def _total(rows: list[UsageBucket]) -> dict[str, Any]:
     return {
         "requests": requests, "errors": sum(r.errors for r in rows),
         "tokens": sum(r.total_tokens for r in rows), "cost": sum(r.cost for r in rows),
+        "cache_hits": sum(r.cache_hits for r in rows),
         "cache_hit_rate": (sum(r.cache_hits for r in rows) / requests) if requests else None,
     }
 
 
-def _plot_data(buckets: list[float], series: list[UsageBucket], grouped: list[UsageBucket]) -> dict[str, Any]:
-    """Values aligned on every bucket of the range (a bucket without records is 0, or null for latency)."""
+def _plot_data(buckets: list[float], series: list[UsageBucket], grouped: list[UsageBucket] = ()) -> dict[str, Any]:
+    """Values aligned on every bucket of the range (a bucket without records is 0, or null for latency
+    and the cache hit rate)."""
     index = {b: i for i, b in enumerate(buckets)}
     n = len(buckets)
     out: dict[str, Any] = {"buckets": buckets}
     for name in ("requests", "errors", "total_tokens", "cost"):
         out[name] = [0] * n
-    for name in ("p50_latency", "p95_latency"):
+    for name in ("p50_latency", "p95_latency", "cache_hit_rate"):
         out[name] = [None] * n
     for row in series:
         i = index.get(row.bucket)
@@ -382,6 +427,7 @@ def _plot_data(buckets: list[float], series: list[UsageBucket], grouped: list[Us
             continue
         for name in ("requests", "errors", "total_tokens", "cost", "p50_latency", "p95_latency"):
             out[name][i] = getattr(row, name)
+        out["cache_hit_rate"][i] = round(row.cache_hits / row.requests, 4) if row.requests else None
     by_group: dict[str, list[int]] = {}
     for row in grouped:
         i = index.get(row.bucket)
@@ -389,6 +435,197 @@ def _plot_data(buckets: list[float], series: list[UsageBucket], grouped: list[Us
             by_group.setdefault(row.group or "(none)", [0] * n)[i] = row.requests
     out["by_group"] = by_group
     return out
+
+
+# -- customers ----------------------------------------------------------------------------------------
+
+def _serving(protocol: type, title: str, message: str) -> Any:
+    """A page that reads ``protocol``'s service: signed in, and a running plugin providing it."""
+
+    def wrap(handler: Any) -> Any:
+        async def endpoint(request: Request) -> Response:
+            dash, session, denied = _signed_in(request)
+            if denied is not None:
+                return denied
+            assert dash is not None and session is not None
+            service = dash.gateway.service(protocol)
+            if service is None:
+                return dash.render(request, "message.html", status=503, session=session, title=title, message=message)
+            return await handler(request, dash, session, service)
+
+        return endpoint
+
+    return wrap
+
+
+_customers_page = _serving(CustomerReader, "Limits are not running",
+                           "This page reads the customers: enable the limits plugin (and keep it in the pipeline).")
+
+
+def _page_number(params: Any) -> int:
+    try:
+        return max(1, int(params.get("page") or 1))
+    except ValueError:
+        return 1
+
+
+@_customers_page
+async def customers(request: Request, dash: Dashboard, session: Session, reader: CustomerReader) -> Response:
+    page = _page_number(request.query_params)
+    sort = request.query_params.get("sort")
+    sort = sort if sort in CUSTOMER_SORTS else "-last_active_timeframe"
+    size = dash.settings.page_size
+    try:
+        count, rows = await reader.list(session.tenant, page=page, page_size=size, sort_by=sort)
+    except StoreUnavailable as exc:
+        return _store_down(dash, request, session, "customers", exc)
+    pages = max(1, math.ceil(count / size))
+
+    def page_url(n: int) -> str:
+        return f"{PREFIX}/customers?{urlencode({'sort': sort, 'page': n})}"
+
+    return dash.render(request, "customers.html", session=session, customers=rows, count=count, page=page,
+                       pages=pages, sort=sort, sorts=CUSTOMER_SORTS,
+                       previous_url=page_url(page - 1) if page > 1 else None,
+                       next_url=page_url(page + 1) if page < pages else None)
+
+
+@_customers_page
+async def customer_detail(request: Request, dash: Dashboard, session: Session, reader: CustomerReader) -> Response:
+    identifier = request.path_params["identifier"]
+    span = _span(request.query_params, default="30d")
+    logs = dash.gateway.service(RequestLogReader)
+    try:
+        customer = await reader.get(session.tenant, identifier)
+    except StoreUnavailable as exc:
+        return _store_down(dash, request, session, "customers", exc)
+    if customer is None:
+        return dash.render(request, "message.html", status=404, session=session, title="Not found",
+                           message=f"No customer {identifier} in this tenant.")
+    plot = totals = None
+    models: list[UsageBucket] = []
+    if logs is not None:
+        # The logs reader's usage with a customer filter: the same aggregates as the usage page.
+        query = LogQuery(filters=[("customer_identifier", "", customer["customer_identifier"])], start_time=span.first)
+        try:
+            series = await logs.usage(session.tenant, query, bucket=span.bucket)
+            models = await logs.usage(session.tenant, query, bucket=None, group_by="model", percentiles=False)
+        except StoreUnavailable as exc:
+            return _store_down(dash, request, session, "log", exc)
+        models.sort(key=lambda r: (-r.requests, r.group))
+        totals = _total(series)
+        plot = _plot_data(span.buckets, series)
+    return dash.render(request, "customer_detail.html", session=session, c=customer, span=span.name,
+                       bucket=span.bucket, ranges=list(RANGES), plot=plot, totals=totals, models=models)
+
+
+# -- keys ---------------------------------------------------------------------------------------------
+
+_keys_page = _serving(ApiKeyDirectory, "Auth is not running",
+                      "This page lists the gateway's API keys: enable the auth plugin (and keep it in the pipeline).")
+KEY_USAGE_RANGE = "30d"
+
+
+def _refused() -> Response:
+    return Response("refused: the form has no valid CSRF token", status_code=403, media_type="text/plain",
+                    headers=SECURITY_HEADERS)
+
+
+async def _keys_view(request: Request, dash: Dashboard, session: Session, directory: ApiKeyDirectory, *,
+                     status: int = 200, **context: Any) -> Response:
+    include_revoked = bool(request.query_params.get("revoked"))
+    try:
+        keys = await directory.list(session.tenant, include_revoked=include_revoked)
+    except StoreUnavailable as exc:
+        return _store_down(dash, request, session, "keys", exc)
+    usage: dict[str, UsageBucket] = {}
+    logs = dash.gateway.service(RequestLogReader)
+    if logs is not None:
+        start = math.floor((time.time() - RANGES[KEY_USAGE_RANGE]) / 3600) * 3600
+        try:
+            rows = await logs.usage(session.tenant, LogQuery(start_time=start), bucket=None, group_by="key",
+                                    percentiles=False)
+            usage = {r.group: r for r in rows}
+        except StoreUnavailable:
+            pass  # the keys still show, without their usage
+    context.setdefault("form", {"name": "", "environment": "production", "expires": ""})
+    context.setdefault("revoked_id", None)
+    return dash.render(request, "keys.html", status=status, session=session, keys=keys, usage=usage,
+                       usage_range=KEY_USAGE_RANGE if logs is not None else None,
+                       include_revoked=include_revoked, **context)
+
+
+@_keys_page
+async def keys(request: Request, dash: Dashboard, session: Session, directory: ApiKeyDirectory) -> Response:
+    if request.method == "GET":
+        return await _keys_view(request, dash, session, directory, revoked_id=request.query_params.get("done"))
+    form = await _form(request)
+    if not dash.sessions.check_csrf(session, form.get("csrf_token")):
+        return _refused()
+    fields = {"name": form.get("name", "").strip(), "environment": form.get("environment", "production"),
+              "expires": form.get("expires", "").strip()}
+    environment = fields["environment"] if fields["environment"] in ("production", "test") else "production"
+    try:
+        created, plain = await directory.create(
+            session.tenant, name=fields["name"], environment=environment,  # type: ignore[arg-type]
+            expires_at=_parse_local(fields["expires"], "expires"), by=session.key_id or None)
+    except BadRequest as exc:
+        return await _keys_view(request, dash, session, directory, status=400, error=exc.message, form=fields)
+    except StoreUnavailable as exc:
+        return _store_down(dash, request, session, "keys", exc)
+    # The full key is in this one answer (no-store), never again: no redirect that could lose it.
+    return await _keys_view(request, dash, session, directory, status=201, created=created, plain_key=plain)
+
+
+@_keys_page
+async def revoke_key(request: Request, dash: Dashboard, session: Session, directory: ApiKeyDirectory) -> Response:
+    form = await _form(request)
+    if not dash.sessions.check_csrf(session, form.get("csrf_token")):
+        return _refused()
+    key_id = request.path_params["key_id"]
+    try:
+        revoked = await directory.revoke(session.tenant, key_id, by=session.key_id or None)
+    except StoreUnavailable as exc:
+        return _store_down(dash, request, session, "keys", exc)
+    if revoked is None:
+        return dash.render(request, "message.html", status=404, session=session, title="Not found",
+                           message=f"No database key {key_id} in this tenant.")
+    # The list with the revoked keys, this one among them: what was done stays in sight.
+    return _redirect(f"{PREFIX}/keys?{urlencode({'revoked': 1, 'done': revoked['id']})}")
+
+
+# -- prompts ------------------------------------------------------------------------------------------
+
+def _prompts_page(handler: Any) -> Any:
+    if PROMPT_CATALOG is None:
+        async def absent(request: Request) -> Response:
+            return Response("not found", status_code=404, media_type="text/plain", headers=SECURITY_HEADERS)
+        return absent
+    return _serving(PROMPT_CATALOG, "Prompts are not running",
+                    "This page lists the managed prompts: enable the prompts plugin (and keep it in the pipeline).")(handler)
+
+
+@_prompts_page
+async def prompts(request: Request, dash: Dashboard, session: Session, catalog: Any) -> Response:
+    try:
+        found = await catalog.list_prompts(session.tenant)
+    except StoreUnavailable as exc:
+        return _store_down(dash, request, session, "prompts", exc)
+    return dash.render(request, "prompts.html", session=session, prompts=found)
+
+
+@_prompts_page
+async def prompt_detail(request: Request, dash: Dashboard, session: Session, catalog: Any) -> Response:
+    prompt_id = request.path_params["prompt_id"]
+    try:
+        found = {p.prompt_id: p for p in await catalog.list_prompts(session.tenant)}.get(prompt_id)
+        versions = await catalog.versions(session.tenant, prompt_id) if found is not None else None
+    except StoreUnavailable as exc:
+        return _store_down(dash, request, session, "prompts", exc)
+    if found is None or versions is None:
+        return dash.render(request, "message.html", status=404, session=session, title="Not found",
+                           message=f"No prompt {prompt_id} in this tenant.")
+    return dash.render(request, "prompt_detail.html", session=session, p=found, versions=list(reversed(versions)))
 
 
 async def static(request: Request) -> Response:
@@ -411,5 +648,11 @@ ROUTES = [
     (f"{PREFIX}/logs", logs, ["GET"]),
     (f"{PREFIX}/logs/{{unique_id}}", log_detail, ["GET"]),
     (f"{PREFIX}/usage", usage, ["GET"]),
+    (f"{PREFIX}/customers", customers, ["GET"]),
+    (f"{PREFIX}/customers/{{identifier:path}}", customer_detail, ["GET"]),
+    (f"{PREFIX}/keys", keys, ["GET", "POST"]),
+    (f"{PREFIX}/prompts", prompts, ["GET"]),
+    (f"{PREFIX}/prompts/{{prompt_id:path}}", prompt_detail, ["GET"]),
+    (f"{PREFIX}/keys/{{key_id}}/revoke", revoke_key, ["POST"]),
     (f"{PREFIX}/static/{{name}}", static, ["GET"]),
 ]

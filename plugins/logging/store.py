@@ -16,6 +16,7 @@ from respan_gateway.database import Database, Migration, RowRejected
 from respan_gateway.hookspecs import LogQuery, UsageBucket
 from respan_gateway.timestamps import parse_iso
 
+from . import rollup
 from .record import COLUMNS, JSON_COLUMNS, KINDS, LogRecord, to_row
 
 TABLE = "request_logs"
@@ -60,6 +61,9 @@ MIGRATIONS = [
     Migration(1, sqlite=_create("sqlite"), postgres=_create("postgres")),
     Migration(2, sqlite=_USAGE_INDEX, postgres=_USAGE_INDEX),
     Migration(3, sqlite=_PROMPT_COLUMNS["sqlite"], postgres=_PROMPT_COLUMNS["postgres"]),
+    # The hourly roll-up and latency histograms the usage aggregates read (rollup.py). Numbered 20, not
+    # 3, so that a migration 3 another change adds to request_logs does not collide with it.
+    rollup.migration(20),
 ]
 
 _INSERT = (
@@ -73,7 +77,7 @@ _SORT_ALIASES = {"id": "start_time", "all_tokens": "total_request_tokens", "ttft
 _FILTER_ALIASES = {"all_tokens": "total_request_tokens", "ttft": "time_to_first_token",
                    "generation_time": "latency", "provider": "provider_id", "customer_user_unique_id": "customer_identifier"}
 _BUCKETS = {"hour": 3600, "day": 86400}
-_GROUPS = {"model": "model", "provider": "provider_id", "customer": "customer_identifier"}
+_GROUPS = {"model": "model", "provider": "provider_id", "customer": "customer_identifier", "key": "key_id"}
 OPERATORS = frozenset({"", "eq", "exact", "iexact", "lt", "lte", "gt", "gte", "contains", "icontains",
                        "startswith", "endswith", "in", "isnull", "not"})
 _decode = msgspec.json.decode
@@ -86,7 +90,9 @@ class RequestLogStore:
     async def insert(self, records: list[LogRecord]) -> None:
         """Insert ``records`` in one transaction; :class:`RowRejected` when one of them cannot be stored."""
         try:
-            rows = [to_row(r) for r in records]
+            # In time order: every insert updates its hour's roll-up rows (a trigger), and two PostgreSQL
+            # transactions that take those row locks in the same order cannot deadlock.
+            rows = [to_row(r) for r in sorted(records, key=lambda r: r.start_time)]
         except UnicodeDecodeError as exc:  # JSON passed through as bytes that are not UTF-8
             raise RowRejected(f"a JSON field is not valid UTF-8 ({exc.reason})") from None
         await self.db.executemany(_INSERT, rows)
@@ -132,14 +138,18 @@ class RequestLogStore:
 
     async def usage(self, tenant: str, query: LogQuery, *, bucket: str | None,
                     group_by: str | None = None, percentiles: bool = True) -> list[UsageBucket]:
-        """Aggregates per time bucket and group, in one statement (see RequestLogReader.usage)."""
-        where, args = self._where(tenant, query)
-        pg = self.db.dialect == "postgres"
+        """Aggregates per time bucket and group (see RequestLogReader.usage): from the hourly roll-up
+        when it answers the query exactly (rollup.plan), else in one statement over the records."""
         width = _BUCKETS.get(bucket or "")
         if bucket is not None and width is None:
             raise BadRequest(f"`bucket` must be one of {', '.join(_BUCKETS)}", param="bucket")
         if group_by is not None and group_by not in _GROUPS:
             raise BadRequest(f"`group_by` must be one of {', '.join(_GROUPS)}", param="group_by")
+        served = rollup.plan(query, bucket, group_by, percentiles, _FILTER_ALIASES)
+        if served is not None:
+            return await self._rolled_up(tenant, query, width, group_by, percentiles, *served)
+        where, args = self._where(tenant, query)
+        pg = self.db.dialect == "postgres"
         # The width is one of two literals: no user text reaches these expressions.
         bucket_expr = "0" if width is None else (
             f"floor(start_time / {width}) * {width}" if pg else f"CAST(start_time / {width} AS INTEGER) * {width}")
@@ -186,6 +196,49 @@ class RequestLogStore:
             )
             for r in rows
         ]
+
+    async def _rolled_up(self, tenant: str, query: LogQuery, width: int | None, group_by: str | None,
+                         percentiles: bool, dim: str, value: str | None) -> list[UsageBucket]:
+        """The usage aggregates from the roll-up: a few rows per hour instead of every record."""
+        args: list[Any] = [tenant, dim]
+        where = "tenant = $1 AND dim = $2"
+        if value is not None:
+            args.append(value)
+            where += f" AND value = ${len(args)}"
+        if query.start_time is not None:
+            args.append(int(query.start_time))
+            where += f" AND hour >= ${len(args)}"
+        # Integer division of whole hours: the same buckets as the records' floor(start_time / width).
+        bucket_expr = "0" if width is None else f"(hour / {width}) * {width}"
+        group_expr = "value" if group_by else "''"
+        sums = ", ".join(f"SUM({c}) AS {c}" for c in rollup.SUM_COLUMNS)
+        rows = await self.db.fetch(
+            f"SELECT {bucket_expr} AS bucket, {group_expr} AS grp, {sums} FROM {rollup.HOURLY} WHERE {where} "
+            "GROUP BY 1, 2 ORDER BY 1, 2", *args)
+        bins: dict[tuple[float, str], tuple[int | None, int | None]] = {}
+        if percentiles:
+            # The nearest-rank percentile's bin: the first whose running count reaches p * n.
+            hist = await self.db.fetch(
+                f"WITH h AS (SELECT {bucket_expr} AS bucket, {group_expr} AS grp, bin, SUM(n) AS n "
+                f"FROM {rollup.LATENCY} WHERE {where} GROUP BY 1, 2, 3), "
+                "c AS (SELECT bucket, grp, bin, SUM(n) OVER (PARTITION BY bucket, grp ORDER BY bin) AS cum, "
+                "SUM(n) OVER (PARTITION BY bucket, grp) AS total FROM h) "
+                "SELECT bucket, grp, MIN(CASE WHEN cum >= 0.5 * total THEN bin END) AS p50, "
+                "MIN(CASE WHEN cum >= 0.95 * total THEN bin END) AS p95 FROM c GROUP BY bucket, grp", *args)
+            bins = {(float(h["bucket"]), str(h["grp"])): (h["p50"], h["p95"]) for h in hist}
+
+        def latency(b: int | None) -> float | None:
+            return rollup.representative(int(b)) if b is not None else None
+
+        out = []
+        for r in rows:
+            p50, p95 = bins.get((float(r["bucket"]), str(r["grp"])), (None, None))
+            out.append(UsageBucket(
+                bucket=float(r["bucket"]), group=str(r["grp"]), requests=int(r["requests"]), errors=int(r["errors"]),
+                prompt_tokens=int(r["prompt_tokens"]), completion_tokens=int(r["completion_tokens"]),
+                total_tokens=int(r["total_tokens"]), cost=float(r["cost"]), cache_hits=int(r["cache_hits"]),
+                p50_latency=latency(p50), p95_latency=latency(p95)))
+        return out
 
     async def patch(self, tenant: str, unique_id: str, changes: dict[str, Any]) -> bool:
         sets, args = [], [tenant, unique_id]

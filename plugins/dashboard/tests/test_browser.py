@@ -173,3 +173,74 @@ def test_a_form_posted_without_the_csrf_token_is_refused(dashboard_gateway, page
     assert "CSRF" in page.inner_text("body")
     page.goto(f"{gw.url}/ui/logs")
     assert page.url.endswith("/ui/logs")  # still signed in
+
+
+def test_customers_keys_and_cache_pages(dashboard_gateway, page: Any, shots: Path) -> None:
+    gw = dashboard_gateway()
+    client = gw.openai()
+    ada = {"customer_identifier": "ada", "name": "Ada L.", "period_budget": 0.05, "budget_duration": "monthly",
+           "markup_percentage": 20, "rate_limit": 60}
+    for _ in range(3):
+        client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}],
+                                       extra_body={"customer_params": ada})
+    client.chat.completions.create(model="fake/other-model", messages=[{"role": "user", "content": "hi"}],
+                                   extra_body={"customer_params": {"customer_identifier": XSS_IMG, "name": XSS_SCRIPT}})
+    for _ in range(3):  # a miss, then two hits
+        client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "cached"}],
+                                       extra_body={"cache_enabled": True, "customer_identifier": "bob"})
+    _sign_in(page, gw)
+
+    page.click("nav >> text=Customers")
+    page.wait_for_url(f"{gw.url}/ui/customers")
+    rows = page.locator("#customers tbody tr").all_inner_texts()
+    assert len(rows) == 3
+    ada_row = next(r for r in rows if r.startswith("ada"))
+    assert "Ada L." in ada_row and "/ monthly" in ada_row and "20%" in ada_row and "60/min" in ada_row
+    assert XSS_IMG in page.inner_text("#customers") and XSS_SCRIPT in page.inner_text("#customers")
+    assert page.locator("#customers img, main script").count() == 0
+    assert page.locator("#customers meter").count() == 1  # ada's period budget, used
+    page.screenshot(path=str(shots / "customers.png"), full_page=True)
+
+    page.click("#customers a:text-is('ada')")
+    page.wait_for_url(f"{gw.url}/ui/customers/ada")
+    assert "Ada L." in page.inner_text("#facts")
+    page.wait_for_selector("#plot-requests svg circle.point")
+    assert "3" in page.inner_text("#totals") and "gpt-test" in page.inner_text("#top-model")
+    page.screenshot(path=str(shots / "customer.png"), full_page=True)
+
+    page.click("nav >> text=Usage")
+    page.wait_for_selector("#plot-cache svg circle.point")  # the hit rate of this hour: 2 of 7
+    assert "28.6%" in page.inner_text("#cache-rate")
+    assert "1" in page.inner_text("#cache-entries")
+
+    page.click("nav >> text=Keys")
+    page.wait_for_url(f"{gw.url}/ui/keys")
+    page.fill("#create-key input[name=name]", XSS_SCRIPT)
+    page.click("#create")
+    plain = page.inner_text("#new-key").strip()
+    assert plain.startswith("rsp_")
+    assert gw.openai(api_key=plain).chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "hi"}]).choices
+    row = page.locator("#keys tr", has_text="database")
+    assert XSS_SCRIPT in row.inner_text() and "active" in row.inner_text()
+    page.screenshot(path=str(shots / "keys.png"), full_page=True)
+    page.goto(f"{gw.url}/ui/keys")  # the key is shown once: not in the list
+    assert plain not in page.content()
+    with page.expect_navigation():
+        page.click("#keys tr:has-text('database') form.revoke button")
+    assert "revoked" in page.inner_text("#revoked") and XSS_SCRIPT in page.inner_text("#revoked")
+    assert "revoked" in page.locator("#keys tr", has_text="database").inner_text()
+    page.click("text=hide revoked keys")
+    assert page.locator("#keys tr", has_text="database").count() == 0
+    assert page.dialogs == []
+
+
+def test_sections_of_stopped_plugins_are_not_in_the_nav(dashboard_gateway, page: Any) -> None:
+    gw = dashboard_gateway('[plugins]\ndisabled = ["limits", "cache"]\n')
+    _sign_in(page, gw)
+    assert page.locator("nav a").all_inner_texts() == ["Logs", "Usage", "Keys"]
+    page.goto(f"{gw.url}/ui/usage")
+    page.wait_for_selector("#plot-requests svg")
+    assert page.locator("#plot-cache").count() == 0
+    page.goto(f"{gw.url}/ui/customers")
+    assert "enable the limits plugin" in page.inner_text("main")
