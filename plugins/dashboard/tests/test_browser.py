@@ -236,7 +236,7 @@ def test_customers_keys_and_cache_pages(dashboard_gateway, page: Any, shots: Pat
 
 
 def test_sections_of_stopped_plugins_are_not_in_the_nav(dashboard_gateway, page: Any) -> None:
-    gw = dashboard_gateway('[plugins]\ndisabled = ["limits", "cache"]\n')
+    gw = dashboard_gateway('[plugins]\ndisabled = ["limits", "cache", "prompts"]\n')
     _sign_in(page, gw)
     assert page.locator("nav a").all_inner_texts() == ["Logs", "Usage", "Keys"]
     page.goto(f"{gw.url}/ui/usage")
