@@ -37,14 +37,14 @@ def test_each_section_shows_while_its_plugin_runs(dashboard_gateway) -> None:
     gw = dashboard_gateway()
     client = sign_in(gw)
     page = client.get("/ui/usage").text
-    assert _nav(page) == ["logs", "usage", "customers", "keys"]
+    assert _nav(page) == ["logs", "usage", "prompts", "customers", "keys"]
     assert 'id="plot-cache"' in page and 'id="cache-entries"' in page  # the cache plugin runs (memory backend)
     assert client.get("/ui/customers").status_code == 200 and client.get("/ui/keys").status_code == 200
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 def test_without_limits_and_cache_their_sections_are_gone(dashboard_gateway) -> None:
-    gw = dashboard_gateway('[plugins]\ndisabled = ["limits", "cache"]\n')
+    gw = dashboard_gateway('[plugins]\ndisabled = ["limits", "cache", "prompts"]\n')
     gw.openai().chat.completions.create(model="gpt-test", messages=HI, extra_body={"customer_identifier": "alice"})
     client = sign_in(gw)
     page = client.get("/ui/usage").text
