@@ -573,6 +573,13 @@ def _via_chat(chat: Callable[[Call, Target], Any], translation: Any) -> Callable
     return handler
 
 
+def through_chat(chat: Callable[[Call, Target], Any], translation: Any) -> Callable[[Call, Target], Any]:
+    """An adapter's ``chat`` serving another endpoint's call through its ``ChatTranslation``: what the
+    core does for an adapter without a method of the call's kind, for an adapter that serves the kind
+    natively for some models only (Claude on Vertex) and through chat for the others."""
+    return _via_chat(chat, translation)
+
+
 def _secrets(adapter: ProviderAdapter, call: Call, target: Target) -> tuple[str, ...]:
     """What an error of this attempt must not say: the adapter's secrets and the request's credentials."""
     return (*adapter.secrets(target), *request_secrets(call.params))

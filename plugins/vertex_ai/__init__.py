@@ -34,6 +34,8 @@ import google.auth.exceptions
 import httpx2
 import msgspec
 
+from respan_gateway.gateway import through_chat
+from respan_gateway.translate.messages import MESSAGES_VIA_CHAT
 from respan_gateway import (
     BadRequest, Call, Chunk, ConfigError, ErrorFields, GatewayError, JSONResult, ProviderAdapter, ProviderSettings, Result,
     StreamInterrupted, StreamMark, StreamResult, Target, UpstreamError, UpstreamUnreachable, hookimpl,
@@ -157,8 +159,8 @@ class VertexAdapter(ProviderAdapter):
         """The native Anthropic endpoint over Claude on Vertex: the Messages body as the client sent it (less
         ``model``, with Vertex's ``anthropic_version``), the answer and its stream unchanged."""
         publisher, model = publisher_model(target.upstream_model)
-        if publisher != "anthropic":
-            raise BadRequest(f"provider `{self.id}` serves the Anthropic Messages endpoint for Claude models only", param="model")
+        if publisher != "anthropic":  # Gemini on Vertex: through the one translation, as any chat-only adapter
+            return await through_chat(self.chat, MESSAGES_VIA_CHAT)(call, target)
         auth = await self._auth(target)
         if auth.express:
             raise BadRequest(f"provider `{self.id}`: Claude models on Vertex AI need OAuth credentials, not an express mode API key", param="model")
