@@ -32,7 +32,7 @@ def test_past_max_in_flight_a_request_gets_a_fast_503_and_health_is_still_answer
         assert httpx2.get(gw.url + "/healthz", timeout=10).status_code == 200
         assert httpx2.get(gw.url + "/readyz", timeout=10).status_code == 200
     # The streams ended (the client left): their places are free again.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while True:
         r = httpx2.post(gw.base_url + "chat/completions", headers=AUTH, json={"model": "gpt-test", "messages": MESSAGES}, timeout=10)
         if r.status_code != 503 or time.monotonic() > deadline:

@@ -17,7 +17,7 @@ AUTH = {"authorization": f"Bearer {TEST_KEY}"}
 OPS_KEY = "sk-ops-default-tenant-key"  # a key of the tenant "default", where unauthenticated requests are logged
 
 
-def records(gw: GatewayServer, key: str, request_id: str, timeout: float = 5) -> list[dict[str, Any]]:
+def records(gw: GatewayServer, key: str, request_id: str, timeout: float = 60) -> list[dict[str, Any]]:
     """The records of one request (by its x-respan-gateway-request-id) that ``key``'s tenant sees."""
     deadline = time.monotonic() + timeout
     while True:

@@ -374,7 +374,7 @@ class FakeUpstream:
             self._open_streams = 0
             self._disconnected.clear()
 
-    def wait_for_disconnect(self, timeout: float = 5.0) -> bool:
+    def wait_for_disconnect(self, timeout: float = 30.0) -> bool:
         return self._disconnected.wait(timeout)
 
     def _peer_disconnected(self) -> None:

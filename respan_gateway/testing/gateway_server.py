@@ -102,7 +102,7 @@ class GatewayServer:
         """Run a coroutine on the gateway's event loop (e.g. to flush a plugin's queue)."""
         return self._server.call(coro, timeout)
 
-    def record(self, log_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    def record(self, log_id: str, timeout: float = 60.0) -> dict[str, Any]:
         """The log record ``log_id`` (the ``x-respan-log-id`` of a response), from the logs API as a user
         reads it; waits up to ``timeout`` s for it to be written (records are written in batches)."""
         deadline = time.monotonic() + timeout

@@ -90,7 +90,11 @@ def test_a_replica_waiting_on_a_failed_leader_goes_upstream(gateway_factory, red
         b = openai.AsyncOpenAI(base_url=second.base_url, api_key=TEST_KEY, max_retries=0)
 
         async def follower():
-            await asyncio.sleep(0.2)  # the leader holds the lock by now
+            # Once the leader's request reached the upstream, the leader holds the lock (it asks the
+            # upstream only then) and has used up the one failure: observed, not slept on.
+            deadline = time.monotonic() + 60
+            while not fake_upstream.requests and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
             return await b.chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES,
                                                                      extra_body={**CACHED, **failing})
 
