@@ -26,6 +26,7 @@ from .hookspecs import hookimpl
 from .outcome import CacheInfo, Customer, Outcome, PromptRef
 from .params import RespanParams
 from .openai_adapter import OpenAIAdapter, OpenAICompatibleAdapter
+from .routes import json_body
 from .providers import AdapterContext, ErrorFields, ProviderAdapter, StreamMark
 
 __version__ = "0.1.0"
@@ -37,6 +38,6 @@ __all__ = [
     "ProviderAdapter", "ProviderSettings", "RateLimited", "RespanParams", "Result", "Settings",
     "StreamInterrupted", "StreamResult", "Target", "UpstreamError", "UpstreamTimeout", "UpstreamTooLarge",
     "UpstreamUnreachable", "CONTEXT_LENGTH_EXCEEDED",
-    "hookimpl", "create_app",
+    "hookimpl", "create_app", "json_body",
 ]
 

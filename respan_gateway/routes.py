@@ -42,6 +42,30 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
+async def json_body(request: Request, kind: Any = None) -> Any:
+    """A plugin API's JSON request body: an object (an empty body is ``{}``), or decoded into ``kind``
+    (a msgspec type) when given. Not JSON, not an object or not of ``kind``: a 400 naming the param."""
+    raw = await request.body()
+    if kind is None:
+        if not raw.strip():
+            return {}
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"the request body is not valid JSON ({exc})") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        return body
+    try:
+        return msgspec.json.decode(raw if raw.strip() else b"{}", type=kind)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        param = text.rsplit("at `$.", 1)[1].split("`")[0].split(".")[0].split("[")[0] if "at `$." in text else None
+        raise BadRequest(f"invalid request body: {text}", param=param) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON ({exc})") from None
+
+
 def bounded_body(app: ASGIApp, limit: int, style_for: Callable[[str], str]) -> ASGIApp:
     """``app`` (a route a plugin registers) with its request body read first, at most ``limit`` bytes:
     larger is a 413 before the endpoint runs, so no plugin endpoint reads an unbounded body."""

@@ -23,7 +23,7 @@ from msgspec import UNSET, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 
-from respan_gateway import BadRequest, KeyLimits, NotFound, Principal
+from respan_gateway import BadRequest, KeyLimits, NotFound, Principal, json_body
 from respan_gateway.database import StoreUnavailable
 from respan_gateway.errors import PermissionDenied
 from respan_gateway.timestamps import parse_iso
@@ -104,18 +104,6 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(_encode(body), status_code=status, media_type="application/json")
 
 
-async def _body(request: Request, kind: type) -> Any:
-    raw = await request.body()
-    try:
-        return msgspec.json.decode(raw or b"{}", type=kind)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        param = text.rsplit("at `$.", 1)[1].split("`")[0].split(".")[0].split("[")[0] if "at `$." in text else None
-        raise BadRequest(f"invalid request body: {text}", param=param) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON ({exc})") from None
-
-
 def _auth(request: Request) -> Any:
     gateway = request.app.state.gateway
     auth = dict(gateway.middlewares).get("auth")  # this plugin's own middleware
@@ -153,7 +141,7 @@ async def keys(request: Request) -> Response:
             found = await auth.store.list(principal.tenant, include_revoked=include)
             now = auth.clock()
             return _json({"object": "list", "results": [k.to_api(now) for k in found], "count": len(found)})
-        body: KeyCreate = await _body(request, KeyCreate)
+        body: KeyCreate = await json_body(request, KeyCreate)
         now = auth.clock()
         key, plain = await auth.store.create(
             tenant=principal.tenant, name=check_name(body.name), environment=body.environment,
@@ -171,7 +159,7 @@ async def one_key(request: Request) -> Response:
     try:
         key = await _one(auth, principal, key_id)
         if request.method == "PATCH":
-            body: KeyPatch = await _body(request, KeyPatch)
+            body: KeyPatch = await json_body(request, KeyPatch)
             changes: dict[str, Any] = {}
             if body.name is not UNSET:
                 changes["name"] = check_name(body.name)

@@ -13,7 +13,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from respan_gateway import BadRequest, Gateway, GatewayError, NotFound
+from respan_gateway import BadRequest, Gateway, GatewayError, NotFound, json_body
 
 from .middleware import BACKEND_ERRORS, ResponseCache
 
@@ -34,15 +34,7 @@ async def purge_caches(request: Request) -> Response:
     if not isinstance(cache, ResponseCache):
         raise NotFound("the response cache is off: the `cache` middleware is not in the pipeline")
     filters: dict[str, Any] = dict(request.query_params)
-    raw = await request.body()
-    if raw.strip():
-        try:
-            body = msgspec.json.decode(raw)
-        except msgspec.DecodeError:
-            raise BadRequest("the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise BadRequest("the request body must be a JSON object")
-        filters.update(body)
+    filters.update(await json_body(request))
     unknown = sorted(set(filters) - set(FILTERS))
     if unknown:
         raise BadRequest(f"unknown filter `{unknown[0]}` (filters: {', '.join(FILTERS)})", param=unknown[0])

@@ -16,7 +16,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from respan_gateway import BadRequest, GatewayError, NotFound
+from respan_gateway import BadRequest, GatewayError, NotFound, json_body
 from respan_gateway.config import describe_validation_error
 from respan_gateway.database import StoreUnavailable
 from respan_gateway.params import MAX_IDENTIFIER_LENGTH, Amount, Count, Finite
@@ -26,7 +26,6 @@ from .policy import Applied, check_dates, customer_limits, customer_period, iso_
 from .store import CUSTOMER_FIELDS, SORTS, CustomerStore
 
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.decode
 MAX_PAGE_SIZE = 1000
 UNSET = msgspec.UNSET
 Unset = msgspec.UnsetType
@@ -178,19 +177,6 @@ async def _context(request: Request) -> tuple[CustomerDirectory, str]:
     return limits.directory, principal.tenant
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = _decode(raw)
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON ({exc})") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return body
-
-
 def _int(params: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
     value = params.get(name)
     try:
@@ -204,7 +190,7 @@ def _int(params: dict[str, Any], name: str, default: int, low: int, high: int) -
 
 async def list_users(request: Request) -> Response:
     directory, tenant = await _context(request)
-    params = {**dict(request.query_params), **(await _body(request) if request.method == "POST" else {})}
+    params = {**dict(request.query_params), **(await json_body(request) if request.method == "POST" else {})}
     page = _int(params, "page", 1, 1, 1_000_000_000)
     page_size = _int(params, "page_size", 100, 1, MAX_PAGE_SIZE)
     sort_by = str(params.get("sort_by") or "-last_active_timeframe")
@@ -236,7 +222,7 @@ async def one_user(request: Request) -> Response:
             if not await directory.delete(tenant, identifier):
                 raise NotFound(f"no customer `{identifier[:MAX_IDENTIFIER_LENGTH]}`")
             return Response(status_code=204)
-        body = await _body(request)
+        body = await json_body(request)
         nested = body.pop("customer_params", None)  # the budget fields may come as on a call, nested
         if nested is not None:
             if not isinstance(nested, dict):

@@ -19,7 +19,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from respan_gateway import BadRequest, Gateway, GatewayError, NotFound
+from respan_gateway import BadRequest, GatewayError, NotFound, json_body
 from respan_gateway.database import StoreUnavailable
 from respan_gateway.hookspecs import LogQuery, RequestLogReader
 from respan_gateway.params import coerce_metadata
@@ -28,7 +28,6 @@ from .record import MUTABLE_FIELDS
 from .store import OPERATORS, parse_time
 
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.decode
 _BRACKET = re.compile(r"^([^\[\]]+)\[(operator|value|connector)\]$")
 _RESERVED = {"start_time", "end_time", "sort_by", "page", "page_size", "is_test", "all_envs", "fetch_filters",
              "include_fields", "environment", "operator"}
@@ -56,21 +55,6 @@ async def _context(request: Request) -> tuple[Any, RequestLogReader, str]:
     if observer is None or reader is None:
         raise NotFound("the logs API needs the `logging` observer running")
     return observer, reader, principal.tenant
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    if request.method not in ("POST", "PATCH"):
-        return {}
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = _decode(raw)
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON ({exc})") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return body
 
 
 def _query(request: Request, body: dict[str, Any]) -> LogQuery:
@@ -144,6 +128,10 @@ def _page_url(request: Request, page: int) -> str:
     params = dict(request.query_params)
     params["page"] = str(page)
     return f"{request.url.replace(query='')}?{urlencode(params)}"
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    return await json_body(request) if request.method in ("POST", "PATCH") else {}
 
 
 async def list_logs(request: Request) -> Response:

@@ -18,7 +18,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from respan_gateway import BadRequest, Gateway, GatewayError, NotFound
+from respan_gateway import BadRequest, Gateway, GatewayError, NotFound, json_body
 from respan_gateway.database import StoreUnavailable
 from respan_gateway.errors import PermissionDenied
 
@@ -28,7 +28,6 @@ from .middleware import PromptsMiddleware, PromptStoreDown
 from .model import Invalid, Prompt, Version, check_prompt_id, prompt_to_api, version_from_api, version_to_api
 
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.decode
 
 
 class ReadOnlyPrompt(GatewayError):
@@ -50,19 +49,6 @@ async def _context(request: Request, *, write: bool = False) -> tuple[PromptsMid
     if write and not principal.admin:
         raise PermissionDenied("changing prompts needs an admin key (`admin = true` in [auth])")
     return middleware, principal.tenant
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = _decode(raw)
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON ({exc})") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return body
 
 
 def _text(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:
@@ -125,7 +111,7 @@ async def prompts_collection(request: Request) -> Response:
         results = [{"id": i.prompt_id, **msgspec.to_builtins(i)} for i in infos]
         return _json(200, {"count": len(results), "next": None, "previous": None, "results": results})
     middleware, tenant = await _context(request, write=True)
-    body = await _body(request)
+    body = await json_body(request)
     name = _text(body, "name", required=True)
     prompt_id = body.get("prompt_id")
     prompt_id = check_prompt_id(prompt_id) if prompt_id is not None else os.urandom(4).hex()
@@ -156,7 +142,7 @@ async def prompt_item(request: Request) -> Response:
         await store.delete(tenant, prompt_id)
         prompts.forget(tenant, prompt_id)
         return Response(status_code=204)
-    body = await _body(request)
+    body = await json_body(request)
     changes = {}
     for name in ("name", "description"):
         if name in body:
@@ -183,7 +169,7 @@ async def versions_collection(request: Request) -> Response:
     if request.method == "GET":
         results = [version_to_api(prompt_id, v, v.deployed) for v in prompt.version_infos()]
         return _json(200, {"count": len(results), "next": None, "previous": None, "results": results})
-    body = await _body(request)
+    body = await json_body(request)
     deploy = body.get("deploy", False)
     if not isinstance(deploy, bool):
         raise BadRequest("`deploy` must be a boolean", param="deploy")
@@ -211,7 +197,7 @@ async def version_item(request: Request) -> Response:
     if version is None:
         raise NotFound(f"prompt `{prompt_id}` has no version {number}", param="version", code="prompt_version_not_found")
     if request.method == "PATCH":
-        body = await _body(request)
+        body = await json_body(request)
         other = sorted(set(body) - {"deploy"})
         if other:
             raise BadRequest(f"`{other[0]}`: a version cannot be changed once created (add a new version); "
