@@ -116,7 +116,7 @@ def serve(args: argparse.Namespace) -> int:
     os.environ[MASTER_PID_ENV] = str(os.getpid())  # read by the workers: see watch_master()
     os.environ[SERVE_ENV] = "1"  # the workers' app reloads its config on SIGHUP (respan_gateway.asgi)
     # Spawned workers call watch_master() when they import the app; forked ones (granian) here.
-    os.register_at_fork(after_in_child=watch_master)
+    os.register_at_fork(before=_note_forking_pid, after_in_child=_after_fork_in_child)
     metrics_dir = None
     if workers > 1:  # one /metrics for the group: prometheus_client's multiprocess folder, made fresh
         metrics_dir = tempfile.mkdtemp(prefix="respan-metrics-")
@@ -346,23 +346,67 @@ MASTER_PID_ENV = "RESPAN_GATEWAY_MASTER_PID"
 #: Set by ``serve`` for its workers: the app they load reloads its config on SIGHUP.
 SERVE_ENV = "RESPAN_GATEWAY_SERVE"
 _PR_SET_PDEATHSIG = 1
+#: The signal the kernel sends a worker when its master dies (``PR_SET_PDEATHSIG``): a real-time
+#: signal of its own, which the worker turns into one SIGTERM (:func:`_master_gone`).
+_MASTER_GONE = signal.SIGRTMIN + 1 if hasattr(signal, "SIGRTMIN") else signal.SIGTERM
 
 
 def watch_master() -> None:
-    """In a worker process of ``serve``: get SIGTERM (a graceful shutdown) when the master dies.
+    """In a worker process of ``serve``: get one SIGTERM (a graceful shutdown) when the master dies.
 
     Linux's ``PR_SET_PDEATHSIG`` covers a master killed with SIGKILL; a master already gone before
-    it was set is caught by comparing the parent's pid. Elsewhere (or outside ``serve``) nothing."""
+    it was set is caught by comparing the parent's pid. Elsewhere (or outside ``serve``) nothing.
+
+    The kernel sends the death signal once for each thread of the master the worker is handed to as
+    the master's threads exit (the master has several: the SIGHUP forwarder, granian's watchers), so
+    it is not SIGTERM itself: a granian worker that gets a second SIGTERM before it serves (while the
+    app starts) blocks for ever in granian's shutdown signal, holding the GIL. The first death
+    signal sends SIGTERM once and ignores the others."""
     master = os.environ.get(MASTER_PID_ENV)
     if not master or not master.isdigit() or int(master) == os.getpid() or not sys.platform.startswith("linux"):
         return
+    death = signal.SIGTERM
+    if _MASTER_GONE != signal.SIGTERM and threading.current_thread() is threading.main_thread():
+        signal.signal(_MASTER_GONE, _master_gone)  # before the kernel may send it
+        death = _MASTER_GONE
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, death, 0, 0, 0)
     except (OSError, AttributeError):
         return
     if os.getppid() != int(master):
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _master_gone(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # the same death signal again (another thread of the master)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+#: The pid of the process that last forked (set just before the fork, so a child reads its parent's).
+_forking_pid: list[int] = []
+
+
+def _note_forking_pid() -> None:
+    _forking_pid[:] = [os.getpid()]
+
+
+def _after_fork_in_child() -> None:
+    """In a child forked by the master (granian's workers): end with the master (:func:`watch_master`).
+
+    A forked child inherits the master's Python signal handlers. granian's master handler only
+    sets a flag of the master's loop, so in a worker that is still loading the app (its own handlers
+    come after) a SIGTERM, the master's death signal included, would be swallowed and the worker run
+    on for ever: until its server installs its own, SIGTERM and SIGINT get their default action
+    (the process ends; it serves nothing yet), as in a spawned worker. A process forked by a worker
+    (not by the master) is left alone."""
+    master = os.environ.get(MASTER_PID_ENV, "")
+    if not master.isdigit() or _forking_pid != [int(master)]:
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if callable(signal.getsignal(sig)):
+            signal.signal(sig, signal.SIG_DFL)
+    watch_master()
 
 
 SERVERS = {"hypercorn": _serve_hypercorn, "uvicorn": _serve_uvicorn, "granian": _serve_granian}

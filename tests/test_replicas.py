@@ -109,20 +109,23 @@ http {{
                 self.process.wait(5)
 
 
-@pytest.fixture
-def stack(fake_upstream, postgres_schema, redis_state, tmp_path) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module")
+def _replicas(_session_upstream, postgres_schema, module_redis_state, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """One stack for the module (its tests keep apart by run id, customer, cache key): starting two
+    2-worker replicas is most of what these tests cost."""
     if NGINX is None:
         message = "nginx is not installed (Debian package `nginx`; .ci/run installs it): the replica tests are SKIPPED"
         import warnings
 
         warnings.warn(message)
         pytest.skip(message)
+    tmp_path = tmp_path_factory.mktemp("replicas")
     schema = f"{postgres_schema}_replicas_{uuid.uuid4().hex[:6]}"
     config = tmp_path / "gateway.toml"
     config.write_text(test_config(
-        fake_upstream.url,
+        _session_upstream.url,
         f'[database]\nurl = "{PG_URL}"\nschema = "{schema}"\n'
-        f'[logging]\nspill_dir = "{tmp_path}/spill"\nflush_interval = 0.05\n' + redis_state))
+        f'[logging]\nspill_dir = "{tmp_path}/spill"\nflush_interval = 0.05\n' + module_redis_state))
     replicas = [GatewayProcess(str(config), workers=2) for _ in range(2)]
     try:
         for replica in replicas:
@@ -132,6 +135,16 @@ def stack(fake_upstream, postgres_schema, redis_state, tmp_path) -> Iterator[dic
     finally:
         for replica in replicas:
             replica.stop()
+
+
+@pytest.fixture
+def stack(_replicas, fake_upstream) -> dict[str, Any]:
+    """The module's stack, with a replica that an earlier test stopped started again (same port)."""
+    for replica in _replicas["replicas"]:
+        if replica.process.poll() is not None:
+            replica.stop()
+            replica.start()
+    return _replicas
 
 
 def _request(base: str, run: str, i: int) -> str:
@@ -216,18 +229,6 @@ def test_every_request_is_logged_once_and_seen_from_either_replica(stack) -> Non
         assert sorted(r["unique_id"] for r in records) == sorted(ids)  # each exactly once
 
 
-def test_a_replica_stopped_mid_load_loses_no_request_and_no_record(stack) -> None:
-    lb, (first, second) = stack["lb"], stack["replicas"]
-    run = uuid.uuid4().hex
-    codes: list[int] = []
-    ids, errors = _load(lb.url, run, 150, during=lambda: codes.append(first.terminate(timeout=60, group=True)))
-    assert codes == [0], first.output[-3000:]
-    assert errors == [], errors[:5]
-    assert len(set(ids)) == 150
-    records = _records(second.url, run, 150)
-    assert sorted(r["unique_id"] for r in records) == sorted(ids)
-
-
 def test_a_hit_cached_by_one_replica_is_served_by_the_other(stack, fake_upstream) -> None:
     first, second = stack["replicas"]
     body = {"model": "gpt-test", "messages": [{"role": "user", "content": f"cache me {uuid.uuid4().hex}"}],
@@ -274,3 +275,16 @@ def test_a_customer_budget_holds_across_both_replicas(stack) -> None:
     per_call = totals[0]["total_usage"] / totals[0]["total_requests"]
     assert per_call > 0
     assert totals[0]["total_usage"] <= 0.0002 + per_call * 1.01
+
+
+def test_a_replica_stopped_mid_load_loses_no_request_and_no_record(stack) -> None:
+    """Last in the module: it stops a replica (the `stack` fixture would start it again)."""
+    lb, (first, second) = stack["lb"], stack["replicas"]
+    run = uuid.uuid4().hex
+    codes: list[int] = []
+    ids, errors = _load(lb.url, run, 150, during=lambda: codes.append(first.terminate(timeout=60, group=True)))
+    assert codes == [0], first.output[-3000:]
+    assert errors == [], errors[:5]
+    assert len(set(ids)) == 150
+    records = _records(second.url, run, 150)
+    assert sorted(r["unique_id"] for r in records) == sorted(ids)

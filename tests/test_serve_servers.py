@@ -165,3 +165,27 @@ def test_workers_exit_when_their_master_is_killed(tmp_path: Path, fake_upstream:
         assert not gateway.group_alive(), f"{server}: workers {workers} kept running without their master"
     finally:
         gateway.stop()
+
+
+def test_workers_exit_when_their_master_is_killed_while_they_start(tmp_path: Path, fake_upstream: FakeUpstream, server: str) -> None:
+    """The master killed as soon as its workers exist, while they still import and build the app
+    (before their server has installed its signal handlers): they end all the same."""
+    path = tmp_path / "gateway.toml"
+    path.write_text(test_config(fake_upstream.url))
+    gateway = GatewayProcess(str(path), workers=2)
+    gateway.command += ["--server", server]
+    gateway.launch()
+    try:
+        deadline = time.monotonic() + gateway.ready_timeout
+        while len(gateway.worker_pids()) < 2 and gateway.process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        workers = gateway.worker_pids()
+        assert len(workers) == 2, gateway.log()
+        os.kill(gateway.process.pid, signal.SIGKILL)
+        gateway.process.wait(10)
+        deadline = time.monotonic() + 60
+        while gateway.group_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not gateway.group_alive(), f"{server}: workers {workers} kept running without their master"
+    finally:
+        gateway.stop()

@@ -21,16 +21,11 @@ import asyncio
 import os
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import botocore.session
 import httpx2
 import msgspec
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
-from botocore.eventstream import EventStreamBuffer, ParserError
 
 from respan_gateway import (
     BadRequest, Call, Chunk, ConfigError, ErrorFields, JSONResult, ProviderAdapter, ProviderSettings, Result,
@@ -42,6 +37,12 @@ from respan_gateway.providers import AdapterContext, generic_error_fields
 from respan_gateway.upstream import parse_retry_after
 
 from .converse import StreamTranslator, converse_to_openai, normalised_usage, request_to_converse, stream_exception
+
+if TYPE_CHECKING:
+    from botocore.credentials import Credentials, ReadOnlyCredentials
+
+# botocore (~1 s of imports) is imported where it is first used, by a gateway with a bedrock
+# provider: every other gateway (and CLI command) starts without it.
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.Encoder().encode
@@ -98,6 +99,8 @@ class BedrockAdapter(ProviderAdapter):
             raise ConfigError(f"`providers.{provider_id}.region`: a bedrock provider needs a region (or AWS_REGION in the environment)")
         if bool(s.aws_access_key_id) != bool(s.aws_secret_access_key):
             raise ConfigError(f"`providers.{provider_id}`: set both `aws_access_key_id` and `aws_secret_access_key`, or neither")
+        from botocore.credentials import Credentials
+
         self._static = (Credentials(s.aws_access_key_id, s.aws_secret_access_key, s.aws_session_token or None)
                         if s.aws_access_key_id else None)
         self._chain: Credentials | None | bool = None  # botocore's chain, resolved on first use (False: found none)
@@ -149,6 +152,9 @@ class BedrockAdapter(ProviderAdapter):
             if key:
                 return {**headers, "authorization": f"Bearer {key}"}
             credentials = self._static or await self._chain_credentials()
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
         request = AWSRequest(method="POST", url=url, data=body, headers=headers)
         SigV4Auth(credentials, "bedrock", region).add_auth(request)
         return dict(request.headers.items())
@@ -163,6 +169,8 @@ class BedrockAdapter(ProviderAdapter):
                              param="customer_credentials")
         if token is not None and not isinstance(token, str):
             raise BadRequest("`aws_session_token` must be a string", param="customer_credentials")
+        from botocore.credentials import Credentials
+
         return Credentials(key_id, secret, token or None)
 
     async def _chain_credentials(self) -> Credentials | ReadOnlyCredentials:
@@ -170,6 +178,8 @@ class BedrockAdapter(ProviderAdapter):
             async with self._chain_lock:
                 if self._chain is None:
                     # The chain may read files or ask the instance metadata service: off the event loop.
+                    import botocore.session
+
                     session = botocore.session.Session(profile=self.settings.aws_profile or None)
                     self._chain = await asyncio.to_thread(session.get_credentials) or False
         chain = self._chain
@@ -179,6 +189,8 @@ class BedrockAdapter(ProviderAdapter):
                 f"`api_key`) in [providers.{self.id}], provide them in the environment, or send credentials with the request",
                 status=401, provider=self.id, type="invalid_request_error", code="missing_provider_key",
             )
+        from botocore.credentials import RefreshableCredentials
+
         if isinstance(chain, RefreshableCredentials) and chain.refresh_needed():
             return await asyncio.to_thread(chain.get_frozen_credentials)  # a refresh may block: in a thread
         return chain.get_frozen_credentials()
@@ -225,6 +237,8 @@ class BedrockAdapter(ProviderAdapter):
         """The events of a ConverseStream answer as ``(event type, payload)``, unframed by botocore as the
         bytes arrive. An exception event raises; so do a broken connection, a frame that fails its
         checksum and one larger than ``[upstream] max_event_bytes``. The response is always closed."""
+        from botocore.eventstream import EventStreamBuffer, ParserError
+
         buffer = EventStreamBuffer()
         limit = self.context.upstream.max_event_bytes
         pending = 0  # bytes added but not yet taken out as a whole message

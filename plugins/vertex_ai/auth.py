@@ -16,14 +16,19 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import google.auth
 import google.auth.credentials
 import google.auth.exceptions
 import google.auth.transport
 import httpx2
-from google.oauth2 import service_account
+
+if TYPE_CHECKING:
+    from google.oauth2 import service_account
+
+# google.oauth2.service_account (its signers import cryptography, ~0.3 s) is imported where it is first
+# used, by a gateway with a Vertex AI provider: every other gateway starts without it.
 
 #: The scope Vertex AI needs.
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
@@ -108,6 +113,8 @@ def service_account_credentials(info: Mapping[str, Any]) -> service_account.Cred
     """Credentials of a service-account JSON (already decoded); ValueError when it is not one."""
     if info.get("type") not in (None, "service_account"):
         raise ValueError(f"expected a service-account key (type service_account), not {info.get('type')!r}")
+    from google.oauth2 import service_account
+
     return service_account.Credentials.from_service_account_info(dict(info), scopes=[CLOUD_PLATFORM])
 
 

@@ -155,6 +155,7 @@ class RecordedRequest:
     headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
     body: bytes
     raw_path: str = ""  # the path as sent (percent-encoding kept), e.g. for a SigV4 check
+    received: float = 0.0  # time.monotonic() when its body had arrived: the gaps between requests (a wait)
 
     @property
     def json(self) -> Any:
@@ -391,7 +392,7 @@ class FakeUpstream:
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         query = scope["query_string"].decode("latin-1")
         raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").partition("?")[0]
-        recorded = RecordedRequest(scope["method"], scope["path"], query, headers, body, raw_path)
+        recorded = RecordedRequest(scope["method"], scope["path"], query, headers, body, raw_path, time.monotonic())
         with self._lock:
             self.requests.append(recorded)
         return recorded

@@ -149,11 +149,16 @@ class GatewayProcess:
         self.process: Any = None
         self.output = ""
 
-    def start(self) -> GatewayProcess:
+    def launch(self) -> GatewayProcess:
+        """Start the process and return at once (:meth:`start` waits until it serves)."""
         # Output goes to a file, not a pipe: a pipe nobody reads would block a chatty gateway.
         self._log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(self.command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
+        return self
+
+    def start(self) -> GatewayProcess:
+        self.launch()
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

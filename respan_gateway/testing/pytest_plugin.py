@@ -11,7 +11,7 @@
 - ``redis_state``: a ``[state]`` section (TOML text) on the Redis at ``REDIS_URL`` with a key prefix of
   its own (so tests never see each other's keys); every key under it is deleted after the test. Has
   ``.url``, ``.prefix`` and ``.client()`` (a sync redis client, to inspect or to flush). Skips, loudly,
-  when Redis is not reachable.
+  when Redis is not reachable. ``module_redis_state``: the same, one for every test of a module.
 """
 
 from __future__ import annotations
@@ -54,8 +54,7 @@ class RedisState(str):
                 r.delete(key)
 
 
-@pytest.fixture
-def redis_state() -> Iterator[RedisState]:
+def _redis_state() -> Iterator[RedisState]:
     import redis
 
     try:
@@ -73,6 +72,17 @@ def redis_state() -> Iterator[RedisState]:
         state.flush()
     except Exception:  # noqa: BLE001
         pass
+
+
+@pytest.fixture
+def redis_state() -> Iterator[RedisState]:
+    yield from _redis_state()
+
+
+@pytest.fixture(scope="module")
+def module_redis_state() -> Iterator[RedisState]:
+    """``redis_state`` for every test of a module (e.g. for gateway processes the module shares)."""
+    yield from _redis_state()
 
 
 def _pg(sql: str) -> Any:

@@ -21,7 +21,7 @@ from respan_gateway.testing import TEST_KEY, CallRecorder, FakeUpstream, Gateway
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 ANSWER = "Hello from the fake upstream!"
-# Short limits so that the tests are quick; the assertions on durations stay generous.
+# Short limits so that the tests are quick; durations are asserted only as lower bounds (a wait happened).
 CONFIG = """
 [reliability]
 first_byte_timeout = 1.0
@@ -71,24 +71,20 @@ both = pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 
 @both
 def test_429_retry_after_is_honoured(gw: GatewayServer, fake_upstream: FakeUpstream, stream: bool) -> None:
-    started = time.monotonic()
     text, _ = ask(gw, "fake/fake-retry-after-1", stream, **fail_times(1))
-    elapsed = time.monotonic() - started
     assert text == ANSWER
-    assert len(fake_upstream.requests) == 2
+    first, second = fake_upstream.requests
     # The backoff alone would be 0.3-0.375 s: the wait is the provider's Retry-After.
-    assert 0.95 <= elapsed < 8
+    assert second.received - first.received >= 0.95
 
 
 @both
 def test_429_without_retry_after_is_retried_with_backoff(gw: GatewayServer, fake_upstream: FakeUpstream, stream: bool) -> None:
-    started = time.monotonic()
     text, _ = ask(gw, "fake/fake-error-text-429", stream, **fail_times(2))
-    elapsed = time.monotonic() - started
     assert text == ANSWER
-    assert len(fake_upstream.requests) == 3
+    first, _, third = fake_upstream.requests
     # Two waits: 0.3 then 0.6 s, each with up to 25% jitter.
-    assert 0.85 <= elapsed < 8
+    assert third.received - first.received >= 0.85
     assert "retry-after" not in fake_upstream.requests[0].headers
 
 
@@ -103,12 +99,12 @@ def test_429_persistent_reaches_the_client_with_retry_after(gw: GatewayServer, f
 
 
 def test_429_goes_to_the_fallback_at_once(gw: GatewayServer, fake_upstream: FakeUpstream, recorder: CallRecorder) -> None:
-    started = time.monotonic()
-    text, model = ask(gw, "fake/fake-retry-after-5", False, fallback_models=["gpt-test"])
-    assert time.monotonic() - started < 2
+    text, model = ask(gw, "fake/fake-retry-after-60", False, fallback_models=["gpt-test"])
     assert (text, model) == (ANSWER, "gpt-test-upstream")
-    assert upstream_models(fake_upstream) == ["fake-retry-after-5", "gpt-test-upstream"]
-    assert recorder.attempts() == [("fake/fake-retry-after-5", 429), ("gpt-test", 200)]
+    assert upstream_models(fake_upstream) == ["fake-retry-after-60", "gpt-test-upstream"]
+    assert recorder.attempts() == [("fake/fake-retry-after-60", 429), ("gpt-test", 200)]
+    first, fallback = fake_upstream.requests
+    assert fallback.received - first.received < 60  # the fallback did not wait out the Retry-After
     assert recorder.last.target is not None and recorder.last.target.model == "gpt-test"
 
 
@@ -116,11 +112,11 @@ def test_retry_budget_caps_the_wait(gateway_factory: Callable[..., GatewayServer
     gw = gateway_factory(CONFIG + "retry_budget = 2.0\n")
     started = time.monotonic()
     with pytest.raises(openai.RateLimitError) as info:
-        gw.openai().chat.completions.create(model="fake/fake-retry-after-5", messages=MESSAGES)
-    # Waiting 5 s would overspend the 2 s budget: the client gets the 429 now, with the provider's Retry-After.
-    assert time.monotonic() - started < 2
+        gw.openai().chat.completions.create(model="fake/fake-retry-after-60", messages=MESSAGES)
+    # Waiting 60 s would overspend the 2 s budget: the client gets the 429 now, with the provider's Retry-After.
     assert len(fake_upstream.requests) == 1
-    assert info.value.response.headers["retry-after"] == "5"
+    assert info.value.response.headers["retry-after"] == "60"
+    assert time.monotonic() - started < 60  # not after waiting it out
 
 
 # -- retries and fallbacks --------------------------------------------------------------------------
@@ -189,13 +185,11 @@ def test_connection_reset_is_retried_with_retry_params(gw: GatewayServer, fake_u
 def test_no_response_is_cut_at_the_first_byte_timeout_then_fallback(
     gw: GatewayServer, fake_upstream: FakeUpstream, recorder: CallRecorder, stream: bool
 ) -> None:
-    started = time.monotonic()
     text, model = ask(gw, "fake/fake-hang", stream, fallback_models=["gpt-test"])
-    elapsed = time.monotonic() - started
     assert (text, model) == (ANSWER, "gpt-test-upstream")
-    assert 0.9 <= elapsed < 6
     assert recorder.attempts() == [("fake/fake-hang", 504), ("gpt-test", 200)]
     assert "first_byte_timeout" in (recorder.last.attempts[0].error or "")
+    assert recorder.last.attempts[0].duration >= 0.9  # cut at first_byte_timeout = 1.0, not before
     # The hung upstream request was closed, not left open.
     assert fake_upstream.wait_for_disconnect(5)
 
@@ -206,15 +200,17 @@ def test_no_response_without_fallback_is_a_504(gw: GatewayServer, fake_upstream:
         gw.openai().chat.completions.create(model="fake/fake-hang", messages=MESSAGES)
     assert info.value.status_code == 504
     assert info.value.body["code"] == "upstream_timeout"
-    assert 0.9 <= time.monotonic() - started < 6
+    assert time.monotonic() - started >= 0.9  # cut at first_byte_timeout = 1.0, not before
 
 
 @both
-def test_slow_first_token_beyond_the_limit_falls_back(gw: GatewayServer, fake_upstream: FakeUpstream, stream: bool) -> None:
-    started = time.monotonic()
+def test_slow_first_token_beyond_the_limit_falls_back(gw: GatewayServer, fake_upstream: FakeUpstream, recorder: CallRecorder,
+                                                       stream: bool) -> None:
     text, model = ask(gw, "fake/fake-slow-first-byte-4000", stream, fallback_models=["gpt-test"])
     assert (text, model) == (ANSWER, "gpt-test-upstream")
-    assert time.monotonic() - started < 3.5
+    # Cut at the first-byte timeout (1 s), not waited for.
+    assert recorder.attempts() == [("fake/fake-slow-first-byte-4000", 504), ("gpt-test", 200)]
+    assert "first_byte_timeout" in (recorder.last.attempts[0].error or "")
 
 
 def test_slow_first_token_within_the_limit_is_waited_for(gw: GatewayServer, fake_upstream: FakeUpstream) -> None:
@@ -224,10 +220,9 @@ def test_slow_first_token_within_the_limit_is_waited_for(gw: GatewayServer, fake
 
 def test_request_timeout_replaces_the_first_byte_timeout(gw: GatewayServer, fake_upstream: FakeUpstream, recorder: CallRecorder) -> None:
     # 0.6 s is within the config's 1 s, but not within the request's own 0.3 s.
-    started = time.monotonic()
     text, model = ask(gw, "fake/fake-slow-first-byte-600", True, timeout=0.3, fallback_models=["gpt-test"])
     assert (text, model) == (ANSWER, "gpt-test-upstream")
-    assert time.monotonic() - started < 0.6 + 1.5
+    assert recorder.attempts() == [("fake/fake-slow-first-byte-600", 504), ("gpt-test", 200)]
     assert "(timeout)" in (recorder.last.attempts[0].error or "")
 
 
@@ -248,7 +243,7 @@ def test_total_timeout_bounds_the_whole_request(gateway_factory: Callable[..., G
     # 1 s on the first candidate, the 0.5 s left on the second, and no time for the third.
     assert info.value.status_code == 504
     assert "total_timeout" in info.value.message
-    assert 1.4 <= time.monotonic() - started < 5
+    assert time.monotonic() - started >= 1.4
     assert upstream_models(fake_upstream) == ["fake-hang", "fake-hang,chunks-3"]
 
 
@@ -336,7 +331,7 @@ def test_stream_that_stalls_is_cut_at_the_idle_timeout(gw: GatewayServer, fake_u
     text, error = stream_until_error(gw, "fake/fake-stall-after-2")
     assert text == "Hello from "
     assert "stalled" in error.message and "idle_timeout" in error.message
-    assert 0.5 <= time.monotonic() - started < 5
+    assert time.monotonic() - started >= 0.5
     assert recorder.last.attempts[-1].status == 504
     assert fake_upstream.wait_for_disconnect(5)
 
@@ -348,7 +343,7 @@ def test_total_timeout_ends_a_long_stream_with_an_error_event(gateway_factory: C
     text, error = stream_until_error(gw, "fake/fake-slow-chunks-300,chunks-10")
     assert 0 < len(text) < len(ANSWER * 2)
     assert "total_timeout" in error.message
-    assert 1.1 <= time.monotonic() - started < 4
+    assert time.monotonic() - started >= 1.1
 
 
 def test_slow_chunks_within_the_idle_timeout_are_fine(gw: GatewayServer, fake_upstream: FakeUpstream) -> None:
