@@ -64,6 +64,8 @@ MIGRATIONS = [
     # The hourly roll-up and latency histograms the usage aggregates read (rollup.py). Numbered 20, not
     # 3, so that a migration 3 another change adds to request_logs does not collide with it.
     rollup.migration(20),
+    # The daily roll-up beside it: a month is 30 rows per value, not 720 (plugins/dashboard/README.md).
+    rollup.daily_migration(21),
 ]
 
 _INSERT = (
@@ -138,8 +140,8 @@ class RequestLogStore:
 
     async def usage(self, tenant: str, query: LogQuery, *, bucket: str | None,
                     group_by: str | None = None, percentiles: bool = True) -> list[UsageBucket]:
-        """Aggregates per time bucket and group (see RequestLogReader.usage): from the hourly roll-up
-        when it answers the query exactly (rollup.plan), else in one statement over the records."""
+        """Aggregates per time bucket and group (see RequestLogReader.usage): from the hourly and daily
+        roll-up when it answers the query exactly (rollup.plan), else in one statement over the records."""
         width = _BUCKETS.get(bucket or "")
         if bucket is not None and width is None:
             raise BadRequest(f"`bucket` must be one of {', '.join(_BUCKETS)}", param="bucket")
@@ -199,28 +201,41 @@ class RequestLogStore:
 
     async def _rolled_up(self, tenant: str, query: LogQuery, width: int | None, group_by: str | None,
                          percentiles: bool, dim: str, value: str | None) -> list[UsageBucket]:
-        """The usage aggregates from the roll-up: a few rows per hour instead of every record."""
-        args: list[Any] = [tenant, dim]
+        """The usage aggregates from the roll-up: a few rows per hour or day instead of every record
+        (rollup.spans: hourly rows for hour buckets and up to the first midnight, daily rows after)."""
+        base: list[Any] = [tenant, dim]
         where = "tenant = $1 AND dim = $2"
         if value is not None:
-            args.append(value)
-            where += f" AND value = ${len(args)}"
-        if query.start_time is not None:
-            args.append(int(query.start_time))
-            where += f" AND hour >= ${len(args)}"
-        # Integer division of whole hours: the same buckets as the records' floor(start_time / width).
-        bucket_expr = "0" if width is None else f"(hour / {width}) * {width}"
+            base.append(value)
+            where += f" AND value = ${len(base)}"
+
+        def rows_of(table: str, columns: str, args: list[Any]) -> str:
+            """The rows of ``table`` (hourly or daily) in range, their time column as ``t``, UNION ALL."""
+            parts = []
+            for grain, first, before in rollup.spans(query.start_time, width):
+                t, cond = grain.column, where
+                for op, bound in ((">=", first), ("<", before)):
+                    if bound is not None:
+                        args.append(bound)
+                        cond += f" AND {t} {op} ${len(args)}"
+                parts.append(f"SELECT {t} AS t, value, {columns} FROM {getattr(grain, table)} WHERE {cond}")
+            return " UNION ALL ".join(parts)
+
+        # Integer division of whole hours or days: the same buckets as the records' floor(start_time / width).
+        bucket_expr = "0" if width is None else f"(t / {width}) * {width}"
         group_expr = "value" if group_by else "''"
         sums = ", ".join(f"SUM({c}) AS {c}" for c in rollup.SUM_COLUMNS)
+        args = list(base)
         rows = await self.db.fetch(
-            f"SELECT {bucket_expr} AS bucket, {group_expr} AS grp, {sums} FROM {rollup.HOURLY} WHERE {where} "
-            "GROUP BY 1, 2 ORDER BY 1, 2", *args)
+            f"SELECT {bucket_expr} AS bucket, {group_expr} AS grp, {sums} "
+            f"FROM ({rows_of('sums', ', '.join(rollup.SUM_COLUMNS), args)}) s GROUP BY 1, 2 ORDER BY 1, 2", *args)
         bins: dict[tuple[float, str], tuple[int | None, int | None]] = {}
         if percentiles:
+            args = list(base)
             # The nearest-rank percentile's bin: the first whose running count reaches p * n.
             hist = await self.db.fetch(
                 f"WITH h AS (SELECT {bucket_expr} AS bucket, {group_expr} AS grp, bin, SUM(n) AS n "
-                f"FROM {rollup.LATENCY} WHERE {where} GROUP BY 1, 2, 3), "
+                f"FROM ({rows_of('latency', 'bin, n', args)}) s GROUP BY 1, 2, 3), "
                 "c AS (SELECT bucket, grp, bin, SUM(n) OVER (PARTITION BY bucket, grp ORDER BY bin) AS cum, "
                 "SUM(n) OVER (PARTITION BY bucket, grp) AS total FROM h) "
                 "SELECT bucket, grp, MIN(CASE WHEN cum >= 0.5 * total THEN bin END) AS p50, "
