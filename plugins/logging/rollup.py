@@ -148,7 +148,8 @@ def _upserts(dialect: str, grain: Grain) -> list[str]:
     return [rolled, latency]
 
 
-def _trigger(dialect: str, grains: tuple[Grain, ...]) -> list[str]:
+def trigger(dialect: str, grains: tuple[Grain, ...]) -> list[str]:
+    """The trigger that keeps the roll-up of ``grains`` (its PostgreSQL function; the trigger itself once)."""
     body = "; ".join(sql for grain in grains for sql in _upserts(dialect, grain))
     if dialect == "sqlite":
         return [f"CREATE TRIGGER IF NOT EXISTS request_logs_rollup AFTER INSERT ON request_logs "
@@ -197,8 +198,8 @@ def backfill_daily() -> list[str]:
 
 def migration(version: int) -> Migration:
     """Migration 20: the hourly roll-up, its trigger, the records already stored rolled up."""
-    return Migration(version, sqlite=[*_tables("sqlite"), *backfill("sqlite"), *_trigger("sqlite", (HOUR,))],
-                     postgres=[*_tables("postgres"), *backfill("postgres"), *_trigger("postgres", (HOUR,))])
+    return Migration(version, sqlite=[*_tables("sqlite"), *backfill("sqlite"), *trigger("sqlite", (HOUR,))],
+                     postgres=[*_tables("postgres"), *backfill("postgres"), *trigger("postgres", (HOUR,))])
 
 
 def daily_migration(version: int) -> Migration:
@@ -208,9 +209,9 @@ def daily_migration(version: int) -> Migration:
     return Migration(
         version,
         sqlite=[*_grain_tables("sqlite", DAY), "DROP TRIGGER IF EXISTS request_logs_rollup",
-                *_trigger("sqlite", (HOUR, DAY)), *backfill_daily()],
+                *trigger("sqlite", (HOUR, DAY)), *backfill_daily()],
         postgres=["LOCK TABLE request_logs IN SHARE MODE", *_grain_tables("postgres", DAY),
-                  *_trigger("postgres", (HOUR, DAY)), *backfill_daily()],
+                  *trigger("postgres", (HOUR, DAY)), *backfill_daily()],
     )
 
 
