@@ -16,7 +16,7 @@ from respan_gateway.database import Database, Migration, RowRejected
 from respan_gateway.hookspecs import LogQuery, UsageBucket
 from respan_gateway.timestamps import parse_iso
 
-from . import rollup
+from . import meta_index, rollup
 from .record import COLUMNS, JSON_COLUMNS, KINDS, LogRecord, to_row
 
 TABLE = "request_logs"
@@ -66,6 +66,8 @@ MIGRATIONS = [
     rollup.migration(20),
     # The daily roll-up beside it: a month is 30 rows per value, not 720 (plugins/dashboard/README.md).
     rollup.daily_migration(21),
+    # The metadata values' index: a metadata filter reads it, not the JSON of every record.
+    meta_index.migration(22),
 ]
 
 _INSERT = (
@@ -285,6 +287,17 @@ class RequestLogStore:
 
     def _clause(self, field: str, op: str, value: Any, args: list[Any]) -> str:
         pg = self.db.dialect == "postgres"
+        key = field.removeprefix("metadata__")
+        if key != field and key and op in ("", "eq", "exact", "in") and value not in (None, []):
+            # A metadata value: from its index (meta_index.py), the same text the JSON expression gives.
+            values = value if isinstance(value, list) else [value]
+            args.append(key)
+            key_param = f"${len(args)}"
+            params = []
+            for v in values:
+                args.append(_coerce(field, "meta", v))
+                params.append(f"${len(args)}")
+            return meta_index.clause(key_param, params)
         kind, expr = _field_expr(field, pg, args)
 
         def param(v: Any) -> str:
