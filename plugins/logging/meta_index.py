@@ -65,7 +65,21 @@ def migration(version: int) -> Migration:
     return Migration(version, sqlite=_statements("sqlite"), postgres=_statements("postgres"))
 
 
-def clause(key_param: str, value_params: list[str]) -> str:
-    """The filter ``metadata.<key> IN (values)`` as a semi-join on the index; ``$1`` is the tenant."""
-    return (f"unique_id IN (SELECT unique_id FROM {TABLE} WHERE tenant = $1 AND key = {key_param} "
-            f"AND value IN ({', '.join(value_params)}))")
+#: Up to this many matches, a page fetches them from the index and sorts them; beyond, it walks the
+#: records in order and probes the index for each (a page is then a few rows away).
+FEW = 5000
+
+
+def clause(key_param: str, value_params: list[str], *, probe: bool, table: str) -> str:
+    """The filter ``metadata.<key> IN (values)`` on the index; ``$1`` is the tenant. ``probe``: one
+    index lookup per record of ``table`` (correlated), else the index's records (a semi-join)."""
+    match = f"tenant = $1 AND key = {key_param} AND value IN ({', '.join(value_params)})"
+    if probe:
+        return f"EXISTS (SELECT 1 FROM {TABLE} m WHERE m.{match.replace(' AND ', ' AND m.')} AND m.unique_id = {table}.unique_id)"
+    return f"unique_id IN (SELECT unique_id FROM {TABLE} WHERE {match})"
+
+
+def count(values: int) -> str:
+    """The records of a tenant (``$1``) whose metadata ``$2`` is one of ``values`` values ($3...)."""
+    params = ", ".join(f"${i + 3}" for i in range(values))
+    return f"SELECT COUNT(*) FROM {TABLE} WHERE tenant = $1 AND key = $2 AND value IN ({params})"

@@ -108,7 +108,17 @@ class RequestLogStore:
 
     async def list(self, tenant: str, query: LogQuery) -> tuple[int, list[dict[str, Any]]]:
         where, args = self._where(tenant, query)
-        total = await self.db.fetchval(f"SELECT COUNT(*) FROM {TABLE} WHERE {where}", *args)
+        only = _only_metadata(query)
+        if only is not None:  # the index alone counts them (one row per record and key)
+            key, values = only
+            count_args: list[Any] = [tenant, key, *[_coerce(f"metadata__{key}", "meta", v) for v in values]]
+            total = await self.db.fetchval(meta_index.count(len(values)), *count_args)
+        else:
+            total = await self.db.fetchval(f"SELECT COUNT(*) FROM {TABLE} WHERE {where}", *args)
+        if total and total > meta_index.FEW and any(_is_metadata_equal(*f) for f in query.filters):
+            # Many matches: walk the records in order and probe the index for each, which finds a
+            # page after a few rows; few matches: fetch them from the index (the form above) and sort.
+            where, args = self._where(tenant, query, probe=True)
         order = order_by(query)
         args += [query.page_size, (query.page - 1) * query.page_size]
         rows = await self.db.fetch(
@@ -268,11 +278,13 @@ class RequestLogStore:
         return changed > 0
 
     # -- filters ------------------------------------------------------------------------------
-    def _where(self, tenant: str, query: LogQuery) -> tuple[str, list[Any]]:
+    def _where(self, tenant: str, query: LogQuery, *, probe: bool = False) -> tuple[str, list[Any]]:
+        """The SQL condition of ``query`` and its arguments (``$1`` the tenant). ``probe``: a metadata
+        equality tests each record against the index instead of listing the index's records."""
         args: list[Any] = [tenant]
         clauses = []
         for name, op, value in query.filters:
-            clauses.append(self._clause(name, op, value, args))
+            clauses.append(self._clause(name, op, value, args, probe))
         where = "tenant = $1"
         if query.start_time is not None:
             args.append(query.start_time)
@@ -285,11 +297,11 @@ class RequestLogStore:
             where += " AND (" + joiner.join(clauses) + ")"
         return where, args
 
-    def _clause(self, field: str, op: str, value: Any, args: list[Any]) -> str:
+    def _clause(self, field: str, op: str, value: Any, args: list[Any], probe: bool = False) -> str:
         pg = self.db.dialect == "postgres"
-        key = field.removeprefix("metadata__")
-        if key != field and key and op in ("", "eq", "exact", "in") and value not in (None, []):
+        if _is_metadata_equal(field, op, value):
             # A metadata value: from its index (meta_index.py), the same text the JSON expression gives.
+            key = field.removeprefix("metadata__")
             values = value if isinstance(value, list) else [value]
             args.append(key)
             key_param = f"${len(args)}"
@@ -297,7 +309,7 @@ class RequestLogStore:
             for v in values:
                 args.append(_coerce(field, "meta", v))
                 params.append(f"${len(args)}")
-            return meta_index.clause(key_param, params)
+            return meta_index.clause(key_param, params, probe=probe, table=TABLE)
         kind, expr = _field_expr(field, pg, args)
 
         def param(v: Any) -> str:
@@ -335,6 +347,22 @@ class RequestLogStore:
         if op == "endswith":
             return f"right({text}, length({p})) = {p}" if pg else f"substr({text}, -length({p})) = {p} AND length({p}) > 0"
         raise BadRequest(f"filter `{field}`: unknown operator `{op}`", param="filters")
+
+
+def _is_metadata_equal(field: str, op: str, value: Any) -> bool:
+    """A filter the metadata index answers: ``metadata__<key>`` equal to (or in) given values."""
+    return (field.startswith("metadata__") and len(field) > len("metadata__") and op in ("", "eq", "exact", "in")
+            and value not in (None, []))
+
+
+def _only_metadata(query: LogQuery) -> tuple[str, list[Any]] | None:
+    """(key, values) when ``query`` is one metadata equality and nothing else (no other filter, no range)."""
+    if len(query.filters) != 1 or query.start_time is not None or query.end_time is not None:
+        return None
+    field, op, value = query.filters[0]
+    if not _is_metadata_equal(field, op, value):
+        return None
+    return field.removeprefix("metadata__"), value if isinstance(value, list) else [value]
 
 
 def _field_expr(field: str, pg: bool, args: list[Any]) -> tuple[str, str]:
