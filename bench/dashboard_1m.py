@@ -69,7 +69,7 @@ def fill_sqlite(path: str, count: int, days: int) -> None:
     conn.execute("DROP TRIGGER request_logs_rollup")
     sql = f"INSERT INTO request_logs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
     conn.executemany(sql, records(count, days))
-    for statement in [f"DELETE FROM {t}" for t in ROLLUP_TABLES] + rollup.backfill("sqlite") + rollup.backfill_daily():
+    for statement in [f"DELETE FROM {t}" for t in ROLLUP_TABLES] + rollup.backfill("sqlite") + rollup.backfill_daily("sqlite"):
         conn.execute(statement)
     for statement in rollup.trigger("sqlite", (rollup.HOUR, rollup.DAY)):
         conn.execute(statement)
@@ -89,7 +89,7 @@ async def fill_postgres(url: str, schema: str, count: int, days: int) -> None:
             await conn.execute("ALTER TABLE request_logs DISABLE TRIGGER request_logs_rollup")
             await conn.copy_records_to_table("request_logs", records=records(count, days), columns=COLUMNS)
             for statement in ([f"DELETE FROM {t}" for t in ROLLUP_TABLES] + rollup.backfill("postgres")
-                              + rollup.backfill_daily()):
+                              + rollup.backfill_daily("postgres")):
                 await conn.execute(statement)
             await conn.execute("ALTER TABLE request_logs ENABLE TRIGGER request_logs_rollup")
             await conn.executemany(_CUSTOMER_SQL.format(", ".join(f"${i}" for i in range(1, 8))), _customers())

@@ -11,16 +11,16 @@ on PostgreSQL):
   (its value ``""`` when unset).
 - ``request_logs_latency`` / ``request_logs_latency_daily``: per (tenant, dimension, hour or day,
   value, bin) how many latencies fell in that bin, for the dimensions ``""``, ``model`` and
-  ``provider`` (customers and keys are too many for histograms: their percentiles come from the
-  records). Bins are log-spaced, 10% wide, from 1 ms to an hour (``request_logs_latency_bins``; bin 0
+  ``provider``, and per day for ``customer`` too (customers per hour, and keys, are too many for
+  histograms: those percentiles come from the records). Bins are log-spaced, 10% wide, from 1 ms to an hour (``request_logs_latency_bins``; bin 0
   is below 1 ms, the last one above an hour). A percentile is the nearest-rank one's bin, reported as
   the bin's geometric middle: within 4.9% of the exact value (below 1 ms: 0.5 ms).
 
 A query from a whole hour reads the hourly rows up to the next UTC midnight and the daily rows from
 there, unless it asks for hour buckets (hourly rows only): 30 days are 30 rows per value, not 720.
 The records stay the source of truth: a query the roll-up cannot answer (other filters, a time range
-not on whole hours, an end time, percentiles of customers) reads them as before. Records changed by
-the logs API's PATCH (metadata, note, feedback) change nothing rolled up.
+not on whole hours, an end time, percentiles of keys, or of customers over hours) reads them as
+before. Records changed by the logs API's PATCH (metadata, note, feedback) change nothing rolled up.
 """
 
 from __future__ import annotations
@@ -38,19 +38,21 @@ BINS = "request_logs_latency_bins"
 
 
 class Grain:
-    """One roll-up granularity: its width (seconds), tables and time column."""
+    """One roll-up granularity: its width (seconds), tables, time column and histogram dimensions."""
 
-    def __init__(self, width: int, sums: str, latency: str, column: str) -> None:
+    def __init__(self, width: int, sums: str, latency: str, column: str, histograms: tuple[str, ...]) -> None:
         self.width, self.sums, self.latency, self.column = width, sums, latency, column
+        self.histograms = histograms
 
 
-HOUR = Grain(3600, HOURLY, LATENCY, "hour")
-DAY = Grain(86400, DAILY, LATENCY_DAILY, "day")
+#: The dimensions with latency histograms: per hour all records, models and providers; per day customers
+#: too (a customer's page: their p50/p95 per day over 30 days from ~30 x 50 rows, not their records).
+HISTOGRAM_DIMENSIONS = ("", "model", "provider")
+HOUR = Grain(3600, HOURLY, LATENCY, "hour", HISTOGRAM_DIMENSIONS)
+DAY = Grain(86400, DAILY, LATENCY_DAILY, "day", (*HISTOGRAM_DIMENSIONS, "customer"))
 
 #: Dimension name -> request_logs column; "" is every record of the tenant.
 DIMENSIONS = {"": None, "model": "model", "provider": "provider_id", "customer": "customer_identifier", "key": "key_id"}
-#: The dimensions with latency histograms.
-HISTOGRAM_DIMENSIONS = ("", "model", "provider")
 #: The usage API's filter fields (after the store's aliases) the roll-up answers, by dimension.
 FILTER_DIMENSIONS = {"model": "model", "provider_id": "provider", "customer_identifier": "customer", "key_id": "key"}
 
@@ -142,7 +144,7 @@ def _upserts(dialect: str, grain: Grain) -> list[str]:
     latency = (
         f"INSERT INTO {grain.latency} (tenant, dim, {t}, value, bin, n) "
         f"SELECT NEW.tenant, d.dim, {start}, d.value, {_bin('NEW.latency')}, 1 "
-        f"FROM {_dims(dialect, HISTOGRAM_DIMENSIONS)} WHERE NEW.latency IS NOT NULL "
+        f"FROM {_dims(dialect, grain.histograms)} WHERE NEW.latency IS NOT NULL "
         f"ON CONFLICT (tenant, dim, {t}, value, bin) DO UPDATE SET n = {grain.latency}.n + 1"
     )
     return [rolled, latency]
@@ -172,20 +174,27 @@ def backfill(dialect: str) -> list[str]:
         out.append(f"INSERT INTO {HOURLY} (tenant, dim, hour, value, {', '.join(SUM_COLUMNS)}) "
                    f"SELECT r.tenant, '{dim}', {hour}, {value}, {sums} FROM request_logs r "
                    f"WHERE r.start_time IS NOT NULL GROUP BY r.tenant, {hour}" + (f", {value}" if column else ""))
-    for dim in HISTOGRAM_DIMENSIONS:
+    return out + _histograms_from_records(dialect, HOUR, HISTOGRAM_DIMENSIONS)
+
+
+def _histograms_from_records(dialect: str, grain: Grain, dims: tuple[str, ...]) -> list[str]:
+    out = []
+    t, start = grain.column, _start(dialect, "r.start_time", grain.width)
+    for dim in dims:
         column = DIMENSIONS[dim]
         value = "''" if column is None else f"COALESCE(r.{column}, '')"
-        out.append(f"INSERT INTO {LATENCY} (tenant, dim, hour, value, bin, n) "
-                   f"SELECT tenant, '{dim}', hour, value, bin, COUNT(*) FROM "
-                   f"(SELECT r.tenant AS tenant, {hour} AS hour, {value} AS value, {_bin('r.latency')} AS bin "
+        out.append(f"INSERT INTO {grain.latency} (tenant, dim, {t}, value, bin, n) "
+                   f"SELECT tenant, '{dim}', {t}, value, bin, COUNT(*) FROM "
+                   f"(SELECT r.tenant AS tenant, {start} AS {t}, {value} AS value, {_bin('r.latency')} AS bin "
                    f"FROM request_logs r WHERE r.start_time IS NOT NULL AND r.latency IS NOT NULL) x "
-                   f"GROUP BY tenant, hour, value, bin")
+                   f"GROUP BY tenant, {t}, value, bin")
     return out
 
 
-def backfill_daily() -> list[str]:
+def backfill_daily(dialect: str) -> list[str]:
     """The daily rows from the hourly ones (migration 21): a day is the sum of its 24 hours, exactly.
-    Hours are whole non-negative seconds, so integer division is the same on both databases."""
+    Hours are whole non-negative seconds, so integer division is the same on both databases. The
+    customers' daily histograms, which have no hourly ones, from the records."""
     day = f"({HOUR.column} / {DAY.width}) * {DAY.width}"
     sums = ", ".join(f"SUM({c})" for c in SUM_COLUMNS)
     return [
@@ -193,6 +202,7 @@ def backfill_daily() -> list[str]:
         f"SELECT tenant, dim, {day}, value, {sums} FROM {HOURLY} GROUP BY tenant, dim, {day}, value",
         f"INSERT INTO {LATENCY_DAILY} (tenant, dim, day, value, bin, n) "
         f"SELECT tenant, dim, {day}, value, bin, SUM(n) FROM {LATENCY} GROUP BY tenant, dim, {day}, value, bin",
+        *_histograms_from_records(dialect, DAY, tuple(d for d in DAY.histograms if d not in HOUR.histograms)),
     ]
 
 
@@ -209,9 +219,9 @@ def daily_migration(version: int) -> Migration:
     return Migration(
         version,
         sqlite=[*_grain_tables("sqlite", DAY), "DROP TRIGGER IF EXISTS request_logs_rollup",
-                *trigger("sqlite", (HOUR, DAY)), *backfill_daily()],
+                *trigger("sqlite", (HOUR, DAY)), *backfill_daily("sqlite")],
         postgres=["LOCK TABLE request_logs IN SHARE MODE", *_grain_tables("postgres", DAY),
-                  *trigger("postgres", (HOUR, DAY)), *backfill_daily()],
+                  *trigger("postgres", (HOUR, DAY)), *backfill_daily("postgres")],
     )
 
 
@@ -245,6 +255,9 @@ def plan(query: Any, bucket: str | None, group_by: str | None, percentiles: bool
         if group_by is not None and group_by != filtered:
             return None
         dim, value = filtered, str(given)
-    if percentiles and dim not in HISTOGRAM_DIMENSIONS:
+    if percentiles and any(dim not in grain.histograms for grain, _, _ in spans(query.start_time, _WIDTHS.get(bucket))):
         return None
     return dim, value
+
+
+_WIDTHS = {"hour": HOUR.width, "day": DAY.width}
