@@ -1,22 +1,26 @@
-"""The hourly roll-up of ``request_logs``: what the usage aggregates read instead of the records.
+"""The hourly and daily roll-up of ``request_logs``: what the usage aggregates read instead of the records.
 
-Two tables, kept by a trigger on every insert into ``request_logs`` (in the database itself: every
-writer, replica or script, keeps them, and only rows actually inserted count: an idempotent replay,
-``ON CONFLICT (unique_id) DO NOTHING``, fires no trigger on SQLite nor on PostgreSQL):
+Four tables, two per grain (``hour``, ``day``), kept by a trigger on every insert into ``request_logs``
+(in the database itself: every writer, replica or script, keeps them, and only rows actually inserted
+count: an idempotent replay, ``ON CONFLICT (unique_id) DO NOTHING``, fires no trigger on SQLite nor
+on PostgreSQL):
 
-- ``request_logs_hourly``: per (tenant, dimension, UTC hour, value) the sums the usage view shows
-  (requests, errors, tokens, cost, cache hits). A record adds to five rows, one per dimension:
-  ``""`` (all records), ``model``, ``provider``, ``customer``, ``key`` (its value ``""`` when unset).
-- ``request_logs_latency``: per (tenant, dimension, hour, value, bin) how many latencies fell in that
-  bin, for the dimensions ``""``, ``model`` and ``provider`` (customers and keys are too many for
-  histograms: their percentiles come from the records). Bins are log-spaced, 10% wide, from 1 ms to
-  an hour (``request_logs_latency_bins``; bin 0 is below 1 ms, the last one above an hour). A
-  percentile is the nearest-rank one's bin, reported as the bin's geometric middle: within 4.9% of
-  the exact value (below 1 ms: 0.5 ms).
+- ``request_logs_hourly`` / ``request_logs_daily``: per (tenant, dimension, UTC hour or day, value) the
+  sums the usage view shows (requests, errors, tokens, cost, cache hits). A record adds to five rows
+  of each, one per dimension: ``""`` (all records), ``model``, ``provider``, ``customer``, ``key``
+  (its value ``""`` when unset).
+- ``request_logs_latency`` / ``request_logs_latency_daily``: per (tenant, dimension, hour or day,
+  value, bin) how many latencies fell in that bin, for the dimensions ``""``, ``model`` and
+  ``provider``, and per day for ``customer`` too (customers per hour, and keys, are too many for
+  histograms: those percentiles come from the records). Bins are log-spaced, 10% wide, from 1 ms to an hour (``request_logs_latency_bins``; bin 0
+  is below 1 ms, the last one above an hour). A percentile is the nearest-rank one's bin, reported as
+  the bin's geometric middle: within 4.9% of the exact value (below 1 ms: 0.5 ms).
 
+A query from a whole hour reads the hourly rows up to the next UTC midnight and the daily rows from
+there, unless it asks for hour buckets (hourly rows only): 30 days are 30 rows per value, not 720.
 The records stay the source of truth: a query the roll-up cannot answer (other filters, a time range
-not on whole hours, an end time, percentiles of customers) reads them as before. Records changed by
-the logs API's PATCH (metadata, note, feedback) change nothing rolled up.
+not on whole hours, an end time, percentiles of keys, or of customers over hours) reads them as
+before. Records changed by the logs API's PATCH (metadata, note, feedback) change nothing rolled up.
 """
 
 from __future__ import annotations
@@ -28,12 +32,27 @@ from respan_gateway.database import Migration
 
 HOURLY = "request_logs_hourly"
 LATENCY = "request_logs_latency"
+DAILY = "request_logs_daily"
+LATENCY_DAILY = "request_logs_latency_daily"
 BINS = "request_logs_latency_bins"
+
+
+class Grain:
+    """One roll-up granularity: its width (seconds), tables, time column and histogram dimensions."""
+
+    def __init__(self, width: int, sums: str, latency: str, column: str, histograms: tuple[str, ...]) -> None:
+        self.width, self.sums, self.latency, self.column = width, sums, latency, column
+        self.histograms = histograms
+
+
+#: The dimensions with latency histograms: per hour all records, models and providers; per day customers
+#: too (a customer's page: their p50/p95 per day over 30 days from ~30 x 50 rows, not their records).
+HISTOGRAM_DIMENSIONS = ("", "model", "provider")
+HOUR = Grain(3600, HOURLY, LATENCY, "hour", HISTOGRAM_DIMENSIONS)
+DAY = Grain(86400, DAILY, LATENCY_DAILY, "day", (*HISTOGRAM_DIMENSIONS, "customer"))
 
 #: Dimension name -> request_logs column; "" is every record of the tenant.
 DIMENSIONS = {"": None, "model": "model", "provider": "provider_id", "customer": "customer_identifier", "key": "key_id"}
-#: The dimensions with latency histograms.
-HISTOGRAM_DIMENSIONS = ("", "model", "provider")
 #: The usage API's filter fields (after the store's aliases) the roll-up answers, by dimension.
 FILTER_DIMENSIONS = {"model": "model", "provider_id": "provider", "customer_identifier": "customer", "key_id": "key"}
 
@@ -66,28 +85,37 @@ def _sums(new: str = "NEW") -> list[tuple[str, str]]:
 SUM_COLUMNS = [name for name, _ in _sums()]
 
 
-def _tables(dialect: str) -> list[str]:
+def _grain_tables(dialect: str, grain: Grain) -> list[str]:
     integer = "BIGINT" if dialect == "postgres" else "INTEGER"
     real = "DOUBLE PRECISION" if dialect == "postgres" else "REAL"
     clustered = "" if dialect == "postgres" else " WITHOUT ROWID"
     sums = ", ".join(f"{name} {real if name == 'cost' else integer} NOT NULL" for name in SUM_COLUMNS)
+    t = grain.column
     return [
-        f"CREATE TABLE IF NOT EXISTS {HOURLY} (tenant TEXT NOT NULL, dim TEXT NOT NULL, hour {integer} NOT NULL, "
-        f"value TEXT NOT NULL, {sums}, PRIMARY KEY (tenant, dim, hour, value)){clustered}",
-        # One customer's (or key's, or model's) hours: the customer page.
-        f"CREATE INDEX IF NOT EXISTS {HOURLY}_value ON {HOURLY} (tenant, dim, value, hour)",
-        f"CREATE TABLE IF NOT EXISTS {LATENCY} (tenant TEXT NOT NULL, dim TEXT NOT NULL, hour {integer} NOT NULL, "
+        f"CREATE TABLE IF NOT EXISTS {grain.sums} (tenant TEXT NOT NULL, dim TEXT NOT NULL, {t} {integer} NOT NULL, "
+        f"value TEXT NOT NULL, {sums}, PRIMARY KEY (tenant, dim, {t}, value)){clustered}",
+        # One customer's (or key's, or model's) hours or days: the customer page.
+        f"CREATE INDEX IF NOT EXISTS {grain.sums}_value ON {grain.sums} (tenant, dim, value, {t})",
+        f"CREATE TABLE IF NOT EXISTS {grain.latency} (tenant TEXT NOT NULL, dim TEXT NOT NULL, {t} {integer} NOT NULL, "
         f"value TEXT NOT NULL, bin INTEGER NOT NULL, n {integer} NOT NULL, "
-        f"PRIMARY KEY (tenant, dim, hour, value, bin)){clustered}",
+        f"PRIMARY KEY (tenant, dim, {t}, value, bin)){clustered}",
+    ]
+
+
+def _tables(dialect: str) -> list[str]:
+    real = "DOUBLE PRECISION" if dialect == "postgres" else "REAL"
+    return [
+        *_grain_tables(dialect, HOUR),
         f"CREATE TABLE IF NOT EXISTS {BINS} (lower {real} PRIMARY KEY, bin INTEGER NOT NULL UNIQUE)",
         # repr() of a float is exact: both databases hold the very bounds Python computed.
         f"INSERT INTO {BINS} (lower, bin) VALUES " + ", ".join(f"({lower!r}, {i})" for i, lower in enumerate(LOWER)),
     ]
 
 
-def _hour(dialect: str, column: str) -> str:
-    return f"CAST(floor({column} / 3600) * 3600 AS BIGINT)" if dialect == "postgres" else \
-        f"CAST({column} / 3600 AS INTEGER) * 3600"
+def _start(dialect: str, column: str, width: int = 3600) -> str:
+    """The start of ``column``'s hour or UTC day (whole seconds)."""
+    return f"CAST(floor({column} / {width}) * {width} AS BIGINT)" if dialect == "postgres" else \
+        f"CAST({column} / {width} AS INTEGER) * {width}"
 
 
 def _bin(column: str) -> str:
@@ -102,60 +130,110 @@ def _dims(dialect: str, names: tuple[str, ...] | list[str]) -> str:
     return "(" + " UNION ALL ".join(f"SELECT '{d}' AS dim, {v} AS value" for d, v in zip(names, values)) + ") AS d"
 
 
-def _upserts(dialect: str) -> list[str]:
+def _upserts(dialect: str, grain: Grain) -> list[str]:
     sums = _sums()
-    hourly = (
-        f"INSERT INTO {HOURLY} (tenant, dim, hour, value, {', '.join(SUM_COLUMNS)}) "
-        f"SELECT NEW.tenant, d.dim, {_hour(dialect, 'NEW.start_time')}, d.value, {', '.join(e for _, e in sums)} "
+    t = grain.column
+    start = _start(dialect, "NEW.start_time", grain.width)
+    rolled = (
+        f"INSERT INTO {grain.sums} (tenant, dim, {t}, value, {', '.join(SUM_COLUMNS)}) "
+        f"SELECT NEW.tenant, d.dim, {start}, d.value, {', '.join(e for _, e in sums)} "
         f"FROM {_dims(dialect, list(DIMENSIONS))} WHERE true "  # WHERE: SQLite's INSERT ... SELECT ... ON CONFLICT needs one
-        f"ON CONFLICT (tenant, dim, hour, value) DO UPDATE SET "
-        + ", ".join(f"{n} = {HOURLY}.{n} + excluded.{n}" for n in SUM_COLUMNS)
+        f"ON CONFLICT (tenant, dim, {t}, value) DO UPDATE SET "
+        + ", ".join(f"{n} = {grain.sums}.{n} + excluded.{n}" for n in SUM_COLUMNS)
     )
     latency = (
-        f"INSERT INTO {LATENCY} (tenant, dim, hour, value, bin, n) "
-        f"SELECT NEW.tenant, d.dim, {_hour(dialect, 'NEW.start_time')}, d.value, {_bin('NEW.latency')}, 1 "
-        f"FROM {_dims(dialect, HISTOGRAM_DIMENSIONS)} WHERE NEW.latency IS NOT NULL "
-        f"ON CONFLICT (tenant, dim, hour, value, bin) DO UPDATE SET n = {LATENCY}.n + 1"
+        f"INSERT INTO {grain.latency} (tenant, dim, {t}, value, bin, n) "
+        f"SELECT NEW.tenant, d.dim, {start}, d.value, {_bin('NEW.latency')}, 1 "
+        f"FROM {_dims(dialect, grain.histograms)} WHERE NEW.latency IS NOT NULL "
+        f"ON CONFLICT (tenant, dim, {t}, value, bin) DO UPDATE SET n = {grain.latency}.n + 1"
     )
-    return [hourly, latency]
+    return [rolled, latency]
 
 
-def _trigger(dialect: str) -> list[str]:
-    hourly, latency = _upserts(dialect)
+def trigger(dialect: str, grains: tuple[Grain, ...]) -> list[str]:
+    """The trigger that keeps the roll-up of ``grains`` (its PostgreSQL function; the trigger itself once)."""
+    body = "; ".join(sql for grain in grains for sql in _upserts(dialect, grain))
     if dialect == "sqlite":
         return [f"CREATE TRIGGER IF NOT EXISTS request_logs_rollup AFTER INSERT ON request_logs "
-                f"WHEN NEW.start_time IS NOT NULL BEGIN {hourly}; {latency}; END"]
-    return [
-        "CREATE OR REPLACE FUNCTION request_logs_rollup() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        f"IF NEW.start_time IS NOT NULL THEN {hourly}; {latency}; END IF; RETURN NULL; END $$",
-        "CREATE TRIGGER request_logs_rollup AFTER INSERT ON request_logs FOR EACH ROW EXECUTE FUNCTION request_logs_rollup()",
-    ]
+                f"WHEN NEW.start_time IS NOT NULL BEGIN {body}; END"]
+    function = ("CREATE OR REPLACE FUNCTION request_logs_rollup() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.start_time IS NOT NULL THEN {body}; END IF; RETURN NULL; END $$")
+    if len(grains) > 1:  # a later migration: the trigger exists, its function is replaced
+        return [function]
+    return [function, "CREATE TRIGGER request_logs_rollup AFTER INSERT ON request_logs FOR EACH ROW "
+                      "EXECUTE FUNCTION request_logs_rollup()"]
 
 
-def _backfill(dialect: str) -> list[str]:
-    """The records already stored when the roll-up is created (once, in the migration)."""
+def backfill(dialect: str) -> list[str]:
+    """The hourly rows of the records already stored (once, in migration 20; the benchmark's fill too)."""
     out = []
-    hour = _hour(dialect, "r.start_time")
+    hour = _start(dialect, "r.start_time")
     sums = ", ".join(f"SUM({e})" for _, e in _sums("r"))
     for dim, column in DIMENSIONS.items():
         value = "''" if column is None else f"COALESCE(r.{column}, '')"
         out.append(f"INSERT INTO {HOURLY} (tenant, dim, hour, value, {', '.join(SUM_COLUMNS)}) "
                    f"SELECT r.tenant, '{dim}', {hour}, {value}, {sums} FROM request_logs r "
                    f"WHERE r.start_time IS NOT NULL GROUP BY r.tenant, {hour}" + (f", {value}" if column else ""))
-    for dim in HISTOGRAM_DIMENSIONS:
+    return out + _histograms_from_records(dialect, HOUR, HISTOGRAM_DIMENSIONS)
+
+
+def _histograms_from_records(dialect: str, grain: Grain, dims: tuple[str, ...]) -> list[str]:
+    out = []
+    t, start = grain.column, _start(dialect, "r.start_time", grain.width)
+    for dim in dims:
         column = DIMENSIONS[dim]
         value = "''" if column is None else f"COALESCE(r.{column}, '')"
-        out.append(f"INSERT INTO {LATENCY} (tenant, dim, hour, value, bin, n) "
-                   f"SELECT tenant, '{dim}', hour, value, bin, COUNT(*) FROM "
-                   f"(SELECT r.tenant AS tenant, {hour} AS hour, {value} AS value, {_bin('r.latency')} AS bin "
+        out.append(f"INSERT INTO {grain.latency} (tenant, dim, {t}, value, bin, n) "
+                   f"SELECT tenant, '{dim}', {t}, value, bin, COUNT(*) FROM "
+                   f"(SELECT r.tenant AS tenant, {start} AS {t}, {value} AS value, {_bin('r.latency')} AS bin "
                    f"FROM request_logs r WHERE r.start_time IS NOT NULL AND r.latency IS NOT NULL) x "
-                   f"GROUP BY tenant, hour, value, bin")
+                   f"GROUP BY tenant, {t}, value, bin")
     return out
 
 
+def backfill_daily(dialect: str) -> list[str]:
+    """The daily rows from the hourly ones (migration 21): a day is the sum of its 24 hours, exactly.
+    Hours are whole non-negative seconds, so integer division is the same on both databases. The
+    customers' daily histograms, which have no hourly ones, from the records."""
+    day = f"({HOUR.column} / {DAY.width}) * {DAY.width}"
+    sums = ", ".join(f"SUM({c})" for c in SUM_COLUMNS)
+    return [
+        f"INSERT INTO {DAILY} (tenant, dim, day, value, {', '.join(SUM_COLUMNS)}) "
+        f"SELECT tenant, dim, {day}, value, {sums} FROM {HOURLY} GROUP BY tenant, dim, {day}, value",
+        f"INSERT INTO {LATENCY_DAILY} (tenant, dim, day, value, bin, n) "
+        f"SELECT tenant, dim, {day}, value, bin, SUM(n) FROM {LATENCY} GROUP BY tenant, dim, {day}, value, bin",
+        *_histograms_from_records(dialect, DAY, tuple(d for d in DAY.histograms if d not in HOUR.histograms)),
+    ]
+
+
 def migration(version: int) -> Migration:
-    return Migration(version, sqlite=[*_tables("sqlite"), *_backfill("sqlite"), *_trigger("sqlite")],
-                     postgres=[*_tables("postgres"), *_backfill("postgres"), *_trigger("postgres")])
+    """Migration 20: the hourly roll-up, its trigger, the records already stored rolled up."""
+    return Migration(version, sqlite=[*_tables("sqlite"), *backfill("sqlite"), *trigger("sqlite", (HOUR,))],
+                     postgres=[*_tables("postgres"), *backfill("postgres"), *trigger("postgres", (HOUR,))])
+
+
+def daily_migration(version: int) -> Migration:
+    """Migration 21: the daily roll-up beside the hourly one, one trigger keeping both, the days so far
+    summed from the hours. On PostgreSQL the records table is locked against writes (SHARE) first: an
+    insert of another replica waits until the new trigger keeps both, and no hour is missed by the days."""
+    return Migration(
+        version,
+        sqlite=[*_grain_tables("sqlite", DAY), "DROP TRIGGER IF EXISTS request_logs_rollup",
+                *trigger("sqlite", (HOUR, DAY)), *backfill_daily("sqlite")],
+        postgres=["LOCK TABLE request_logs IN SHARE MODE", *_grain_tables("postgres", DAY),
+                  *trigger("postgres", (HOUR, DAY)), *backfill_daily("postgres")],
+    )
+
+
+def spans(start: float | None, bucket_width: int | None) -> list[tuple[Grain, int | None, int | None]]:
+    """Which roll-up rows answer a query from ``start`` (a whole hour, or None): (grain, from, before).
+    Hour buckets read hours; otherwise the hours up to the next UTC midnight, then days."""
+    if bucket_width == HOUR.width:
+        return [(HOUR, None if start is None else int(start), None)]
+    if start is None or start % DAY.width == 0:
+        return [(DAY, None if start is None else int(start), None)]
+    midnight = int(math.ceil(start / DAY.width) * DAY.width)
+    return [(HOUR, int(start), midnight), (DAY, midnight, None)]
 
 
 def plan(query: Any, bucket: str | None, group_by: str | None, percentiles: bool,
@@ -177,6 +255,9 @@ def plan(query: Any, bucket: str | None, group_by: str | None, percentiles: bool
         if group_by is not None and group_by != filtered:
             return None
         dim, value = filtered, str(given)
-    if percentiles and dim not in HISTOGRAM_DIMENSIONS:
+    if percentiles and any(dim not in grain.histograms for grain, _, _ in spans(query.start_time, _WIDTHS.get(bucket))):
         return None
     return dim, value
+
+
+_WIDTHS = {"hour": HOUR.width, "day": DAY.width}

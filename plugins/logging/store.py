@@ -16,7 +16,7 @@ from respan_gateway.database import Database, Migration, RowRejected
 from respan_gateway.hookspecs import LogQuery, UsageBucket
 from respan_gateway.timestamps import parse_iso
 
-from . import rollup
+from . import meta_index, rollup
 from .record import COLUMNS, JSON_COLUMNS, KINDS, LogRecord, to_row
 
 TABLE = "request_logs"
@@ -64,6 +64,10 @@ MIGRATIONS = [
     # The hourly roll-up and latency histograms the usage aggregates read (rollup.py). Numbered 20, not
     # 3, so that a migration 3 another change adds to request_logs does not collide with it.
     rollup.migration(20),
+    # The daily roll-up beside it: a month is 30 rows per value, not 720 (plugins/dashboard/README.md).
+    rollup.daily_migration(21),
+    # The metadata values' index: a metadata filter reads it, not the JSON of every record.
+    meta_index.migration(22),
 ]
 
 _INSERT = (
@@ -104,7 +108,17 @@ class RequestLogStore:
 
     async def list(self, tenant: str, query: LogQuery) -> tuple[int, list[dict[str, Any]]]:
         where, args = self._where(tenant, query)
-        total = await self.db.fetchval(f"SELECT COUNT(*) FROM {TABLE} WHERE {where}", *args)
+        only = _only_metadata(query)
+        if only is not None:  # the index alone counts them (one row per record and key)
+            key, values = only
+            count_args: list[Any] = [tenant, key, *[_coerce(f"metadata__{key}", "meta", v) for v in values]]
+            total = await self.db.fetchval(meta_index.count(len(values)), *count_args)
+        else:
+            total = await self.db.fetchval(f"SELECT COUNT(*) FROM {TABLE} WHERE {where}", *args)
+        if total and total > meta_index.FEW and any(_is_metadata_equal(*f) for f in query.filters):
+            # Many matches: walk the records in order and probe the index for each, which finds a
+            # page after a few rows; few matches: fetch them from the index (the form above) and sort.
+            where, args = self._where(tenant, query, probe=True)
         order = order_by(query)
         args += [query.page_size, (query.page - 1) * query.page_size]
         rows = await self.db.fetch(
@@ -138,8 +152,8 @@ class RequestLogStore:
 
     async def usage(self, tenant: str, query: LogQuery, *, bucket: str | None,
                     group_by: str | None = None, percentiles: bool = True) -> list[UsageBucket]:
-        """Aggregates per time bucket and group (see RequestLogReader.usage): from the hourly roll-up
-        when it answers the query exactly (rollup.plan), else in one statement over the records."""
+        """Aggregates per time bucket and group (see RequestLogReader.usage): from the hourly and daily
+        roll-up when it answers the query exactly (rollup.plan), else in one statement over the records."""
         width = _BUCKETS.get(bucket or "")
         if bucket is not None and width is None:
             raise BadRequest(f"`bucket` must be one of {', '.join(_BUCKETS)}", param="bucket")
@@ -199,28 +213,41 @@ class RequestLogStore:
 
     async def _rolled_up(self, tenant: str, query: LogQuery, width: int | None, group_by: str | None,
                          percentiles: bool, dim: str, value: str | None) -> list[UsageBucket]:
-        """The usage aggregates from the roll-up: a few rows per hour instead of every record."""
-        args: list[Any] = [tenant, dim]
+        """The usage aggregates from the roll-up: a few rows per hour or day instead of every record
+        (rollup.spans: hourly rows for hour buckets and up to the first midnight, daily rows after)."""
+        base: list[Any] = [tenant, dim]
         where = "tenant = $1 AND dim = $2"
         if value is not None:
-            args.append(value)
-            where += f" AND value = ${len(args)}"
-        if query.start_time is not None:
-            args.append(int(query.start_time))
-            where += f" AND hour >= ${len(args)}"
-        # Integer division of whole hours: the same buckets as the records' floor(start_time / width).
-        bucket_expr = "0" if width is None else f"(hour / {width}) * {width}"
+            base.append(value)
+            where += f" AND value = ${len(base)}"
+
+        def rows_of(table: str, columns: str, args: list[Any]) -> str:
+            """The rows of ``table`` (hourly or daily) in range, their time column as ``t``, UNION ALL."""
+            parts = []
+            for grain, first, before in rollup.spans(query.start_time, width):
+                t, cond = grain.column, where
+                for op, bound in ((">=", first), ("<", before)):
+                    if bound is not None:
+                        args.append(bound)
+                        cond += f" AND {t} {op} ${len(args)}"
+                parts.append(f"SELECT {t} AS t, value, {columns} FROM {getattr(grain, table)} WHERE {cond}")
+            return " UNION ALL ".join(parts)
+
+        # Integer division of whole hours or days: the same buckets as the records' floor(start_time / width).
+        bucket_expr = "0" if width is None else f"(t / {width}) * {width}"
         group_expr = "value" if group_by else "''"
         sums = ", ".join(f"SUM({c}) AS {c}" for c in rollup.SUM_COLUMNS)
+        args = list(base)
         rows = await self.db.fetch(
-            f"SELECT {bucket_expr} AS bucket, {group_expr} AS grp, {sums} FROM {rollup.HOURLY} WHERE {where} "
-            "GROUP BY 1, 2 ORDER BY 1, 2", *args)
+            f"SELECT {bucket_expr} AS bucket, {group_expr} AS grp, {sums} "
+            f"FROM ({rows_of('sums', ', '.join(rollup.SUM_COLUMNS), args)}) s GROUP BY 1, 2 ORDER BY 1, 2", *args)
         bins: dict[tuple[float, str], tuple[int | None, int | None]] = {}
         if percentiles:
+            args = list(base)
             # The nearest-rank percentile's bin: the first whose running count reaches p * n.
             hist = await self.db.fetch(
                 f"WITH h AS (SELECT {bucket_expr} AS bucket, {group_expr} AS grp, bin, SUM(n) AS n "
-                f"FROM {rollup.LATENCY} WHERE {where} GROUP BY 1, 2, 3), "
+                f"FROM ({rows_of('latency', 'bin, n', args)}) s GROUP BY 1, 2, 3), "
                 "c AS (SELECT bucket, grp, bin, SUM(n) OVER (PARTITION BY bucket, grp ORDER BY bin) AS cum, "
                 "SUM(n) OVER (PARTITION BY bucket, grp) AS total FROM h) "
                 "SELECT bucket, grp, MIN(CASE WHEN cum >= 0.5 * total THEN bin END) AS p50, "
@@ -251,11 +278,13 @@ class RequestLogStore:
         return changed > 0
 
     # -- filters ------------------------------------------------------------------------------
-    def _where(self, tenant: str, query: LogQuery) -> tuple[str, list[Any]]:
+    def _where(self, tenant: str, query: LogQuery, *, probe: bool = False) -> tuple[str, list[Any]]:
+        """The SQL condition of ``query`` and its arguments (``$1`` the tenant). ``probe``: a metadata
+        equality tests each record against the index instead of listing the index's records."""
         args: list[Any] = [tenant]
         clauses = []
         for name, op, value in query.filters:
-            clauses.append(self._clause(name, op, value, args))
+            clauses.append(self._clause(name, op, value, args, probe))
         where = "tenant = $1"
         if query.start_time is not None:
             args.append(query.start_time)
@@ -268,8 +297,19 @@ class RequestLogStore:
             where += " AND (" + joiner.join(clauses) + ")"
         return where, args
 
-    def _clause(self, field: str, op: str, value: Any, args: list[Any]) -> str:
+    def _clause(self, field: str, op: str, value: Any, args: list[Any], probe: bool = False) -> str:
         pg = self.db.dialect == "postgres"
+        if _is_metadata_equal(field, op, value):
+            # A metadata value: from its index (meta_index.py), the same text the JSON expression gives.
+            key = field.removeprefix("metadata__")
+            values = value if isinstance(value, list) else [value]
+            args.append(key)
+            key_param = f"${len(args)}"
+            params = []
+            for v in values:
+                args.append(_coerce(field, "meta", v))
+                params.append(f"${len(args)}")
+            return meta_index.clause(key_param, params, probe=probe, table=TABLE)
         kind, expr = _field_expr(field, pg, args)
 
         def param(v: Any) -> str:
@@ -307,6 +347,22 @@ class RequestLogStore:
         if op == "endswith":
             return f"right({text}, length({p})) = {p}" if pg else f"substr({text}, -length({p})) = {p} AND length({p}) > 0"
         raise BadRequest(f"filter `{field}`: unknown operator `{op}`", param="filters")
+
+
+def _is_metadata_equal(field: str, op: str, value: Any) -> bool:
+    """A filter the metadata index answers: ``metadata__<key>`` equal to (or in) given values."""
+    return (field.startswith("metadata__") and len(field) > len("metadata__") and op in ("", "eq", "exact", "in")
+            and value not in (None, []))
+
+
+def _only_metadata(query: LogQuery) -> tuple[str, list[Any]] | None:
+    """(key, values) when ``query`` is one metadata equality and nothing else (no other filter, no range)."""
+    if len(query.filters) != 1 or query.start_time is not None or query.end_time is not None:
+        return None
+    field, op, value = query.filters[0]
+    if not _is_metadata_equal(field, op, value):
+        return None
+    return field.removeprefix("metadata__"), value if isinstance(value, list) else [value]
 
 
 def _field_expr(field: str, pg: bool, args: list[Any]) -> tuple[str, str]:

@@ -1,8 +1,10 @@
-"""The hourly roll-up (rollup.py) answers the usage aggregates as the records do, on SQLite and PostgreSQL.
+"""The hourly and daily roll-up (rollup.py) answers the usage aggregates as the records do, on SQLite
+and PostgreSQL.
 
 The store reads the roll-up when a query starts on a whole hour (what the dashboard asks) and the
 records otherwise: the same query once from ``hour`` and once from half a second before it (no record
-lies in that half second) compares the two paths.
+lies in that half second) compares the two paths. The records over several days are the rows of real
+requests inserted again (the writer's own INSERT, through the trigger) hours and days earlier.
 """
 
 from __future__ import annotations
@@ -48,25 +50,41 @@ def _same(rolled: list[UsageBucket], raw: list[UsageBucket], percentiles: bool) 
                 assert abs(binned - exact) <= 0.049 * exact, (p, binned, exact)
 
 
+def _spread(gw: Any, hours_back: tuple[int, ...] = (1, 5, 23, 30, 49, 75)) -> None:
+    """Every record of a request again ``hours_back`` hours earlier (new ids): records over four UTC days."""
+    db = gw.gateway.database
+    gw.call(gw.gateway.service(RequestLogReader).list("acme", LogQuery()))  # the queued records written first
+    rows = gw.call(db.fetch("SELECT * FROM request_logs WHERE unique_id NOT LIKE 'copy-%'"))  # the originals
+    copies = []
+    for k in hours_back:
+        for row in rows:
+            copy = {**row, "unique_id": f"copy-{k}h-{row['unique_id']}", "start_time": row["start_time"] - k * 3600,
+                    "timestamp": row["timestamp"] - k * 3600 if row["timestamp"] is not None else None}
+            copies.append([copy[c] for c in store_module.COLUMNS])
+    gw.call(db.executemany(store_module._INSERT, copies))
+
+
 def _compare(gw: Any, reader: RequestLogReader, hour: float) -> None:
     for bucket in ("hour", "day", None):
         for group in (None, "model", "provider", "customer", "key"):
-            percentiles = group in (None, "model", "provider")
+            percentiles = True  # from histograms where the roll-up has them (rollup.plan), else the records
             rolled = gw.call(reader.usage("acme", LogQuery(start_time=hour), bucket=bucket, group_by=group,
                                           percentiles=percentiles))
             raw = gw.call(reader.usage("acme", LogQuery(start_time=hour - 0.5), bucket=bucket, group_by=group,
                                        percentiles=percentiles))
             assert raw, (bucket, group)
             _same(rolled, raw, percentiles)
+    everything = sum(r.requests for r in gw.call(reader.usage("acme", LogQuery(start_time=hour - 0.5), bucket=None)))
     for field, value, group in (("customer_identifier", "bob", None), ("model", "gpt-test", "model"),
                                 ("provider", "fake", None)):
         query = {"filters": [(field, "", value)]}
-        rolled = gw.call(reader.usage("acme", LogQuery(start_time=hour, **query), bucket="hour", group_by=group,
-                                      percentiles=False))
-        raw = gw.call(reader.usage("acme", LogQuery(start_time=hour - 0.5, **query), bucket="hour", group_by=group,
-                                   percentiles=False))
-        assert raw and sum(r.requests for r in raw) < 12
-        _same(rolled, raw, False)
+        for bucket in ("hour", "day", None):
+            rolled = gw.call(reader.usage("acme", LogQuery(start_time=hour, **query), bucket=bucket, group_by=group,
+                                          percentiles=bucket != "hour"))
+            raw = gw.call(reader.usage("acme", LogQuery(start_time=hour - 0.5, **query), bucket=bucket,
+                                       group_by=group, percentiles=bucket != "hour"))
+            assert raw and sum(r.requests for r in raw) < everything
+            _same(rolled, raw, bucket != "hour")
 
 
 def test_the_rollup_gives_the_records_figures_and_a_replay_counts_nothing_twice(logged_gateway) -> None:
@@ -89,22 +107,62 @@ def test_the_rollup_gives_the_records_figures_and_a_replay_counts_nothing_twice(
     _compare(gw, reader, hour)
 
 
-def test_the_migration_rolls_up_the_records_already_stored(logged_gateway, backend: str) -> None:
+def test_the_daily_rollup_over_several_days_gives_the_records_figures(logged_gateway) -> None:
     gw = logged_gateway()
     _make_records(gw)
+    _spread(gw)
     reader = gw.gateway.service(RequestLogReader)
-    hour = math.floor(time.time() / 3600) * 3600 - 3600
-    before = gw.call(reader.usage("acme", LogQuery(start_time=hour), bucket="hour", group_by="model"))
+    now_hour = math.floor(time.time() / 3600) * 3600
+    totals = gw.call(reader.usage("acme", LogQuery(start_time=now_hour - 80 * 3600), bucket=None))
+    assert [(t.requests, t.errors, t.cache_hits) for t in totals] == [(7 * 12, 7, 7)]
+    # From an hour that is not midnight (hourly rows to the next midnight, daily rows after; unless one
+    # of them is midnight), from a midnight (daily rows only) and from the last hour (hourly rows only).
+    midnight = math.floor((now_hour - 80 * 3600) / 86400) * 86400
+    for start in (now_hour - 80 * 3600, now_hour - 26 * 3600, now_hour - 50 * 3600, midnight, now_hour - 3600):
+        _compare(gw, reader, start)
+    days = gw.call(reader.usage("acme", LogQuery(start_time=midnight), bucket="day"))
+    assert len(days) >= 4 and sum(d.requests for d in days) == 7 * 12
+
+
+def test_the_migrations_roll_up_the_records_already_stored(logged_gateway, backend: str) -> None:
+    gw = logged_gateway()
+    _make_records(gw)
+    _spread(gw, (2, 30))
+    reader = gw.gateway.service(RequestLogReader)
+    hour = math.floor(time.time() / 3600) * 3600 - 40 * 3600
+    before = {b: gw.call(reader.usage("acme", LogQuery(start_time=hour), bucket=b, group_by="model"))
+              for b in ("hour", "day", None)}
     db = gw.gateway.database
-    # Back to the schema before the roll-up (version 2, records kept), then its migration again.
-    drops = ["DROP TRIGGER IF EXISTS request_logs_rollup" + (" ON request_logs" if backend == "postgres" else "")]
-    drops += [f"DROP TABLE {t}" for t in (rollup.HOURLY, rollup.LATENCY, rollup.BINS)]
-    if backend == "postgres":
+    pg = backend == "postgres"
+
+    def run(migration: Any) -> None:
+        if pg:  # one transaction, as the migrator runs it (LOCK TABLE needs one): a multi-statement query
+            gw.call(db.execute(";\n".join(migration.postgres)))
+            return
+        for sql in migration.sqlite:
+            gw.call(db.execute(sql))
+
+    # Back to the schema before the roll-up (version 2, records kept), then migration 20 again: the
+    # hours of the records stored so far, and a trigger that keeps the hours only (as it was).
+    drops = ["DROP TRIGGER IF EXISTS request_logs_rollup" + (" ON request_logs" if pg else "")]
+    drops += [f"DROP TABLE {t}" for t in (rollup.HOURLY, rollup.LATENCY, rollup.BINS, rollup.DAILY, rollup.LATENCY_DAILY)]
+    if pg:
         drops.append("DROP FUNCTION request_logs_rollup()")
     for sql in drops:
         gw.call(db.execute(sql))
-    migration = rollup.migration(20)
-    for sql in migration.postgres if backend == "postgres" else migration.sqlite:
-        gw.call(db.execute(sql))
-    assert gw.call(reader.usage("acme", LogQuery(start_time=hour), bucket="hour", group_by="model")) == before
+    run(rollup.migration(20))
+    assert gw.call(db.fetchval(f"SELECT COUNT(*) FROM {rollup.HOURLY}")) > 0
+    # Records written while at version 20 (hours only), then migration 21: the days from those hours.
+    _spread(gw, (60,))
+    assert gw.call(db.fetchval(f"SELECT COUNT(*) FROM request_logs")) == 4 * 12
+    run(rollup.daily_migration(21))
+    after = {b: gw.call(reader.usage("acme", LogQuery(start_time=hour), bucket=b, group_by="model"))
+             for b in ("hour", "day", None)}
+    for b in before:  # the copies 60 hours back are before ``hour``; costs summed in another order
+        _same(after[b], before[b], True)
+        assert [(r.p50_latency, r.p95_latency) for r in after[b]] == [(r.p50_latency, r.p95_latency) for r in before[b]]
     _compare(gw, reader, hour)
+    _compare(gw, reader, math.floor((hour - 40 * 3600) / 86400) * 86400)  # with the copies of version 20
+    # The new trigger keeps both grains.
+    _spread(gw, (90,))
+    _compare(gw, reader, math.floor((hour - 60 * 3600) / 86400) * 86400)
