@@ -156,8 +156,9 @@ def preload() -> threading.Thread:
     global _loading
     with _lock:
         if _loading is None:
-            _loading = threading.Thread(target=_load, name="tokenizer-load", daemon=True)
-            _loading.start()
+            thread = threading.Thread(target=_load, name="tokenizer-load", daemon=True)
+            thread.start()
+            _loading = thread  # started: whoever sees it may join it
         return _loading
 
 
