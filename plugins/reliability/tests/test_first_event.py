@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import openai
 import pytest
 
-from respan_gateway.testing import GatewayServer
+from respan_gateway.testing import TEST_KEY, GatewayServer
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 
@@ -28,6 +28,29 @@ def _sse(payload: object) -> bytes:
 def _chunk(delta: dict[str, object], finish: str | None = None) -> dict[str, object]:
     return {"id": "chatcmpl-gate", "object": "chat.completion.chunk", "created": 1, "model": "gated-model",
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def _chat_frames() -> tuple[bytes, bytes]:
+    """A chat stream: the role-only chunk, then (once released) the content, the finish and [DONE]."""
+    rest = b"".join(_sse(_chunk({"content": piece})) for piece in ("Hello", " there"))
+    return _sse(_chunk({"role": "assistant", "content": ""})), rest + _sse(_chunk({}, "stop")) + b"data: [DONE]\n\n"
+
+
+def _event(name: str, payload: dict[str, object]) -> bytes:
+    return f"event: {name}\n".encode() + _sse({"type": name, **payload})
+
+
+def _anthropic_frames() -> tuple[bytes, bytes]:
+    """A Messages stream: message_start and ping, then (once released) the text block and the stop."""
+    message = {"id": "msg_gate", "type": "message", "role": "assistant", "model": "gated-claude", "content": [],
+               "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1}}
+    head = _event("message_start", {"message": message}) + _event("ping", {})
+    rest = (_event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+            + b"".join(_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": p}}) for p in ("Hello", " there"))
+            + _event("content_block_stop", {"index": 0})
+            + _event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 2}})
+            + _event("message_stop", {}))
+    return head, rest
 
 
 class GatedUpstream:
@@ -48,11 +71,13 @@ class GatedUpstream:
 
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("content-length") or 0))
+                anthropic = self.path.endswith("/messages")
+                head, rest = (_anthropic_frames() if anthropic else _chat_frames())
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("connection", "close")
                 self.end_headers()
-                self.wfile.write(_sse(_chunk({"role": "assistant", "content": ""})))
+                self.wfile.write(head)
                 self.wfile.flush()
                 gated.role_sent.set()
                 while not gated.gate.wait(0.05):
@@ -60,10 +85,7 @@ class GatedUpstream:
                         return
                 gated.content_sent.set()
                 try:
-                    for piece in ("Hello", " there"):
-                        self.wfile.write(_sse(_chunk({"content": piece})))
-                    self.wfile.write(_sse(_chunk({}, "stop")))
-                    self.wfile.write(b"data: [DONE]\n\n")
+                    self.wfile.write(rest)
                     self.wfile.flush()
                 except OSError:  # the gateway left (the first-token limit ran out)
                     pass
@@ -102,6 +124,11 @@ def start(gateway_factory: Callable[..., GatewayServer], gated: GatedUpstream) -
 type = "openai_compatible"
 base_url = "{gated.url}/v1"
 api_key = "sk-gated-key"
+
+[providers.gclaude]
+type = "anthropic"
+base_url = "{gated.url}"
+api_key = "sk-ant-gated-key"
 
 [reliability]
 first_token_timeout = {first_token_timeout}
@@ -161,3 +188,20 @@ def test_first_token_limit_still_ends_a_stream_without_fallback(start: Callable[
             pass
     assert "first_token_timeout" in str(info.value)
     assert not gated.gate.is_set()
+
+
+def test_native_anthropic_stream_without_fallback_gets_message_start_before_the_first_token(
+        start: Callable[..., GatewayServer], gated: GatedUpstream) -> None:
+    import anthropic
+
+    gw = start()
+    client = anthropic.Anthropic(base_url=gw.url + "/api/anthropic", api_key=TEST_KEY, max_retries=0)
+    with client.messages.stream(model="gclaude/gated-claude", max_tokens=50, messages=MESSAGES) as stream:
+        events = iter(stream)
+        first = next(events)
+        # message_start reached the client while the upstream still held the text.
+        assert first.type == "message_start" and not gated.content_sent.is_set()
+        gated.release()
+        for _ in events:
+            pass
+        assert stream.get_final_message().content[0].text == "Hello there"
