@@ -207,6 +207,8 @@ async def relay(
     except GatewayError as exc:
         if attempt is not None:
             attempt.status, attempt.error = exc.status, exc.message
+            if pending is not None:  # failed before its first token: the attempt lasted until now
+                attempt.duration = time.perf_counter() - pending.started
         raise
     finally:
         watchdog.close()
