@@ -29,14 +29,28 @@ def test_an_upstream_answer_over_max_body_bytes_is_a_502(gateway_factory) -> Non
     assert error["code"] == "upstream_response_too_large" and "max_body_bytes" in error["message"]
 
 
-def test_an_upstream_event_over_max_event_bytes_is_a_502_before_the_first_token(gateway_factory) -> None:
+def test_an_upstream_event_over_max_event_bytes_before_the_first_token_falls_back(gateway_factory) -> None:
     gw = gateway_factory(UPSTREAM_LIMITS)
-    # The big event is the answer's first token: the role chunk before it is held back (reliability's
-    # first-token head), so the client gets a plain error answer, not a started stream.
+    # The big event is the answer's first token. With a fallback left, the role chunk before it is held
+    # back (reliability's first-token head), so the fallback answers the client's one stream.
+    chunks = gw.openai().chat.completions.create(model="fake/fake-big-200000", messages=MESSAGES, stream=True,
+                                                 extra_body={"fallback_models": ["gpt-test"]})
+    streamed = list(chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "Hello from the fake upstream!"
+    assert {c.model for c in streamed} == {"gpt-test-upstream"}
+    assert sum(1 for c in streamed if c.choices and c.choices[0].delta.role) == 1
+
+
+def test_an_upstream_event_over_max_event_bytes_without_a_fallback_ends_the_stream(gateway_factory) -> None:
+    gw = gateway_factory(UPSTREAM_LIMITS)
+    # Nothing to fail over to: the role chunk went out at once, so the big event ends the stream with an
+    # error event, and none of its bytes reach the client.
     r = httpx2.post(gw.base_url + "chat/completions", headers=AUTH, timeout=10,
                     json={"model": "gpt-test", "messages": MESSAGES, "stream": True, **scenario("big-200000")})
-    assert r.status_code == 502
-    assert r.json()["error"]["code"] == "upstream_response_too_large" and "max_event_bytes" in r.text
+    assert r.status_code == 200
+    events = [line for line in r.text.splitlines() if line.startswith("data: ")]
+    assert '"role":"assistant"' in events[0].replace(" ", "")
+    assert "upstream_response_too_large" in events[-1] and "max_event_bytes" in events[-1]
     assert len(r.text) < 2000
 
 

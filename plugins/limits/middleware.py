@@ -178,9 +178,10 @@ class Limits:
         return applied, markup
 
     def estimate(self, call: Call) -> tuple[float, int]:
-        """This call's cost (USD at catalog prices) and tokens at most: the prompt's tokens (the
-        tokenizer) and the completion's bound (its max tokens, else ``default_max_tokens``)."""
-        prompt_tokens = tokens.estimate(call.prompt(), None).prompt_tokens
+        """This call's cost (USD at catalog prices) and tokens at most: the prompt's tokens (a cheap
+        bound, UTF-8 bytes/4 per text: the reservation is settled with the real usage afterwards, so no
+        vocabulary is loaded for it) and the completion's bound (its max tokens, else ``default_max_tokens``)."""
+        prompt_tokens = tokens.estimate(call.prompt(), None, tokens.quick).prompt_tokens
         endpoint = self.endpoints.get(call.kind)
         completion = endpoint.max_output_tokens(call) if endpoint is not None else None
         entry = self.gateway.catalog.entry(call.model) if call.model else None

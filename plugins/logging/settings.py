@@ -21,9 +21,9 @@ class LoggingSettings(Settings):
     retry_interval: float = 2.0
     # Graceful shutdown: how long the last writes may take before the rest is spilled.
     shutdown_timeout: float = 10.0
-    # Token estimates (streams without usage, X-Respan-Beta token-breakdown): the BPE encoding, loaded
-    # on first need (o200k_base adds ~60-130 MB per worker, cl100k_base about half), or "heuristic"
-    # (characters/4, nothing loaded).
+    # Token estimates (answers without usage, X-Respan-Beta token-breakdown): the vocabulary counted
+    # with (respan_gateway/tokens.py: within ~2% of the BPE, ~4 MB once loaded on first need), or
+    # "heuristic" (UTF-8 bytes/4, nothing loaded).
     tokenizer: Literal["o200k_base", "cl100k_base", "heuristic"] = "o200k_base"
     # The tenant whose logs hold the requests refused before their caller was known (a bad or missing
     # key: 401; a request shed by the admission limit with no good key: 503), without content.

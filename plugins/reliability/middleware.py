@@ -78,8 +78,12 @@ class ReliabilityMiddleware:
                     raise final_error(last) if last is not None else UpstreamTimeout(
                         f"no answer within {s.total_timeout:g}s (total_timeout)")
                 call.target = _copy(candidate)
+                # Hold a stream's head until its first token only when a failure there can be rescued:
+                # another candidate, or retries of this one a cut or silent head would use (without
+                # retry_params only a 429 status is retried, which comes before any stream).
+                hold = has_next or (done < rules.count and not rules.only_rate_limits)
                 try:
-                    result = await timed_attempt(s, call, call_next, deadline, first_token)
+                    result = await timed_attempt(s, call, call_next, deadline, first_token, hold)
                 except UpstreamError as exc:
                     last = exc
                     wait = plan.wait(rules, exc, done, has_next)

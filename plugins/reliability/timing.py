@@ -1,12 +1,15 @@
 """The clock of one attempt: the first-byte or first-token limit, then the stream under the idle and total limits.
 
-:func:`timed_attempt` runs one attempt and, for a stream, fetches its head (every chunk up to and
-including the first token: content, a tool call, reasoning or a finish, as the endpoint's
-``first_token`` tells) inside the same limit, so that a stream failing or silent before its first
-token can still be retried or fall back, with nothing sent to the client. After it, :func:`relay`
-hands the chunks to the client one by one, each checked to be JSON, under a :class:`_Watchdog`; a
-failure there ends the client's stream with an error event (the endpoint writes it), unless the
-middleware continues the stream on another candidate.
+:func:`timed_attempt` runs one attempt and, for a stream, fetches its head inside the same limit.
+When a failure before the first token could still be rescued (``hold``: another candidate, or
+retries left that a broken or silent head would use), the head is every chunk up to and including
+the first token (content, a tool call, reasoning or a finish, as the endpoint's ``first_token``
+tells), so that a late first token can fail over with nothing sent to the client. Otherwise
+holding would only delay the client: the head is the first chunk, and the rest of the first-token
+limit runs in the relay. After the head, :func:`relay` hands the chunks to the client one by one,
+each checked to be JSON, under a :class:`_Watchdog`; a failure there ends the client's stream with
+an error event (the endpoint writes it), unless the middleware continues the stream on another
+candidate.
 """
 
 from __future__ import annotations
@@ -83,15 +86,18 @@ def attempt_limits(settings: ReliabilitySettings, call: Call) -> Limits:
 
 
 async def timed_attempt(settings: ReliabilitySettings, call: Call, call_next: CallNext, deadline: float,
-                        first_token: FirstToken | None = None) -> Result:
+                        first_token: FirstToken | None = None, hold: bool = True) -> Result:
     """One attempt on ``call.target``: an answer (or a stream's head) within its limit.
 
-    A failure is put on the attempt the core recorded, and raised; a stream comes back as the relay
-    of :func:`relay`.
+    ``hold``: a failure before the stream's first token can be rescued, so the head is held until
+    it; else only the first chunk is awaited here (a stream that fails at once is still an HTTP
+    error) and the relay keeps the first-token limit. A failure is put on the attempt the core
+    recorded, and raised; a stream comes back as the relay of :func:`relay`.
     """
     loop = asyncio.get_running_loop()
     limits = attempt_limits(settings, call)
-    limit = min(limits.head, deadline - loop.time())
+    begun = loop.time()
+    limit = min(limits.head, deadline - begun)
     seen = len(call.attempts)
     started = time.perf_counter()
     result: Result | None = None
@@ -100,7 +106,7 @@ async def timed_attempt(settings: ReliabilitySettings, call: Call, call_next: Ca
             result = await call_next(call)
             if not isinstance(result, StreamResult):
                 return result
-            head = await _head(result.chunks, call, first_token)
+            head = await _head(result.chunks, call, first_token if hold else None)
     except TimeoutError:
         provider = call.target.provider if call.target is not None else "upstream"
         what = ("no first token" if first_token is not None else "no first chunk") if call.stream else "no answer"
@@ -120,11 +126,24 @@ async def timed_attempt(settings: ReliabilitySettings, call: Call, call_next: Ca
             await aclose(result.chunks, quiet=True)
         raise
     attempt = call.attempts[-1] if len(call.attempts) > seen else None
-    if attempt is not None:
+    # The first token still to come: the relay waits for it under the rest of the head's limit.
+    pending = None
+    if first_token is not None and not hold and not any(first_token(chunk) for chunk in head):
+        pending = _FirstToken(first_token, begun + limit, limit, "total_timeout" if limit < limits.head else limits.head_name, started)
+    if attempt is not None and pending is None:
         # A stream's attempt lasts until its first token, as a complete answer's lasts until the answer.
         attempt.duration = time.perf_counter() - started
-    chunks = relay(call, head, result.chunks, limits.idle, deadline, attempt)
+    chunks = relay(call, head, result.chunks, limits.idle, deadline, attempt, pending)
     return StreamResult(chunks, status=result.status, headers=result.headers)
+
+
+class _FirstToken:
+    """A first token the relay still waits for: by ``until`` (loop time), the head's limit."""
+
+    __slots__ = ("test", "until", "limit", "name", "started")
+
+    def __init__(self, test: FirstToken, until: float, limit: float, name: str, started: float) -> None:
+        self.test, self.until, self.limit, self.name, self.started = test, until, limit, name, started
 
 
 async def _head(chunks: AsyncIterator[Chunk], call: Call, first_token: FirstToken | None) -> list[Chunk]:
@@ -146,8 +165,10 @@ async def _head(chunks: AsyncIterator[Chunk], call: Call, first_token: FirstToke
 
 async def relay(
     call: Call, head: list[Chunk], chunks: AsyncIterator[Chunk], idle: float, deadline: float, attempt: Attempt | None,
+    pending: _FirstToken | None = None,
 ) -> AsyncIterator[Chunk]:
-    """The stream as the client gets it: its head, then the rest under the idle and total limits."""
+    """The stream as the client gets it: its head, then the rest under the idle and total limits
+    (until ``pending``'s first token, under the rest of the first-token limit instead)."""
     loop = asyncio.get_running_loop()
     provider = call.target.provider if call.target is not None else "upstream"
     watchdog = _Watchdog(loop)
@@ -156,7 +177,7 @@ async def relay(
             yield chunk
         while True:
             now = loop.time()
-            until = min(now + idle, deadline)
+            until = min(now + idle, deadline) if pending is None else min(pending.until, deadline)
             watchdog.arm(until)
             try:
                 chunk = await anext(chunks)
@@ -165,6 +186,11 @@ async def relay(
             except asyncio.CancelledError:
                 if not watchdog.fired():
                     raise
+                if pending is not None:
+                    which = "total_timeout" if until >= deadline else pending.name
+                    raise UpstreamTimeout(
+                        f"provider `{provider}` sent no first token within {pending.limit:.3g}s ({which})", provider=provider,
+                    ) from None
                 which = "total_timeout" if until >= deadline else "idle_timeout"
                 raise StreamInterrupted(
                     f"the stream from provider `{provider}` stalled: nothing for {until - now:.3g}s ({which})",
@@ -173,10 +199,16 @@ async def relay(
             finally:
                 watchdog.disarm()
             _check_chunk(chunk, provider)
+            if pending is not None and pending.test(chunk):
+                if attempt is not None:
+                    attempt.duration = time.perf_counter() - pending.started
+                pending = None
             yield chunk
     except GatewayError as exc:
         if attempt is not None:
             attempt.status, attempt.error = exc.status, exc.message
+            if pending is not None:  # failed before its first token: the attempt lasted until now
+                attempt.duration = time.perf_counter() - pending.started
         raise
     finally:
         watchdog.close()
