@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,50 @@ def body_for(model: str, stream: bool = False, cached: bool = False) -> bytes:
     if cached:  # the response cache's param: every request after the first is a hit
         body["cache_enabled"] = True
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def prompt_body(size_kb: int) -> bytes:
+    """A chat request whose user message makes the body about ``size_kb`` KB (words, as a prompt has)."""
+    words = " ".join(f"word{i % 997}" for i in range(size_kb * 1024 // 8))
+    body = {"model": "gpt-bench", "messages": [{"role": "user", "content": ""}]}
+    empty = len(json.dumps(body, separators=(",", ":")))
+    body["messages"][0]["content"] = words[: max(size_kb * 1024 - empty, 1)]
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+#: One request of every kind the gateway serves, against the bench upstream (path, body): the idle RSS
+#: line counts what each kind loads on first need (a tokenizer, a translation, a codec).
+FIRST_REQUESTS = (
+    ("/api/chat/completions", {"model": "gpt-bench", "messages": [{"role": "user", "content": "Say hello"}]}),
+    ("/api/chat/completions", {"model": "bench/stream-3-0", "stream": True,
+                               "messages": [{"role": "user", "content": "Say hello"}]}),
+    ("/api/embeddings", {"model": "bench/text-embedding-bench", "input": "Say hello"}),
+    ("/api/responses", {"model": "gpt-bench", "input": "Say hello"}),
+    ("/api/responses", {"model": "bench/stream-3-0", "input": "Say hello", "stream": True}),
+    ("/api/anthropic/v1/messages", {"model": "gpt-bench", "max_tokens": 16,
+                                    "messages": [{"role": "user", "content": "Say hello"}]}),
+    ("/api/anthropic/v1/messages", {"model": "bench/stream-3-0", "max_tokens": 16, "stream": True,
+                                    "messages": [{"role": "user", "content": "Say hello"}]}),
+)
+
+
+async def first_requests(host: str, port: int, key: str | None) -> list[str]:
+    """Send FIRST_REQUESTS one by one; return the ones that did not answer 200 (``path: status``)."""
+    failed = []
+    for path, body in FIRST_REQUESTS:
+        timing = loadgen.StreamTiming()
+        payload = loadgen.request_bytes(host, port, path, json.dumps(body).encode(), key)
+        reader, writer = await asyncio.open_connection(host, port)
+        try:  # read_response reads a chunked stream to its end, whatever its events
+            writer.write(payload)
+            timing.status = await asyncio.wait_for(loadgen.read_response(reader), 30)
+        except (OSError, asyncio.IncompleteReadError, ValueError, asyncio.TimeoutError) as exc:
+            timing.error = f"{type(exc).__name__} {exc}"
+        finally:
+            writer.close()
+        if timing.status != 200:
+            failed.append(f"{path}{' (stream)' if body.get('stream') else ''}: {timing.error or timing.status}")
+    return failed
 
 
 # -- processes and /proc ------------------------------------------------------------------------
@@ -156,10 +201,15 @@ def wait_http(url: str, service: Service, timeout: float = 30.0) -> None:
     while time.monotonic() < deadline:
         if service.proc.poll() is not None:
             raise SystemExit(f"bench: {service.name} exited at start-up:\n{service.tail()}")
-        with contextlib.suppress(OSError):
+        try:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status < 500:
                     return
+        except urllib.error.HTTPError as exc:  # an answer all the same
+            if exc.code < 500:
+                return
+        except OSError:
+            pass
         time.sleep(0.1)
     raise SystemExit(f"bench: {service.name} did not answer at {url} within {timeout:.0f}s:\n{service.tail()}")
 
@@ -256,21 +306,29 @@ class Gateway:
     transport: str
 
 
-def start_gateway(workdir: Path, upstream_port: int, args: argparse.Namespace, server: str,
-                  transport: str | None) -> Gateway:
+def start_gateway(workdir: Path, upstream_port: int, args: argparse.Namespace, server: str | None,
+                  transport: str | None, workers: int | None = None, prefix: list[str] | None = None) -> Gateway:
+    """``respan-gateway serve`` on a generated config; ``server`` None is serve's own default (read back
+    from its start-up line); ``prefix`` (valgrind) goes before the command."""
     port = free_port()
+    workers = args.workers if workers is None else workers
     extra = Path(args.extra_toml).read_text() if args.extra_toml else ""
-    config = workdir / f"gateway-{server}-{transport or 'default'}.toml"
-    config.write_text(gateway_config(upstream_port, port, args.workers, transport, args.disable, extra))
+    name = f"{server or 'default'}-{transport or 'default'}-w{workers}"
+    config = workdir / f"gateway-{name}.toml"
+    config.write_text(gateway_config(upstream_port, port, workers, transport, args.disable, extra))
     # The gateway runs in the temp dir: a plugin's relative data paths (the SQLite log...) land there.
     data = workdir / "data"
     data.mkdir(exist_ok=True)
     pipeline = check_config(config, data)
     exe = str(Path(PYTHON).with_name("respan-gateway"))
-    service = Service("gateway", [exe, "serve", "--config", str(config), "--server", server], data,
-                      workdir / f"gateway-{server}.log")
-    wait_http(f"http://127.0.0.1:{port}/healthz", service)
+    argv = [*(prefix or []), exe, "serve", "--config", str(config), *(["--server", server] if server else [])]
+    log = workdir / f"gateway-{name}.log"
+    service = Service("gateway", argv, data, log)
+    wait_http(f"http://127.0.0.1:{port}/healthz", service, timeout=180 if prefix else 30)
     settle(service)
+    if server is None:  # "respan-gateway listening on http://... (1 worker(s), uvicorn, config ...)"
+        line = next((x for x in log.read_text(errors="replace").splitlines() if "listening on" in x), "")
+        server = f"{line.split('(', 1)[1].split(',')[1].strip() if '(' in line else '?'} (serve's default)"
     if transport is None:
         from respan_gateway.config import UpstreamSettings
 

@@ -1,0 +1,174 @@
+"""Instructions per request under callgrind: the bench's load-independent figure.
+
+    python bench/instr.py                  # gateway and floor, 300 requests each after warm-up
+    python bench/instr.py --requests 1000 --server uvicorn
+
+Wall-clock and CPU-time figures move by 20-50% with whatever else runs on the machine; the number of
+instructions a process executes to answer N requests does not (within about 1%). So the regression
+check of ``bench/run.py --check`` judges this figure first:
+
+- the gateway (``respan-gateway serve``, the bench's config: the full default pipeline, 1 worker, the
+  server ``serve`` picks by default) runs under ``valgrind --tool=callgrind --instr-atstart=no``
+  (start-up runs uninstrumented, which is several times faster);
+- once it answers: instrumentation on (``callgrind_control -i on``), then the warm-up: one request of
+  every kind (chat, stream, embeddings, responses, native Anthropic) so that everything loaded on first
+  need is loaded, then ``--warmup`` chat requests, then a wait until the process is idle (a tokenizer
+  loading in a thread would otherwise be counted);
+- counters zeroed (``callgrind_control -z``), ``--requests`` chat requests at c=8 from a client outside
+  the process (the bench's raw-socket generator), then a dump (``callgrind_control -d``): the total
+  instructions (Ir) of every process of the gateway's tree, divided by the requests;
+- the same for the floor of the stack (``bench/floor.py``'s proxy: the fastest server and bare aiohttp,
+  no gateway code) under each of ``--floor-servers``; the least is the floor.
+
+The figure is gateway / floor (and each alone). The upstream and the client run outside valgrind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import floor  # noqa: E402
+import loadgen  # noqa: E402
+import run  # noqa: E402
+
+VALGRIND = "/usr/bin/valgrind"
+CONCURRENCY = 8
+
+
+def _control(pids: list[int], *flags: str) -> None:
+    """``callgrind_control`` on each process of the tree that runs under callgrind, by its pid."""
+    for pid in pids:
+        subprocess.run(["callgrind_control", *flags, str(pid)], capture_output=True, text=True, timeout=120)
+
+
+def _valgrind_pids(service: run.Service) -> list[int]:
+    """The processes of the tree that callgrind runs (valgrind execs the tool in place of the command)."""
+    pids = []
+    for pid in service.pids:
+        try:
+            exe = Path(f"/proc/{pid}/exe").resolve().name
+        except OSError:
+            continue
+        if "callgrind" in exe or "valgrind" in exe or "memcheck" in exe:
+            pids.append(pid)
+    return pids or service.pids
+
+
+def _dumped_instructions(out_dir: Path, since: float) -> int:
+    """The sum of the Ir totals of every dump written after ``since`` (one per process of the tree)."""
+    total = 0
+    for path in out_dir.glob("callgrind.out.*"):
+        if path.stat().st_mtime < since:
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith(("summary:", "totals:")):
+                total += int(line.split()[1])
+                break
+    return total
+
+
+def valgrind_prefix(out_dir: Path) -> list[str]:
+    return [VALGRIND, "--tool=callgrind", "--instr-atstart=no", "--trace-children=yes",
+            f"--callgrind-out-file={out_dir}/callgrind.out.%p", "--dump-instr=no", "--dump-line=no"]
+
+
+def first_of_every_kind(port: int, key: str | None) -> None:
+    """One request of every kind the bench upstream answers, through the gateway (see bench/run.py)."""
+    run.run_async(run.first_requests("127.0.0.1", port, key))
+
+
+def count(service: run.Service, port: int, path: str, body: bytes, key: str | None, warmup: int, requests: int,
+          out_dir: Path, every_kind: bool) -> float:
+    pids = _valgrind_pids(service)
+    _control(pids, "-i", "on")
+    if every_kind:
+        first_of_every_kind(port, key)
+    run.run_async(loadgen.fixed_count("127.0.0.1", port, path, body, key, CONCURRENCY, warmup))
+    run.settle(service, timeout=120)
+    _control(pids, "-z")
+    done = run.run_async(loadgen.fixed_count("127.0.0.1", port, path, body, key, CONCURRENCY, requests))
+    if done["failed"] or done["requests"] < requests:
+        raise SystemExit(f"instr: {done['failed']} of {requests} requests failed:\n{service.tail()}")
+    since = time.time() - 0.5
+    _control(pids, "-d")
+    deadline = time.monotonic() + 60
+    total = 0
+    while time.monotonic() < deadline and not total:
+        time.sleep(0.5)
+        total = _dumped_instructions(out_dir, since)
+    if not total:
+        raise SystemExit(f"instr: callgrind wrote no dump in {out_dir} (callgrind_control could not reach the process?)")
+    return total / requests
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> dict:
+    up, up_port = run.start_upstream(workdir)
+    body = run.body_for("gpt-bench")
+    results: dict = {"requests": args.requests, "warmup": args.warmup, "concurrency": CONCURRENCY}
+    try:
+        out = workdir / "callgrind-gateway"
+        out.mkdir()
+        gw = run.start_gateway(workdir, up_port, args, args.server, args.transport, workers=1, prefix=valgrind_prefix(out))
+        try:
+            results["gateway"] = count(gw.service, gw.port, run.CHAT_PATH, body, run.KEY, args.warmup, args.requests,
+                                       out, every_kind=True)
+            results.update(server=gw.server, transport=gw.transport, pipeline=gw.pipeline)
+        finally:
+            gw.service.stop()
+        print(f"  .. gateway ({results['server']}): {results['gateway'] / 1e6:.3f} M instructions/request", flush=True)
+        floors = {}
+        for server in args.floor_servers.split(","):
+            out = workdir / f"callgrind-floor-{server}"
+            out.mkdir()
+            service, port = floor.start_proxy(server, workdir, up_port, prefix=valgrind_prefix(out))
+            try:
+                floors[server] = count(service, port, "/", body, None, args.warmup, args.requests, out, every_kind=False)
+            finally:
+                service.stop()
+            print(f"  .. floor {server}: {floors[server] / 1e6:.3f} M instructions/request", flush=True)
+    finally:
+        up.stop()
+    best = min(floors, key=floors.get)
+    results.update(floor=floors[best], floor_server=best, floor_by_server=floors, ratio=results["gateway"] / floors[best])
+    return results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--requests", type=int, default=300, help="measured requests (default 300)")
+    parser.add_argument("--warmup", type=int, default=100, help="chat requests before counting (default 100)")
+    parser.add_argument("--floor-servers", default="uvicorn,granian", help="servers for the floor (the least counts)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    parser.add_argument("--server", help="the gateway's server (default: serve's default)")
+    parser.add_argument("--transport", help="[upstream] transport (default: the gateway's default)")
+    parser.add_argument("--disable", type=lambda s: [x for x in s.split(",") if x], default=[])
+    parser.add_argument("--extra-toml")
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args()
+    args.workers = 1
+    workdir = Path(tempfile.mkdtemp(prefix="respan-instr-"))
+    print(f"instr: {run.machine()}; work dir {workdir}", flush=True)
+    started = time.monotonic()
+    r = measure(args, workdir)
+    print(f"\ninstructions per request ({args.requests} requests at c={CONCURRENCY} after {args.warmup} warm-up, "
+          f"{time.monotonic() - started:.0f} s):")
+    print(f"  gateway ({r['server']}, pipeline [{r['pipeline']}]): {r['gateway'] / 1e6:.3f} M")
+    print(f"  floor ({r['floor_server']} + bare aiohttp): {r['floor'] / 1e6:.3f} M")
+    print(f"  gateway / floor: {r['ratio']:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
