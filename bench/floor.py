@@ -108,7 +108,11 @@ def start_proxy(server: str, workdir: Path, upstream_port: int, prefix: list[str
     service = run.Service(f"floor {server}", [*(prefix or []), *server_argv(server, port, "floor_proxy")], workdir,
                           workdir / f"floor-proxy-{server}.log", env=env)
     # A GET is posted on as an empty body: the upstream answers 404, which is an answer all the same.
-    run.wait_http(f"http://127.0.0.1:{port}/", service, timeout=120 if prefix else 30)
+    try:
+        run.wait_http(f"http://127.0.0.1:{port}/", service, timeout=300 if prefix else 30)
+    except BaseException:
+        service.stop()
+        raise
     return service, port
 
 

@@ -16,7 +16,8 @@ check of ``bench/run.py --check`` judges this figure first:
   loading in a thread would otherwise be counted);
 - counters zeroed (``callgrind_control -z``), ``--requests`` chat requests at c=8 from a client outside
   the process (the bench's raw-socket generator), then a dump (``callgrind_control -d``): the total
-  instructions (Ir) of every process of the gateway's tree, divided by the requests;
+  instructions (Ir) of every process of the gateway's tree; less what the idle process executes per
+  second (zeroed again, 5 s idle, dumped) times the run's wall time; divided by the requests;
 - the same for the floor of the stack (``bench/floor.py``'s proxy: the fastest server and bare aiohttp,
   no gateway code) under each of ``--floor-servers``; the least is the floor.
 
@@ -40,6 +41,7 @@ import run  # noqa: E402
 
 VALGRIND = "/usr/bin/valgrind"
 CONCURRENCY = 8
+IDLE_SECONDS = 5.0
 
 
 def _control(pids: list[int], *flags: str) -> None:
@@ -84,18 +86,8 @@ def first_of_every_kind(port: int, key: str | None) -> None:
     run.run_async(run.first_requests("127.0.0.1", port, key))
 
 
-def count(service: run.Service, port: int, path: str, body: bytes, key: str | None, warmup: int, requests: int,
-          out_dir: Path, every_kind: bool) -> float:
-    pids = _valgrind_pids(service)
-    _control(pids, "-i", "on")
-    if every_kind:
-        first_of_every_kind(port, key)
-    run.run_async(loadgen.fixed_count("127.0.0.1", port, path, body, key, CONCURRENCY, warmup))
-    run.settle(service, timeout=120)
-    _control(pids, "-z")
-    done = run.run_async(loadgen.fixed_count("127.0.0.1", port, path, body, key, CONCURRENCY, requests))
-    if done["failed"] or done["requests"] < requests:
-        raise SystemExit(f"instr: {done['failed']} of {requests} requests failed:\n{service.tail()}")
+def _dump(pids: list[int], out_dir: Path) -> int:
+    """Dump every process's counters; the instructions since the last zeroing, in all."""
     since = time.time() - 0.5
     _control(pids, "-d")
     deadline = time.monotonic() + 60
@@ -105,7 +97,33 @@ def count(service: run.Service, port: int, path: str, body: bytes, key: str | No
         total = _dumped_instructions(out_dir, since)
     if not total:
         raise SystemExit(f"instr: callgrind wrote no dump in {out_dir} (callgrind_control could not reach the process?)")
-    return total / requests
+    return total
+
+
+def count(service: run.Service, port: int, path: str, body: bytes, key: str | None, warmup: int, requests: int,
+          out_dir: Path, every_kind: bool) -> dict:
+    """Instructions per request; less the work the idle process does per second (its timers: a log
+    writer's flush, a metrics tick) times the measured run's wall time, which under valgrind is some
+    50 times longer than without and longer still on a busy machine: without it, the figure would
+    grow with the machine's load."""
+    pids = _valgrind_pids(service)
+    _control(pids, "-i", "on")
+    if every_kind:
+        first_of_every_kind(port, key)
+    run.run_async(loadgen.fixed_count("127.0.0.1", port, path, body, key, CONCURRENCY, warmup))
+    run.settle(service, timeout=60)
+    _control(pids, "-z")
+    started = time.monotonic()
+    done = run.run_async(loadgen.fixed_count("127.0.0.1", port, path, body, key, CONCURRENCY, requests))
+    wall = time.monotonic() - started
+    if done["failed"] or done["requests"] < requests:
+        raise SystemExit(f"instr: {done['failed']} of {requests} requests failed:\n{service.tail()}")
+    total = _dump(pids, out_dir)
+    _control(pids, "-z")
+    time.sleep(IDLE_SECONDS)
+    idle_per_s = _dump(pids, out_dir) / IDLE_SECONDS
+    return {"raw": total / requests, "idle_per_s": idle_per_s, "wall_s": wall,
+            "per_request": max(total - idle_per_s * wall, 0) / requests}
 
 
 def measure(args: argparse.Namespace, workdir: Path) -> dict:
@@ -117,8 +135,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
         out.mkdir()
         gw = run.start_gateway(workdir, up_port, args, args.server, args.transport, workers=1, prefix=valgrind_prefix(out))
         try:
-            results["gateway"] = count(gw.service, gw.port, run.CHAT_PATH, body, run.KEY, args.warmup, args.requests,
-                                       out, every_kind=True)
+            results["gateway_counts"] = count(gw.service, gw.port, run.CHAT_PATH, body, run.KEY, args.warmup,
+                                              args.requests, out, every_kind=True)
+            results["gateway"] = results["gateway_counts"]["per_request"]
             results.update(server=gw.server, transport=gw.transport, pipeline=gw.pipeline)
         finally:
             gw.service.stop()
@@ -129,7 +148,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
             out.mkdir()
             service, port = floor.start_proxy(server, workdir, up_port, prefix=valgrind_prefix(out))
             try:
-                floors[server] = count(service, port, "/", body, None, args.warmup, args.requests, out, every_kind=False)
+                counts = count(service, port, "/", body, None, args.warmup, args.requests, out, every_kind=False)
+                floors[server] = counts["per_request"]
+                results[f"floor_counts_{server}"] = counts
             finally:
                 service.stop()
             print(f"  .. floor {server}: {floors[server] / 1e6:.3f} M instructions/request", flush=True)

@@ -251,6 +251,7 @@ def start_upstream(workdir: Path) -> tuple[Service, int]:
         if up.proc.poll() is not None:
             break
         time.sleep(0.05)
+    up.stop()
     raise SystemExit(f"bench: the upstream did not start:\n{up.tail()}")
 
 
@@ -336,8 +337,12 @@ def start_gateway(workdir: Path, upstream_port: int, args: argparse.Namespace, s
     argv = [*(prefix or []), exe, "serve", "--config", str(config), *(["--server", server] if server else [])]
     log = workdir / f"gateway-{name}.log"
     service = Service("gateway", argv, data, log)
-    wait_http(f"http://127.0.0.1:{port}/healthz", service, timeout=180 if prefix else 30)
-    settle(service)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", service, timeout=300 if prefix else 30)
+        settle(service)
+    except BaseException:
+        service.stop()
+        raise
     if server is None:  # "respan-gateway listening on http://... (1 worker(s), uvicorn, config ...)"
         line = next((x for x in log.read_text(errors="replace").splitlines() if "listening on" in x), "")
         server = f"{line.split('(', 1)[1].split(',')[1].strip() if '(' in line else '?'} (serve's default)"
