@@ -16,7 +16,7 @@ check of ``bench/run.py --check`` judges this figure first:
   loading in a thread would otherwise be counted);
 - counters zeroed (``callgrind_control -z``), half of ``--requests`` chat requests at c=8 from a client
   outside the process (the bench's raw-socket generator), a dump (``callgrind_control -d``), the same
-  for the other half (the two halves must agree within 5%, else a warning: something lazy ran in one);
+  for the other half (the two halves must agree within 10%, else a warning: something lazy ran in one);
   the instructions (Ir) of every process of the gateway's tree; less what the idle process executes
   per second (zeroed again, 5 s idle, dumped) times the runs' wall time; divided by the requests;
 - the same for the floor of the stack (``bench/floor.py``'s proxy: the fastest server and bare aiohttp,
@@ -43,6 +43,9 @@ import run  # noqa: E402
 VALGRIND = "/usr/bin/valgrind"
 CONCURRENCY = 8
 IDLE_SECONDS = 5.0
+# The two halves of the count agree within this, or a warning (a log batch written, a GC pass in one
+# half: lumpy per-request work, real but uneven, gives some 5-9% on 150 requests).
+SPREAD_WARN = 0.10
 
 
 def _control(pids: list[int], *flags: str) -> None:
@@ -130,7 +133,7 @@ def count(service: run.Service, port: int, path: str, body: bytes, key: str | No
     per_half = [max(total - idle_per_s * wall, 0) / n
                 for (total, wall), n in zip(halves, (requests // 2, requests - requests // 2))]
     spread = abs(per_half[0] - per_half[1]) / max(min(per_half), 1)
-    if spread > 0.05:
+    if spread > SPREAD_WARN:
         print(f"instr: WARNING the two halves differ by {spread:.0%} ({per_half[0] / 1e6:.3f} / {per_half[1] / 1e6:.3f} M): "
               "something ran in one of them only (a lazy load, a timer)", flush=True)
     total = sum(t for t, _ in halves)
@@ -175,7 +178,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--requests", type=int, default=300, help="measured requests (default 300)")
+    parser.add_argument("--requests", type=int, default=400, help="measured requests (default 400)")
     parser.add_argument("--warmup", type=int, default=100, help="chat requests before counting (default 100)")
     parser.add_argument("--floor-servers", default="uvicorn,granian", help="servers for the floor (the least counts)")
 
