@@ -1,15 +1,19 @@
-"""The benchmark: what the gateway adds to every call, against the bare upstream in the same run.
+"""The benchmark: what the gateway adds to every call, judged by the budget of issue 17 (bench/README.md).
 
-    python bench/run.py                  # every scenario, a few seconds each, short soak (about 2 min)
-    python bench/run.py --full           # longer scenarios and the 10-minute soak
-    python bench/run.py --only c1,c64    # some scenarios (upstream,c1,c8,c64,cache,stream,open,soak)
+    python bench/run.py                  # every scenario, a few seconds each, short soak (about 3-4 min)
+    python bench/run.py --full           # longer scenarios, streams held 60 s, the 10-minute soak
+    python bench/run.py --check          # short run + instructions per request, against bench/figures.json
+    python bench/run.py --only c1,c64    # some scenarios (see SCENARIOS)
     python bench/run.py --matrix         # c1/c64 for every transport x server (docs/performance.md)
 
-It starts ``bench/upstream.py`` (a fast fake OpenAI upstream) and the gateway (``respan-gateway serve``)
-with every installed plugin's middleware on (the default pipeline), drives both with wrk (installed from
-Debian's packages when missing and possible; else the asyncio generator in ``bench/loadgen.py``) and
-prints a table with the budget verdicts of ``bench/README.md``. Figures are differences or ratios against
-the direct upstream measured in the same run; the machine and its load are printed with them.
+It starts ``bench/upstream.py`` (a fast fake upstream), measures the floor of the stack
+(``bench/floor.py``: the fastest server + bare aiohttp, no gateway code) and then the gateway
+(``respan-gateway serve`` on serve's default server, with every installed plugin's middleware on: the
+default pipeline), drives them with wrk (installed from Debian's packages when missing and possible;
+else the asyncio generator in ``bench/loadgen.py``) and prints the measurements, the budget lines with
+their verdicts and the growth scenarios. Every budget line is a ratio or a difference against a
+reference measured in the same run (the floor, or the direct upstream); the machine and its load are
+printed with them.
 """
 
 from __future__ import annotations
