@@ -942,7 +942,8 @@ def check_figures(results: dict, instr: dict | None) -> dict:
         "instr_gateway_per_req": instr["gateway"] / 1e6 if instr else None,
         "instr_x_floor": instr["ratio"] if instr else None,
         "idle_rss_per_worker_mb": figure(results, "idle", "rss_per_worker_mb"),
-        "kb_per_open_stream": held.get("kb_per_stream"),
+        # Only when every stream was open together (else the machine was too busy to measure it).
+        "kb_per_open_stream": held.get("kb_per_stream") if held.get("opened_together") == held.get("streams") else None,
         "cpu_x_floor_c64": figure(results, "c64", "cpu_x_floor"),
         "added_p50_x_floor_c1": figure(results, "c1", "added_p50_x_floor"),
         "stream_ttfb_x_added": figure(results, "stream", "ttfb_x_added"),
