@@ -912,6 +912,7 @@ def run_all(args: argparse.Namespace, workdir: Path, wrk: str | None) -> dict:
     results["budget"] = budget.render() if budget.rows else ""
     results["growth"] = growth.render() if growth.rows else ""
     results["all_pass"] = all(table.verdicts) and all(budget.verdicts)
+    results["unjudged"] = len(budget.rows) - len(budget.verdicts)
     return results
 
 
@@ -1104,7 +1105,9 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     if not args.matrix:
-        print(f"\nbudget: {'every line passes' if results['all_pass'] else 'some lines FAIL (see bench/README.md)'}")
+        verdict = 'every judged line passes' if results['all_pass'] else 'some lines FAIL (see bench/README.md)'
+        unjudged = f"; {results['unjudged']} line(s) not judged (their reference did not run)" if results["unjudged"] else ""
+        print(f"\nbudget: {verdict}{unjudged}")
     return 0
 
 
