@@ -10,6 +10,11 @@
 
 A gateway request pays one server exchange and one client exchange, so these two floors added are
 the least any gateway on these parts can cost; the gap to the gateway's figure is the gateway's own code.
+
+``bench/run.py`` measures the floor of the stack in the same run as the gateway, as one process: the
+proxy below (``PROXY``: the fastest server, a minimal ASGI app that posts the request body to the bench
+upstream with bare aiohttp and answers with the upstream's bytes; no gateway code), driven by the same
+load generator as the gateway. Its CPU per request is the reference of the budget's ratios.
 """
 
 from __future__ import annotations
@@ -46,14 +51,90 @@ async def app(scope, receive, send):
 '''
 
 
-def server_argv(server: str, port: int) -> list[str]:
+#: The floor of the stack: a server and the bare upstream client, no gateway code. The upstream's URL
+#: comes from $FLOOR_UPSTREAM; one aiohttp session for the process, made on the first request (granian
+#: and uvicorn both run the lifespan, but the session must belong to the serving loop either way).
+PROXY = '''
+import os
+import aiohttp
+
+URL = os.environ["FLOOR_UPSTREAM"]
+HEADERS = [(b"content-type", b"application/json")]
+session = None
+
+async def app(scope, receive, send):
+    global session
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown" and session is not None:
+                await session.close()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    if session is None:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000), auto_decompress=False)
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    async with session.post(URL, data=body, headers={"content-type": "application/json"}) as r:
+        answer = await r.read()
+        status = r.status
+    await send({"type": "http.response.start", "status": status,
+                "headers": HEADERS + [(b"content-length", str(len(answer)).encode())]})
+    await send({"type": "http.response.body", "body": answer})
+'''
+
+
+def server_argv(server: str, port: int, module: str = "floor_app") -> list[str]:
     py = run.PYTHON
     if server == "hypercorn":
-        return [py, "-m", "hypercorn", "-k", "uvloop", "-b", f"127.0.0.1:{port}", "--backlog", "4096", "floor_app:app"]
+        return [py, "-m", "hypercorn", "-k", "uvloop", "-b", f"127.0.0.1:{port}", "--backlog", "4096", f"{module}:app"]
     if server == "uvicorn":
         return [py, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level",
-                "warning", "--port", str(port), "floor_app:app"]
-    return [py, "-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--port", str(port), "--no-log", "floor_app:app"]
+                "warning", "--port", str(port), "--backlog", "4096", f"{module}:app"]
+    return [py, "-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--port", str(port), "--no-log",
+            "--backlog", "4096", f"{module}:app"]
+
+
+def start_proxy(server: str, workdir: Path, upstream_port: int, prefix: list[str] | None = None) -> tuple[run.Service, int]:
+    """The floor of the stack under ``server``, started and answering; ``prefix`` (valgrind) goes before it."""
+    (workdir / "floor_proxy.py").write_text(PROXY)
+    port = run.free_port()
+    env = {"FLOOR_UPSTREAM": f"http://127.0.0.1:{upstream_port}{run.UPSTREAM_PATH}", "PYTHONPATH": str(workdir)}
+    service = run.Service(f"floor {server}", [*(prefix or []), *server_argv(server, port, "floor_proxy")], workdir,
+                          workdir / f"floor-proxy-{server}.log", env=env)
+    # A GET is posted on as an empty body: the upstream answers 404, which is an answer all the same.
+    try:
+        run.wait_http(f"http://127.0.0.1:{port}/", service, timeout=300 if prefix else 30)
+    except BaseException:
+        service.stop()
+        raise
+    return service, port
+
+
+def stack_floor(servers: list[str], workdir: Path, upstream_port: int, duration: float, wrk: str | None) -> dict:
+    """CPU per request of the floor of the stack under each installed server at c=64; the least is the floor."""
+    figures: dict = {}
+    for server in servers:
+        if importlib.util.find_spec(server) is None:
+            continue
+        service, port = start_proxy(server, workdir, upstream_port)
+        try:
+            run.run_load(port, "/", ANSWER, None, 8, 1.0, wrk)  # warm-up: connections, imports
+            before = service.cpu()
+            r = run.checked(run.run_load(port, "/", ANSWER, None, 64, duration, wrk), f"floor {server}")
+            figures[server] = {"cpu_ms_per_req": (service.cpu() - before) / max(r["requests"], 1) * 1e3, "rps": run.rps(r),
+                               "p50_ms": r["p50"] / 1000}
+        finally:
+            service.stop()
+    if not figures:
+        raise SystemExit("bench: no server for the floor is installed (uvicorn or granian: make bench installs them)")
+    best = min(figures, key=lambda s: figures[s]["cpu_ms_per_req"])
+    return {"server": best, "cpu_ms_per_req": figures[best]["cpu_ms_per_req"], "by_server": figures}
 
 
 def servers(args: argparse.Namespace, wrk: str | None, workdir: Path) -> list[str]:
@@ -148,7 +229,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--servers", default="hypercorn,uvicorn,granian")
-    parser.add_argument("--only", choices=["servers", "clients"])
+    parser.add_argument("--only", choices=["servers", "clients", "stack"])
     args = parser.parse_args()
     wrk = run.ensure_wrk(True)
     workdir = Path(tempfile.mkdtemp(prefix="respan-floor-"))
@@ -158,7 +239,16 @@ def main() -> int:
     if args.only in (None, "servers"):
         out += servers(args, wrk, workdir) + [""]
     if args.only in (None, "clients"):
-        out += clients(args, workdir)
+        out += clients(args, workdir) + [""]
+    if args.only in (None, "stack"):
+        up, port = run.start_upstream(workdir)
+        try:
+            stack = stack_floor(["uvicorn", "granian"], workdir, port, args.duration, wrk)
+        finally:
+            up.stop()
+        out += ["| floor of the stack (server + bare aiohttp, no gateway code), c=64 | req/s | CPU per request |",
+                "|---|---|---|"]
+        out += [f"| {s} | {f['rps']:,.0f} | {f['cpu_ms_per_req']:.3f} ms |" for s, f in stack["by_server"].items()]
     print(f"\nmachine: {run.machine()}; load average at the end {run.loadavg()} ({time.monotonic() - started:.0f} s)")
     print("\n".join(out))
     return 0

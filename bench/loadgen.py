@@ -33,7 +33,7 @@ def percentile(values: list[float], q: float) -> float:
 
 # -- closed-loop load (non-streaming) -------------------------------------------------------------
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
+async def read_response(reader: asyncio.StreamReader) -> int:
     """Read one response (content-length or chunked); return its status."""
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
@@ -64,7 +64,7 @@ async def closed_loop(host: str, port: int, path: str, body: bytes, key: str | N
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
                 writer.write(payload)
-                status = await _read_response(reader)
+                status = await read_response(reader)
                 latencies.append(time.perf_counter() - started)
                 if status >= 400:
                     errors[1] += 1
@@ -196,3 +196,28 @@ async def streams_for(host: str, port: int, path: str, body: bytes, key: str | N
 
     await asyncio.gather(*(lane(i) for i in range(concurrency)))
     return timings
+
+
+async def fixed_count(host: str, port: int, path: str, body: bytes, key: str | None,
+                      concurrency: int, count: int) -> dict:
+    """``count`` requests over ``concurrency`` keep-alive connections (for counts, not times: the
+    instruction counts of ``bench/instr.py``); returns how many answered and how many failed."""
+    payload = request_bytes(host, port, path, body, key)
+    left = [count]
+    done = [0, 0]  # [answered with status < 400, failed]
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while left[0] > 0:
+                left[0] -= 1
+                writer.write(payload)
+                status = await read_response(reader)
+                done[0 if status < 400 else 1] += 1
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            done[1] += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    return {"requests": done[0], "failed": done[1]}

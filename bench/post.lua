@@ -1,8 +1,16 @@
 -- wrk script: POST one chat completion body; print the figures as one JSON line at the end.
 -- (`status_errors` counts answers with status >= 400: a bench run with any is not a valid figure.)
--- The body and the key come from the environment (set by bench/run.py).
+-- The body and the key come from the environment (set by bench/run.py): BENCH_BODY_FILE (a file, for
+-- bodies larger than an environment variable may be) or BENCH_BODY.
 wrk.method = "POST"
-wrk.body = os.getenv("BENCH_BODY") or '{"model":"gpt-bench","messages":[{"role":"user","content":"Say hello"}]}'
+local file = os.getenv("BENCH_BODY_FILE")
+if file and file ~= "" then
+  local f = assert(io.open(file, "rb"))
+  wrk.body = f:read("*a")
+  f:close()
+else
+  wrk.body = os.getenv("BENCH_BODY") or '{"model":"gpt-bench","messages":[{"role":"user","content":"Say hello"}]}'
+end
 wrk.headers["Content-Type"] = "application/json"
 local key = os.getenv("BENCH_KEY")
 if key and key ~= "" then

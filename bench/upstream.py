@@ -11,7 +11,10 @@ per request (the answers are prebuilt bytes), one small msgspec decode to read `
   - ``stream`` true: ``chunks`` SSE chunks (role chunk first, finish chunk last), ``gap`` ms apart, then
     ``data: [DONE]``, sent with chunked transfer encoding. Defaults: 50 chunks, 20 ms. A model named
     ``stream-<chunks>-<gap ms>`` (e.g. ``stream-10-1000``) changes them for that request.
-Anything else is a 404. Request bodies must carry ``content-length`` (every client the bench uses does).
+``POST .../embeddings``: one 8-dimension embedding per request (prebuilt); ``POST .../responses`` and
+``POST .../messages``: a complete Responses / Anthropic Messages answer (not streamed), for a provider
+whose adapter speaks those natively (``openai_compatible`` serves them through chat). The bench sends
+one request of every kind before it measures idle RSS. Anything else is a 404. Request bodies must carry ``content-length`` (every client the bench uses does).
 """
 
 from __future__ import annotations
@@ -50,6 +53,30 @@ JSON_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-leng
 JSON_RESPONSE = JSON_HEAD + COMPLETION
 STREAM_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\n"
                b"transfer-encoding: chunked\r\n\r\n")
+EMBEDDING = _encode({
+    "object": "list", "model": "text-embedding-bench",
+    "data": [{"object": "embedding", "index": 0, "embedding": [0.01 * i for i in range(8)]}],
+    "usage": {"prompt_tokens": 5, "total_tokens": 5},
+})
+RESPONSE = _encode({
+    "id": "resp_bench", "object": "response", "created_at": 1700000000, "status": "completed", "model": "gpt-bench",
+    "output": [{"type": "message", "id": "msg_bench", "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": "Hello from the bench upstream!", "annotations": []}]}],
+    "usage": {"input_tokens": 9, "output_tokens": 6, "total_tokens": 15},
+})
+MESSAGE = _encode({
+    "id": "msg_bench", "type": "message", "role": "assistant", "model": "claude-bench",
+    "content": [{"type": "text", "text": "Hello from the bench upstream!"}], "stop_reason": "end_turn",
+    "stop_sequence": None, "usage": {"input_tokens": 9, "output_tokens": 6},
+})
+
+
+def _json_response(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+
+
+OTHER_RESPONSES = ((b"/embeddings", _json_response(EMBEDDING)), (b"/responses", _json_response(RESPONSE)),
+                   (b"/messages", _json_response(MESSAGE)))
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 21\r\n\r\n{\"error\":\"not found\"}"
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
@@ -130,7 +157,8 @@ class UpstreamProtocol(asyncio.Protocol):
         method, _, rest = line.partition(b" ")
         path = rest.partition(b" ")[0]
         if method != b"POST" or not path.endswith(b"/chat/completions"):
-            self.transport.write(NOT_FOUND)  # type: ignore[union-attr]
+            other = next((answer for end, answer in OTHER_RESPONSES if path.endswith(end)), None) if method == b"POST" else None
+            self.transport.write(other or NOT_FOUND)  # type: ignore[union-attr]
             return
         try:
             request = _decode_request(body)
