@@ -27,6 +27,7 @@ from .outcome import CacheInfo, Customer, Outcome, PromptRef
 from .params import RespanParams
 from .openai_adapter import OpenAIAdapter, OpenAICompatibleAdapter
 from .providers import AdapterContext, ErrorFields, ProviderAdapter, StreamMark
+from .upstream import Timeout, TransportError, UpstreamClient, UpstreamResponse
 
 __version__ = "0.1.0"
 
@@ -36,7 +37,7 @@ __all__ = [
     "AdapterContext", "ErrorFields", "OpenAIAdapter", "OpenAICompatibleAdapter", "StreamMark", "aclose",
     "ProviderAdapter", "ProviderSettings", "RateLimited", "RespanParams", "Result", "Settings",
     "StreamInterrupted", "StreamResult", "Target", "UpstreamError", "UpstreamTimeout", "UpstreamTooLarge",
-    "UpstreamUnreachable", "CONTEXT_LENGTH_EXCEEDED",
+    "UpstreamUnreachable", "CONTEXT_LENGTH_EXCEEDED", "Timeout", "TransportError", "UpstreamClient", "UpstreamResponse",
     "hookimpl", "create_app",
 ]
 
