@@ -192,7 +192,7 @@ class ProviderAdapter:
         """
         stream = call.stream if stream is None else stream
         try:
-            response = await self.context.http.send("POST", url, headers, body, self.timeout_for_call(call), stream=stream)
+            response = await self.http.send("POST", url, headers, body, self.timeout_for_call(call), stream=stream)
         except TransportError as exc:
             raise self.transport_error(exc, target) from None
         if response.status_code >= 400:
