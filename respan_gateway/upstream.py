@@ -9,7 +9,7 @@ the body whole or chunk by chunk). Adapters call it through :meth:`ProviderAdapt
 - ``aiohttp`` (default, :mod:`respan_gateway.aiohttp_client`): straight on aiohttp's connection pool,
   no request or response objects of another library per call;
 - ``httpx2`` (:mod:`respan_gateway.httpx2_client`): httpx2's own httpcore pool, kept as the reference and
-  the fallback (5x the CPU per request, ``docs/performance.md``).
+  the fallback (6-8x the CPU per request, ``docs/performance.md``).
 
 Failures are raised as httpx2's exceptions (:data:`TransportError` and its subclasses: ``ConnectTimeout``,
 ``ReadTimeout``, ``ConnectError``, ``ReadError``, ``RemoteProtocolError``...) by both clients: one
