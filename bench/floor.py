@@ -5,8 +5,9 @@
 
 - servers: a minimal pure-ASGI app (reads the body, answers a fixed 576-byte JSON) under hypercorn,
   uvicorn and granian, driven by wrk at c=64: server CPU per request from /proc;
-- clients: 64 concurrent callers posting to the bench upstream through httpx2 (own pool), httpx2 over
-  the aiohttp transport, and bare aiohttp: client process CPU per request.
+- clients: 64 concurrent callers posting to the bench upstream through the gateway's upstream client
+  (``respan_gateway.upstream``) on each transport, httpx2's httpcore pool and aiohttp, and through bare
+  aiohttp: client process CPU per request.
 
 A gateway request pays one server exchange and one client exchange, so these two floors added are
 the least any gateway on these parts can cost; the gap to the gateway's figure is the gateway's own code.
@@ -176,10 +177,11 @@ async def main():
         close = session.close
     else:
         from respan_gateway.config import UpstreamSettings
-        from respan_gateway.upstream import create_client
-        client = create_client(UpstreamSettings(transport="aiohttp" if kind == "aiohttp-transport" else "httpx2"))
+        from respan_gateway.upstream import create_client, timeout_for
+        settings = UpstreamSettings(transport="aiohttp" if kind == "aiohttp-transport" else "httpx2")
+        client, timeout, headers = create_client(settings), timeout_for(settings), {{"content-type": "application/json"}}
         async def one():
-            r = await client.post(url, content=BODY, headers={{"content-type": "application/json"}})
+            r = await client.send("POST", url, headers, BODY, timeout)
             r.content
         close = client.aclose
     count = 0
@@ -216,7 +218,7 @@ def clients(args: argparse.Namespace, workdir: Path) -> list[str]:
                 continue
             count, cpu = done.stdout.split()
             per = float(cpu) / int(count) * 1e3
-            label = {"httpx2": "httpx2 (httpcore pool)", "aiohttp-transport": "httpx2 over the aiohttp transport",
+            label = {"httpx2": "gateway client, transport httpx2 (httpcore pool)", "aiohttp-transport": "gateway client, transport aiohttp",
                      "aiohttp": "bare aiohttp"}[kind]
             lines.append(f"| {label} | {int(count) / args.duration:,.0f} | {per:.3f} ms |")
             print(f"  .. client {label}: {per:.3f} ms CPU/req", flush=True)

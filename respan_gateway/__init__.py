@@ -28,6 +28,7 @@ from .params import RespanParams
 from .openai_adapter import OpenAIAdapter, OpenAICompatibleAdapter
 from .routes import json_body
 from .providers import AdapterContext, ErrorFields, ProviderAdapter, StreamMark
+from .upstream import Timeout, TransportError, UpstreamClient, UpstreamResponse
 
 __version__ = "0.1.0"
 
@@ -37,7 +38,7 @@ __all__ = [
     "AdapterContext", "ErrorFields", "OpenAIAdapter", "OpenAICompatibleAdapter", "StreamMark", "aclose",
     "ProviderAdapter", "ProviderSettings", "RateLimited", "RespanParams", "Result", "Settings",
     "StreamInterrupted", "StreamResult", "Target", "UpstreamError", "UpstreamTimeout", "UpstreamTooLarge",
-    "UpstreamUnreachable", "CONTEXT_LENGTH_EXCEEDED",
+    "UpstreamUnreachable", "CONTEXT_LENGTH_EXCEEDED", "Timeout", "TransportError", "UpstreamClient", "UpstreamResponse",
     "hookimpl", "create_app", "json_body",
 ]
 

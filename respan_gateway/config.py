@@ -54,8 +54,8 @@ class UpstreamSettings(Settings):
     read_timeout: float = 600.0
     write_timeout: float = 60.0
     pool_timeout: float = 30.0
-    # Which transport carries upstream requests: "aiohttp" (default, measured fastest) or "httpx2".
-    # See docs/performance.md.
+    # Which client carries upstream requests (respan_gateway.upstream): "aiohttp" (default, straight on
+    # aiohttp, measured fastest) or "httpx2" (httpx2's httpcore pool, the reference). See docs/performance.md.
     transport: str = "aiohttp"
     # Largest answer body read from a provider (non-streamed) and largest single event (or line) of
     # its stream; larger is a 502 `upstream_response_too_large` (an error event once streaming).

@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
-import httpx2
 import msgspec
 import pluggy
 import structlog
@@ -36,7 +35,7 @@ from .metrics import Registry
 from .providers import AdapterContext, Catalog, ProviderAdapter, forbidden_headers
 from .state import SharedState
 from .tokens import estimate
-from .upstream import create_client
+from .upstream import UpstreamClient, create_client
 
 ENTRY_POINT_GROUP = "respan_gateway"
 T = TypeVar("T")
@@ -127,7 +126,7 @@ class Gateway:
             raise ConfigError(f"{config.source}: {exc}") from None
         add_secrets(self.state.secrets())
         self.catalog: Catalog = Catalog({}, {})
-        self._http: httpx2.AsyncClient | None = None
+        self._http: UpstreamClient | None = None
         self._authenticator: Any = None
         self._services: dict[type, Any] = {}
         self.handle: CallNext = self.dispatch
@@ -366,7 +365,9 @@ class Gateway:
 
     # -- services for plugins ---------------------------------------------------------------------
     @property
-    def http(self) -> httpx2.AsyncClient:
+    def http(self) -> UpstreamClient:
+        """The process's upstream client (``send(method, url, headers, body, timeout)``, see
+        :mod:`respan_gateway.upstream`), for adapters and for a plugin's own outgoing calls (webhooks)."""
         if self._http is None:
             raise RuntimeError("the upstream client exists only while the app runs (inside its lifespan)")
         return self._http

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
-import httpx2
 import msgspec
 
 from .call import Call, Chunk, JSONResult, Result, StreamResult, Target
@@ -24,6 +23,7 @@ from .cost import chat_usage, usage_from
 from .errors import GatewayError, StreamInterrupted, UpstreamError
 from .providers import AdapterContext, ErrorFields, ProviderAdapter, StreamMark, generic_error_fields
 from .sse import DONE
+from .upstream import UpstreamResponse
 
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
@@ -84,7 +84,7 @@ class OpenAIAdapter(ProviderAdapter):
         """The ``model`` of a Responses request upstream (Azure: the deployment)."""
         return target.upstream_model
 
-    async def relay_responses(self, call: Call, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
+    async def relay_responses(self, call: Call, response: UpstreamResponse, target: Target) -> AsyncIterator[Chunk]:
         """A Responses stream as it arrives; the terminal event's usage goes in ``call.outcome``, and a
         ``response.failed`` is relayed, then raised, so the client's stream ends with an error event."""
         async for chunk in self.events(response, target, mark=_responses_mark, error=self._responses_error):
@@ -140,7 +140,7 @@ class OpenAIAdapter(ProviderAdapter):
             call.outcome.usage = usage
         return JSONResult(response.status_code, content)
 
-    async def relay(self, call: Call, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
+    async def relay(self, call: Call, response: UpstreamResponse, target: Target) -> AsyncIterator[Chunk]:
         """The provider's stream as chunks (:meth:`events`), its usage chunk reported in ``call.outcome``."""
         async for chunk in self.events(response, target):
             if _USAGE.search(chunk.data):  # only the usage chunk is decoded (others say "usage": null)

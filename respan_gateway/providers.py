@@ -21,14 +21,13 @@ import random
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, ClassVar, Literal
 
-import httpx2
 import msgspec
 
 from .call import Call, Chunk, Result, Target
 from .config import ConfigError, ModelEntry, ProviderSettings, UpstreamSettings
 from .errors import CONTEXT_LENGTH_EXCEEDED, BadRequest, GatewayError, ModelNotFound, StreamInterrupted, UpstreamError, UpstreamTooLarge, is_context_length_exceeded
 from .sse import read_events
-from .upstream import parse_retry_after, parsed_url, timeout_for, transport_error
+from .upstream import Timeout, TransportError, UpstreamClient, UpstreamResponse, parse_retry_after, timeout_for, transport_error
 
 #: Headers no client may set upstream through the `extra_headers` param, whatever the provider. The
 #: gateway adds every registered adapter's ``credential_headers`` at start-up (:func:`forbidden_headers`):
@@ -57,14 +56,14 @@ class AdapterContext:
 
     __slots__ = ("upstream", "_client", "forbidden_headers")
 
-    def __init__(self, upstream: UpstreamSettings, client: Callable[[], httpx2.AsyncClient],
+    def __init__(self, upstream: UpstreamSettings, client: Callable[[], UpstreamClient],
                  forbidden_headers: frozenset[str] = HOP_BY_HOP_HEADERS) -> None:
         self.upstream = upstream
         self._client = client
         self.forbidden_headers = forbidden_headers
 
     @property
-    def http(self) -> httpx2.AsyncClient:
+    def http(self) -> UpstreamClient:
         return self._client()
 
 
@@ -132,7 +131,9 @@ class ProviderAdapter:
 
     # -- helpers for subclasses -------------------------------------------------------------------
     @property
-    def http(self) -> httpx2.AsyncClient:
+    def http(self) -> UpstreamClient:
+        """The shared upstream client (:class:`~respan_gateway.upstream.UpstreamClient`); adapters send
+        through :meth:`send`, which adds the call's timeouts and the error mapping."""
         return self.context.http
 
     def api_key(self, target: Target) -> str | None:
@@ -154,11 +155,11 @@ class ProviderAdapter:
             )
         return key
 
-    def timeout_for_call(self, call: Call) -> httpx2.Timeout:
+    def timeout_for_call(self, call: Call) -> Timeout:
         """The request's ``timeout`` param bounds every read (first byte and gaps between chunks)."""
         if call.params.timeout is None:
             return self.timeout
-        return httpx2.Timeout(
+        return Timeout(
             connect=min(self.timeout.connect or call.params.timeout, call.params.timeout),
             read=call.params.timeout,
             write=self.timeout.write,
@@ -180,18 +181,19 @@ class ProviderAdapter:
 
     async def send(
         self, call: Call, target: Target, url: str, body: bytes, headers: dict[str, str], *, stream: bool | None = None
-    ) -> httpx2.Response:
-        """POST ``body`` to the provider with the call's timeouts and return the response.
+    ) -> UpstreamResponse:
+        """POST ``body`` to the provider with the call's timeouts and return the response: the one way
+        an adapter sends (through the shared :class:`~respan_gateway.upstream.UpstreamClient`).
 
         Transport failures raise 502/504, an error status raises :meth:`error_from_response`'s error
         (the response closed), and a streaming request answered with anything but an event stream is
-        a 502 (:attr:`stream_content_type`). ``stream`` defaults to the call's; a streamed response must be closed by the caller.
+        a 502 (:attr:`stream_content_type`). ``stream`` defaults to the call's; a streamed response must be
+        closed by the caller, a response that is not streamed has its body read (``read_body``).
         """
         stream = call.stream if stream is None else stream
-        request = self.http.build_request("POST", parsed_url(url), content=body, headers=headers, timeout=self.timeout_for_call(call))
         try:
-            response = await self.http.send(request, stream=stream)
-        except httpx2.TransportError as exc:
+            response = await self.http.send("POST", url, headers, body, self.timeout_for_call(call), stream=stream)
+        except TransportError as exc:
             raise self.transport_error(exc, target) from None
         if response.status_code >= 400:
             try:
@@ -203,34 +205,35 @@ class ProviderAdapter:
             raise UpstreamError(f"provider `{self.id}` did not answer the streaming request with an event stream", status=502, provider=self.id)
         return response
 
-    async def read_body(self, response: httpx2.Response, target: Target) -> bytes:
+    async def read_body(self, response: UpstreamResponse, target: Target) -> bytes:
         """The whole body of a (non-streamed) answer, at most ``[upstream] max_body_bytes`` (larger is a
         502 ``upstream_response_too_large``); a transport failure while reading raises 502/504."""
         try:
             return await self._read_limited(response)
-        except httpx2.TransportError as exc:
+        except TransportError as exc:
             raise self.transport_error(exc, target) from None
         finally:
             await response.aclose()
 
-    async def _read_limited(self, response: httpx2.Response) -> bytes:
+    async def _read_limited(self, response: UpstreamResponse) -> bytes:
         limit = self.context.upstream.max_body_bytes
         length = response.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             raise self._too_large(limit)
-        body = bytearray()
+        pieces, size = [], 0
         async for piece in response.aiter_bytes():
-            body += piece
-            if len(body) > limit:
+            size += len(piece)
+            if size > limit:
                 raise self._too_large(limit)
-        return bytes(body)
+            pieces.append(piece)
+        return b"".join(pieces)  # no copy for a body read whole (one piece)
 
     def _too_large(self, limit: int) -> UpstreamTooLarge:
         return UpstreamTooLarge(
             f"provider `{self.id}` answered with a body larger than {limit} bytes ([upstream] max_body_bytes)", provider=self.id
         )
 
-    async def read_json(self, response: httpx2.Response, target: Target) -> dict[str, Any]:
+    async def read_json(self, response: UpstreamResponse, target: Target) -> dict[str, Any]:
         """The answer decoded; anything but a JSON object is a 502."""
         return self.parse_json(await self.read_body(response, target), response.status_code)
 
@@ -253,11 +256,11 @@ class ProviderAdapter:
         """The secrets an error of this attempt may carry: the target's key and :meth:`configured_secrets`."""
         return (target.api_key or "", *self.configured_secrets())
 
-    def transport_error(self, exc: httpx2.TransportError, target: Target) -> UpstreamError:
+    def transport_error(self, exc: TransportError, target: Target) -> UpstreamError:
         # No redaction here: every error out of an adapter is redacted in one place (Gateway.dispatch).
         return transport_error(exc, self.id)
 
-    async def error_from_response(self, response: httpx2.Response, target: Target) -> UpstreamError:
+    async def error_from_response(self, response: UpstreamResponse, target: Target) -> UpstreamError:
         """The provider's error answer as an :class:`UpstreamError` keeping its status and message."""
         fields = self.error_fields(await self._read_limited(response))
         status = response.status_code
@@ -281,7 +284,7 @@ class ProviderAdapter:
         return generic_error_fields(content)
 
     # -- streams ----------------------------------------------------------------------------------
-    async def events(self, response: httpx2.Response, target: Target, *,
+    async def events(self, response: UpstreamResponse, target: Target, *,
                      mark: Callable[[Chunk], StreamMark | None] | None = None,
                      error: Callable[[Chunk], GatewayError | None] | None = None) -> AsyncIterator[Chunk]:
         """The events of a streamed answer, as :class:`Chunk`: the one upstream SSE loop.
@@ -307,7 +310,7 @@ class ProviderAdapter:
                 if meaning == "last":
                     return
                 complete = complete or meaning == "complete"
-        except httpx2.TransportError as exc:
+        except TransportError as exc:
             err = self.transport_error(exc, target)
             raise StreamInterrupted(f"the stream from provider `{self.id}` broke off: {err.message}", provider=self.id) from None
         finally:

@@ -1,55 +1,102 @@
 """The one shared upstream HTTP client of a process, and how its failures become gateway errors.
 
-Adapters speak httpx's API (``httpx2.AsyncClient``). What carries the bytes is a transport, an
-interface with one method (``handle_async_request``), chosen in the config (``[upstream] transport``)
-so that the benchmark can compare transports without touching an adapter.
+Adapters send through one small interface, :class:`UpstreamClient`: one method, :meth:`~UpstreamClient.send`
+(method, URL, headers, body bytes, timeouts) answering an :class:`UpstreamResponse` (status, headers,
+the body whole or chunk by chunk). Adapters call it through :meth:`ProviderAdapter.send
+<respan_gateway.providers.ProviderAdapter.send>`. Two clients implement it, chosen in the config
+(``[upstream] transport``) so that the benchmark can compare them without touching an adapter:
+
+- ``aiohttp`` (default, :mod:`respan_gateway.aiohttp_client`): straight on aiohttp's connection pool,
+  no request or response objects of another library per call;
+- ``httpx2`` (:mod:`respan_gateway.httpx2_client`): httpx2's own httpcore pool, kept as the reference and
+  the fallback (6-8x the CPU per request, ``docs/performance.md``).
+
+Failures are raised as httpx2's exceptions (:data:`TransportError` and its subclasses: ``ConnectTimeout``,
+``ReadTimeout``, ``ConnectError``, ``ReadError``, ``RemoteProtocolError``...) by both clients: one
+vocabulary, which :func:`transport_error` maps to 504 (timeouts) and 502 (the rest).
 """
 
 from __future__ import annotations
 
 import email.utils
-import http.cookiejar
-import functools
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import NamedTuple, Protocol
 
 import httpx2
 
 from .config import UpstreamSettings
 from .errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 
-TransportFactory = Callable[[UpstreamSettings], httpx2.AsyncBaseTransport]
+#: What every upstream client raises for a failure of the exchange (connect, timeout, reset, cut body).
+TransportError = httpx2.TransportError
 
 
-def _httpx2_transport(settings: UpstreamSettings) -> httpx2.AsyncBaseTransport:
-    limits = httpx2.Limits(
-        max_connections=settings.max_connections,
-        # Keep every connection alive: reconnecting under load costs more than idle sockets.
-        max_keepalive_connections=settings.max_connections,
-        keepalive_expiry=60.0,
-    )
-    return httpx2.AsyncHTTPTransport(limits=limits, retries=0)
+class Timeout(NamedTuple):
+    """Seconds (None: no bound). ``connect``: the TCP/TLS connect; ``read``: each read (the first byte and
+    every gap between chunks); ``write``: each write (httpx2 only, aiohttp has none); ``pool``: the wait
+    for a free connection of the pool."""
+
+    connect: float | None
+    read: float | None
+    write: float | None
+    pool: float | None
 
 
-def _aiohttp_transport(settings: UpstreamSettings) -> httpx2.AsyncBaseTransport:
-    from .aiohttp_transport import AiohttpTransport  # imported only when chosen
+class UpstreamResponse(Protocol):
+    """An answer of :meth:`UpstreamClient.send` (httpx2's ``Response`` is one).
 
-    return AiohttpTransport(settings)
+    ``headers`` is case-insensitive (``headers.get("content-type", "")``). Unless the request was sent
+    with ``stream=True``, the body is already read: ``content``. A streamed body is read with
+    ``aiter_bytes()`` (each piece as it arrives; a failure or an early end raises :data:`TransportError`)
+    and the response must be closed with ``aclose()`` (before its end, that closes the connection).
+    """
+
+    status_code: int
+    headers: Mapping[str, str]
+
+    @property
+    def content(self) -> bytes: ...
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+
+    async def aread(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
 
 
-TRANSPORTS: dict[str, TransportFactory] = {"httpx2": _httpx2_transport, "aiohttp": _aiohttp_transport}
+class UpstreamClient(Protocol):
+    """The interface every upstream client implements; one instance (one pool) per process."""
+
+    async def send(self, method: str, url: str, headers: Mapping[str, str], body: bytes, timeout: Timeout, *,
+                   stream: bool = False) -> UpstreamResponse:
+        """Send one request. ``url`` is encoded as httpx2 encodes it (an escape such as ``%3A`` is kept:
+        AWS SigV4 signs the path as sent). No redirect is followed and no cookie kept: one client serves
+        every tenant. ``content-length`` is computed from ``body``."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
-def timeout_for(settings: UpstreamSettings, connect: float | None = None, read: float | None = None) -> httpx2.Timeout:
-    return httpx2.Timeout(
-        connect=connect if connect is not None else settings.connect_timeout,
-        read=read if read is not None else settings.read_timeout,
-        write=settings.write_timeout,
-        pool=settings.pool_timeout,
-    )
+ClientFactory = Callable[[UpstreamSettings], UpstreamClient]
 
 
-def create_client(settings: UpstreamSettings) -> httpx2.AsyncClient:
+def _aiohttp_client(settings: UpstreamSettings) -> UpstreamClient:
+    from .aiohttp_client import AiohttpClient
+
+    return AiohttpClient(settings)
+
+
+def _httpx2_client(settings: UpstreamSettings) -> UpstreamClient:
+    from .httpx2_client import Httpx2Client  # imported only when chosen
+
+    return Httpx2Client(settings)
+
+
+TRANSPORTS: dict[str, ClientFactory] = {"aiohttp": _aiohttp_client, "httpx2": _httpx2_client}
+
+
+def create_client(settings: UpstreamSettings) -> UpstreamClient:
     try:
         factory = TRANSPORTS[settings.transport]
     except KeyError:
@@ -58,21 +105,19 @@ def create_client(settings: UpstreamSettings) -> httpx2.AsyncClient:
         raise ConfigError(
             f"`upstream.transport`: unknown transport {settings.transport!r} (known: {', '.join(sorted(TRANSPORTS))})"
         ) from None
-    # One client serves every tenant: a cookie a provider sets must never ride along on another
-    # tenant's request, so the client's jar accepts none.
-    no_cookies = http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-    return httpx2.AsyncClient(
-        transport=factory(settings), timeout=timeout_for(settings), follow_redirects=False, cookies=no_cookies
+    return factory(settings)
+
+
+def timeout_for(settings: UpstreamSettings, connect: float | None = None, read: float | None = None) -> Timeout:
+    return Timeout(
+        connect=connect if connect is not None else settings.connect_timeout,
+        read=read if read is not None else settings.read_timeout,
+        write=settings.write_timeout,
+        pool=settings.pool_timeout,
     )
 
 
-@functools.lru_cache(maxsize=1024)
-def parsed_url(url: str) -> httpx2.URL:
-    """``url`` parsed once: given a string, httpx2 parses it again on every request (about 20 us)."""
-    return httpx2.URL(url)
-
-
-def transport_error(exc: httpx2.TransportError, provider: str) -> UpstreamError:
+def transport_error(exc: TransportError, provider: str) -> UpstreamError:
     """Map a transport failure to 504 (timeouts) or 502 (everything else). Secrets in the text are
     taken out by ``Gateway.dispatch``, as for every error of an adapter."""
     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -81,7 +126,7 @@ def transport_error(exc: httpx2.TransportError, provider: str) -> UpstreamError:
     return UpstreamUnreachable(f"could not reach provider `{provider}` ({detail})", provider=provider)
 
 
-def parse_retry_after(headers: httpx2.Headers) -> float | None:
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
     value = headers.get("retry-after-ms")
     if value is not None:

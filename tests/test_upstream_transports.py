@@ -70,6 +70,20 @@ def test_reset_before_headers_is_502(gateway_on: GatewayServer) -> None:
     assert info.value.status_code == 502
 
 
+def test_aiohttp_sends_once_more_when_the_connection_drops_before_any_answer(gateway_factory, fake_upstream: FakeUpstream) -> None:
+    # What a pooled connection the upstream closed while idle looks like from the client: the request goes
+    # out, the connection ends with no answer byte. The aiohttp client sends once more on a new connection
+    # (as httpcore does for a stale connection); a second drop is the 502 above.
+    gateway = gateway_factory('[upstream]\ntransport = "aiohttp"\n')
+    fake_upstream.reset()
+    completion = gateway.openai().chat.completions.create(
+        model="gpt-test", messages=MESSAGES,
+        extra_body={"disable_fallback": True, "extra_headers": {"x-fake-scenario": "reset", "x-fake-fail-times": "1"}},
+    )
+    assert completion.choices[0].message.content == "Hello from the fake upstream!"
+    assert len(fake_upstream.requests) == 2
+
+
 def test_unreachable_upstream_is_502(gateway_factory, request: pytest.FixtureRequest) -> None:
     dead = FakeUpstream().start()
     url = dead.url

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx2
 import msgspec
 
 from respan_gateway import (
@@ -29,6 +28,7 @@ from respan_gateway.providers import generic_error_fields
 from respan_gateway.translate.messages import MESSAGES_VIA_CHAT
 
 from respan_gateway.translate.anthropic import StreamTranslator, message_to_openai, normalised_usage, request_to_anthropic, stream_error
+from respan_gateway.upstream import UpstreamResponse
 
 from .accumulator import MessagesAccumulator, cacheable, replay
 
@@ -105,11 +105,11 @@ class AnthropicAdapter(ProviderAdapter):
             own["x-api-key"] = key
         return self.request_headers(call, own)
 
-    async def _send(self, call: Call, target: Target, body: bytes, client_beta: str | None = None) -> httpx2.Response:
+    async def _send(self, call: Call, target: Target, body: bytes, client_beta: str | None = None) -> UpstreamResponse:
         url = (target.base_url or self.base_url).rstrip("/") + "/v1/messages"
         return await self.send(call, target, url, body, self.headers(call, target, client_beta))
 
-    async def _json(self, response: httpx2.Response, target: Target) -> dict[str, Any]:
+    async def _json(self, response: UpstreamResponse, target: Target) -> dict[str, Any]:
         return self._message(await self.read_json(response, target))
 
     def _message(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -139,7 +139,7 @@ class AnthropicAdapter(ProviderAdapter):
         return ErrorFields(message=err.message, type=err.type) if err.message else generic_error_fields(content)
 
     # -- streams ----------------------------------------------------------------------------------
-    async def _translate_stream(self, call: Call, response: httpx2.Response, target: Target, usage: bool) -> AsyncIterator[Chunk]:
+    async def _translate_stream(self, call: Call, response: UpstreamResponse, target: Target, usage: bool) -> AsyncIterator[Chunk]:
         translator = StreamTranslator(self.id, usage)
         async for chunk in self.events(response, target):
             event = _decode(chunk.data)
@@ -152,7 +152,7 @@ class AnthropicAdapter(ProviderAdapter):
         for out in translator.close():
             yield out
 
-    async def _relay(self, call: Call, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
+    async def _relay(self, call: Call, response: UpstreamResponse, target: Target) -> AsyncIterator[Chunk]:
         usage: dict[str, Any] = {}
         async for chunk in self.events(response, target):
             kind = _event_type(chunk, self.id)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx2
 import msgspec
 
 from respan_gateway import AdapterContext, Call, Chunk, OpenAIAdapter, ProviderAdapter, Settings, Target, hookimpl
 from respan_gateway.config import ConfigError, ProviderSettings
 from respan_gateway.hookspecs import RegisterProvider
+from respan_gateway.upstream import UpstreamResponse
 
 _decode = msgspec.json.decode
 
@@ -88,7 +88,7 @@ class AzureAdapter(OpenAIAdapter):
         key = self.key_for(target)
         return self.request_headers(call, {"api-key": key} if key else {})
 
-    async def relay(self, call: Call, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
+    async def relay(self, call: Call, response: UpstreamResponse, target: Target) -> AsyncIterator[Chunk]:
         async for chunk in super().relay(call, response, target):
             if b'"prompt_filter_results"' in chunk.data and _is_filter_preamble(chunk.data):
                 continue

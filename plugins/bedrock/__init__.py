@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx2
 import msgspec
 
 from respan_gateway import (
@@ -34,7 +33,7 @@ from respan_gateway import (
 from respan_gateway.hookspecs import RegisterProvider
 from respan_gateway.openai_chat import include_usage
 from respan_gateway.providers import AdapterContext, generic_error_fields
-from respan_gateway.upstream import parse_retry_after
+from respan_gateway.upstream import TransportError, UpstreamResponse, parse_retry_after
 
 from .converse import StreamTranslator, converse_to_openai, normalised_usage, request_to_converse, stream_exception
 
@@ -208,7 +207,7 @@ class BedrockAdapter(ProviderAdapter):
         kind = err.type_.rsplit("#", 1)[-1] if err.type_ else None
         return ErrorFields(message=message, code=kind)
 
-    async def error_from_response(self, response: httpx2.Response, target: Target) -> UpstreamError:
+    async def error_from_response(self, response: UpstreamResponse, target: Target) -> UpstreamError:
         fields = self.error_fields(await self._read_limited(response))
         # x-amzn-ErrorType: "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/"
         kind = response.headers.get("x-amzn-errortype", "").split(":", 1)[0] or fields.code or ""
@@ -223,7 +222,7 @@ class BedrockAdapter(ProviderAdapter):
                              type="upstream_error", code=kind or None)
 
     # -- streams ----------------------------------------------------------------------------------
-    async def _stream(self, call: Call, response: httpx2.Response, target: Target, usage: bool) -> AsyncIterator[Chunk]:
+    async def _stream(self, call: Call, response: UpstreamResponse, target: Target, usage: bool) -> AsyncIterator[Chunk]:
         translator = StreamTranslator(self.id, target.upstream_model, usage)
         async for kind, event in self.frames(response, target):
             for chunk in translator.feed(kind, event):
@@ -233,7 +232,7 @@ class BedrockAdapter(ProviderAdapter):
         for chunk in translator.close():
             yield chunk
 
-    async def frames(self, response: httpx2.Response, target: Target) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    async def frames(self, response: UpstreamResponse, target: Target) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """The events of a ConverseStream answer as ``(event type, payload)``, unframed by botocore as the
         bytes arrive. An exception event raises; so do a broken connection, a frame that fails its
         checksum and one larger than ``[upstream] max_event_bytes``. The response is always closed."""
@@ -252,7 +251,7 @@ class BedrockAdapter(ProviderAdapter):
                 if pending > limit:
                     raise UpstreamTooLarge(f"provider `{self.id}` sent a stream event larger than {limit} bytes "
                                            "([upstream] max_event_bytes)", provider=self.id)
-        except httpx2.TransportError as exc:
+        except TransportError as exc:
             err = self.transport_error(exc, target)
             raise StreamInterrupted(f"the stream from provider `{self.id}` broke off: {err.message}", provider=self.id) from None
         except ParserError as exc:

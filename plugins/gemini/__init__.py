@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-import httpx2
 import msgspec
 
 from respan_gateway import (
@@ -26,6 +25,7 @@ from respan_gateway.providers import generic_error_fields
 from respan_gateway.translate.gemini import (
     StreamTranslator, embeddings_request, embeddings_to_openai, normalised_usage, request_to_gemini, response_to_openai, stream_error,
 )
+from respan_gateway.upstream import UpstreamResponse
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.Encoder().encode
@@ -87,7 +87,7 @@ class GeminiAdapter(ProviderAdapter):
         key = self.key_for(target)
         return self.request_headers(call, {"x-goog-api-key": key} if key else {})
 
-    async def _send(self, call: Call, target: Target, method: str, body: bytes, stream: bool | None = None) -> httpx2.Response:
+    async def _send(self, call: Call, target: Target, method: str, body: bytes, stream: bool | None = None) -> UpstreamResponse:
         return await self.send(call, target, self.url(target, method), body, self.headers(call, target), stream=stream)
 
     def error_fields(self, content: bytes) -> ErrorFields:
@@ -101,10 +101,10 @@ class GeminiAdapter(ProviderAdapter):
             return generic_error_fields(content)
         return ErrorFields(message=err.message, code=err.status or (str(err.code) if err.code is not None else None))
 
-    async def _json(self, response: httpx2.Response, target: Target) -> dict[str, Any]:
+    async def _json(self, response: UpstreamResponse, target: Target) -> dict[str, Any]:
         return await self.read_json(response, target)
 
-    async def _stream(self, call: Call, response: httpx2.Response, target: Target, usage: bool) -> AsyncIterator[Chunk]:
+    async def _stream(self, call: Call, response: UpstreamResponse, target: Target, usage: bool) -> AsyncIterator[Chunk]:
         translator = StreamTranslator(self.id, target.upstream_model, usage)
         async for event in self.events(response, target):
             for chunk in translator.feed(_object(event, self.id)):

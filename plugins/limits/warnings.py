@@ -17,12 +17,14 @@ import msgspec
 import structlog
 
 from respan_gateway.log import add_secrets
+from respan_gateway.upstream import Timeout
 
 from .policy import Applied
 from .settings import LimitsSettings
 
 log = structlog.get_logger("respan_gateway.limits")
 _encode = msgspec.json.Encoder().encode
+_JSON = {"content-type": "application/json"}
 
 
 class Warnings:
@@ -67,9 +69,9 @@ class Warnings:
 
     async def _post(self, event: dict[str, Any]) -> None:
         try:
-            response = await self.gateway.http.post(self.settings.warning_webhook_url, content=_encode(event),
-                                                    headers={"content-type": "application/json"},
-                                                    timeout=self.settings.warning_webhook_timeout)
+            bound = self.settings.warning_webhook_timeout
+            response = await self.gateway.http.send("POST", self.settings.warning_webhook_url, _JSON, _encode(event),
+                                                    Timeout(bound, bound, bound, bound))
             if response.status_code >= 400:
                 raise RuntimeError(f"status {response.status_code}")
         except Exception as exc:  # a webhook's failure never touches a call

@@ -31,7 +31,6 @@ from typing import Any
 from urllib.parse import quote
 
 import google.auth.exceptions
-import httpx2
 import msgspec
 
 from respan_gateway.gateway import through_chat
@@ -45,6 +44,7 @@ from respan_gateway.openai_chat import include_usage
 from respan_gateway.providers import AdapterContext, generic_error_fields
 from respan_gateway.translate import anthropic as claude
 from respan_gateway.translate import gemini
+from respan_gateway.upstream import UpstreamResponse
 
 from .auth import HttpxRequest, TokenSource, TokenSources, default_credentials, service_account_credentials
 
@@ -192,7 +192,7 @@ class VertexAdapter(ProviderAdapter):
                              "or send `vertex_ai_project` with the credentials", param="model")
         return f"{base}/projects/{_segment(project, 'vertex_ai_project')}/locations/{location}/{tail}"
 
-    async def _send(self, call: Call, target: Target, url: str, body: bytes, auth: _Auth) -> httpx2.Response:
+    async def _send(self, call: Call, target: Target, url: str, body: bytes, auth: _Auth) -> UpstreamResponse:
         try:
             return await self.send(call, target, url, body, self.request_headers(call, auth.header))
         except UpstreamError as exc:
@@ -292,7 +292,7 @@ class VertexAdapter(ProviderAdapter):
         data = _object(chunk, self.id)
         return gemini.stream_error(data["error"], self.id) if "error" in data else None
 
-    async def _gemini_stream(self, call: Call, response: httpx2.Response, target: Target, usage: bool) -> AsyncIterator[Chunk]:
+    async def _gemini_stream(self, call: Call, response: UpstreamResponse, target: Target, usage: bool) -> AsyncIterator[Chunk]:
         translator = gemini.StreamTranslator(self.id, target.upstream_model, usage)
         async for event in self.events(response, target):
             for chunk in translator.feed(_object(event, self.id)):
@@ -302,7 +302,7 @@ class VertexAdapter(ProviderAdapter):
         for chunk in translator.close():
             yield chunk
 
-    async def _claude_stream(self, call: Call, response: httpx2.Response, target: Target, usage: bool) -> AsyncIterator[Chunk]:
+    async def _claude_stream(self, call: Call, response: UpstreamResponse, target: Target, usage: bool) -> AsyncIterator[Chunk]:
         translator = claude.StreamTranslator(self.id, usage)
         async for event in self.events(response, target):
             for chunk in translator.feed(_object(event, self.id)):
@@ -315,7 +315,7 @@ class VertexAdapter(ProviderAdapter):
             yield chunk
 
 
-    async def _claude_relay(self, call: Call, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
+    async def _claude_relay(self, call: Call, response: UpstreamResponse, target: Target) -> AsyncIterator[Chunk]:
         usage: dict[str, Any] = {}
         async for chunk in self.events(response, target):
             if chunk.event in ("message_start", "message_delta"):

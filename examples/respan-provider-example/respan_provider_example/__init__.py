@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
-import httpx2
 import msgspec
 
 from respan_gateway import (
@@ -25,6 +24,7 @@ from respan_gateway import (
 from respan_gateway.cost import chat_usage
 from respan_gateway.hookspecs import RegisterProvider
 from respan_gateway.sse import DONE
+from respan_gateway.upstream import UpstreamResponse
 
 _decode = msgspec.json.decode
 UNSUPPORTED = ("parallel_tool_calls", "user")
@@ -64,7 +64,7 @@ class ExampleAdapter(ProviderAdapter):
         call.outcome.usage = chat_usage(content)  # already OpenAI's shape: the core's reader decodes it
         return JSONResult(200, content)
 
-    async def _chunks(self, call: Call, response: httpx2.Response, target: Target) -> AsyncIterator[Chunk]:
+    async def _chunks(self, call: Call, response: UpstreamResponse, target: Target) -> AsyncIterator[Chunk]:
         # events(): the one upstream SSE loop (a broken connection, an error event or an end before the
         # answer is complete raise StreamInterrupted; the response is always closed), with the hooks below.
         async for chunk in self.events(response, target):
