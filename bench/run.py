@@ -1073,7 +1073,7 @@ def main() -> int:
         args.hold = max(args.hold, 60.0)
     if args.check:  # the short mode
         args.duration = min(args.duration, 2.0)
-        args.hold = min(args.hold, 6.0)
+        args.hold = min(args.hold, 10.0)
         args.streams = min(args.streams, 1000)
     wrk = None if args.asyncio_load else ensure_wrk(not args.no_install)
     if wrk is None:
