@@ -665,10 +665,13 @@ def scenario_body(table: Table, budget: Table, growth: Table, gw: Gateway, args:
 
 
 def hold_streams(gw: Gateway, n: int, hold: float) -> dict:
-    """``n`` slow streams (chunks 500 ms apart, ``hold`` seconds long) open together; the RSS of every
-    gateway process sampled from when they are open (or the opening deadline) until the first ends."""
+    """``n`` slow streams (chunks 500 ms apart) opened within ``open_allow`` seconds, then held open
+    together ``hold`` seconds; the RSS of every gateway process sampled from when they are all open (or
+    the opening deadline) until 1 s before the first ends."""
     gap_ms = 500
-    chunks = max(int(hold * 1000 / gap_ms), 4)
+    # Each stream lasts the time allowed to open them all (1 s per 100, at least 3 s), then ``hold``.
+    open_allow = max(3.0, n / 100)
+    chunks = max(int((open_allow + hold + 1) * 1000 / gap_ms), 4)
     idle_total = gw.service.total_rss()
     payload = loadgen.request_bytes("127.0.0.1", gw.port, CHAT_PATH, body_for(f"bench/stream-{chunks}-{gap_ms}", True), KEY)
 
@@ -686,7 +689,7 @@ def hold_streams(gw: Gateway, n: int, hold: float) -> dict:
 
         started = time.monotonic()
         tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
-        deadline = started + chunks * gap_ms / 1000 * 0.5
+        deadline = started + open_allow
         while time.monotonic() < deadline and sum(e.is_set() for e in firsts) < n:
             await asyncio.sleep(0.1)
         samples = []  # (seconds since the opening deadline, total RSS, streams open at that moment)
