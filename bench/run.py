@@ -985,8 +985,10 @@ def run_check(args: argparse.Namespace, workdir: Path, wrk: str | None) -> int:
     args.only = args.only or ",".join(CHECK_SCENARIOS)
     results = run_all(args, workdir, wrk)
     print(results["budget"])
-    print("bench: instructions per request under callgrind (bench/instr.py) ...", flush=True)
-    counts = instr.measure(args, workdir) if not args.no_instr else None
+    counts = None
+    if not args.no_instr:
+        print("bench: instructions per request under callgrind (bench/instr.py) ...", flush=True)
+        counts = instr.measure(args, workdir)
     figures = check_figures(results, counts)
     recorded = json.loads(FIGURES_FILE.read_text()) if FIGURES_FILE.exists() else {"figures": {}}
     if args.record:
