@@ -12,6 +12,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -23,25 +24,41 @@ from respan_gateway.testing import TEST_KEY, FakeUpstream, GatewayProcess, test_
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 SERVERS = ["hypercorn", "uvicorn", "granian"]
-OK = '{endpoint="chat",model="gpt-test",provider="fake",status_code="200"}'
+# The metrics test's own model: its counts are exact whatever else the module's gateway served.
+OK = '{endpoint="chat",model="gpt-metrics",provider="fake",status_code="200"}'
+METRICS_MODEL = '\n[models."gpt-metrics"]\nprovider = "fake"\nupstream_model = "gpt-metrics-upstream"\n'
 
 
-@pytest.fixture(params=SERVERS)
+@pytest.fixture(scope="module", params=SERVERS)
 def server(request: pytest.FixtureRequest) -> str:
     if importlib.util.find_spec(request.param) is None:
         pytest.skip(f"{request.param} is not installed (pip install 'respan-gateway[servers]')")
     return request.param
 
 
-def start(tmp_path: Path, upstream: FakeUpstream, server: str, *, workers: int = 2, extra: str = "") -> GatewayProcess:
+@pytest.fixture(scope="module")
+def two_workers(server: str, _session_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """One 2-worker gateway per server for the module's tests (starting one is most of what they
+    cost); once it has stopped, the multiprocess folder of its metrics must be gone."""
+    tmp_path = tmp_path_factory.mktemp(f"serve-ops-{server}")
     path = tmp_path / "gateway.toml"
-    path.write_text(test_config(upstream.url, f'[database]\nurl = "sqlite:///{tmp_path}/respan.sqlite3"\n'
-                                              f'[logging]\nspill_dir = "{tmp_path}/spill"\nflush_interval = 0.05\n{extra}'))
+    path.write_text(test_config(_session_upstream.url, f'[database]\nurl = "sqlite:///{tmp_path}/respan.sqlite3"\n'
+                                                       f'[logging]\nspill_dir = "{tmp_path}/spill"\nflush_interval = 0.05\n'
+                                                       f'[metrics]\nflush_interval = 0.05\n{METRICS_MODEL}'))
     # TMPDIR: where `serve` makes the multiprocess folder of the metrics, so the test can see it.
     (tmp_path / "tmp").mkdir()
-    gateway = GatewayProcess(str(path), workers=workers, env={"TMPDIR": str(tmp_path / "tmp")})
+    gateway = GatewayProcess(str(path), workers=2, env={"TMPDIR": str(tmp_path / "tmp")})
     gateway.command += ["--server", server]
-    return gateway.start()
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+    assert not list((tmp_path / "tmp").glob("respan-metrics-*")), f"{server}: the multiprocess folder outlived the server"
+
+
+def metrics_folder(gateway: GatewayProcess) -> Path:
+    return next(Path(gateway.env["TMPDIR"]).glob("respan-metrics-*"))
 
 
 def sample(text: str, name: str) -> float:
@@ -57,41 +74,38 @@ def fresh_get(url: str) -> httpx2.Response:
         return client.get(url, headers={"connection": "close"})
 
 
-def test_metrics_of_any_worker_count_the_requests_of_all(tmp_path: Path, fake_upstream: FakeUpstream, server: str) -> None:
-    gateway = start(tmp_path, fake_upstream, server, extra="[metrics]\nflush_interval = 0.05\n")
-    try:
-        workers = set(gateway.worker_pids())
-        assert len(workers) == 2
-        folder = next((tmp_path / "tmp").glob("respan-metrics-*"))
-        sent = 0
-        # New connections until both workers have answered some (each writes its counters to its own
-        # file of the multiprocess folder), at most 200.
-        while sent < 200:
-            with httpx2.Client(timeout=10) as client:
-                r = client.post(gateway.base_url + "chat/completions", json={"model": "gpt-test", "messages": MESSAGES},
-                                headers={"authorization": f"Bearer {TEST_KEY}", "connection": "close"})
-            assert r.status_code == 200
-            sent += 1
-            served = {int(f.stem.split("_")[1]) for f in folder.glob("counter_*.db")}
-            if sent >= 10 and served == workers:
-                break
-        assert served == workers, f"one worker answered all {sent} requests"
-        # Every scrape, whichever worker answers it, counts every request (the others' flushed values).
-        deadline = time.monotonic() + 60
-        totals: list[float] = []
-        while time.monotonic() < deadline:
-            totals = [sample(fresh_get(gateway.url + "/metrics").text, "respan_gateway_requests_total" + OK) for _ in range(6)]
-            if totals == [sent] * 6:
-                break
-            time.sleep(0.1)
-        assert totals == [sent] * 6
-        text = fresh_get(gateway.url + "/metrics").text
-        assert sample(text, 'respan_gateway_request_duration_seconds_count{model="gpt-test",provider="fake"}') == sent
-        assert sample(text, "respan_gateway_requests_in_flight") == 0  # summed over the live workers; a scrape is no call
-        assert re.search(r"respan_gateway_log_records_written_total\{pid=\"\d+\"\} ", text), text  # liveall: per worker
-    finally:
-        gateway.stop()
-    assert not folder.exists(), "the multiprocess folder outlived the server"
+def test_metrics_of_any_worker_count_the_requests_of_all(two_workers: GatewayProcess, fake_upstream: FakeUpstream) -> None:
+    gateway = two_workers
+    workers = set(gateway.worker_pids())
+    assert len(workers) == 2
+    folder = metrics_folder(gateway)
+    sent = 0
+    # New connections until both workers have answered some (each writes its counters to its own
+    # file of the multiprocess folder), at most 200.
+    while sent < 200:
+        with httpx2.Client(timeout=10) as client:
+            r = client.post(gateway.base_url + "chat/completions", json={"model": "gpt-metrics", "messages": MESSAGES},
+                            headers={"authorization": f"Bearer {TEST_KEY}", "connection": "close"})
+        assert r.status_code == 200
+        sent += 1
+        served = {int(f.stem.split("_")[1]) for f in folder.glob("counter_*.db")}
+        if sent >= 10 and served == workers:
+            break
+    assert served == workers, f"one worker answered all {sent} requests"
+    # Every scrape, whichever worker answers it, counts every request (the others' flushed values).
+    deadline = time.monotonic() + 60
+    totals: list[float] = []
+    while time.monotonic() < deadline:
+        totals = [sample(fresh_get(gateway.url + "/metrics").text, "respan_gateway_requests_total" + OK) for _ in range(6)]
+        if totals == [sent] * 6:
+            break
+        time.sleep(0.1)
+    assert totals == [sent] * 6
+    text = fresh_get(gateway.url + "/metrics").text
+    assert sample(text, 'respan_gateway_request_duration_seconds_count{model="gpt-metrics",provider="fake"}') == sent
+    assert sample(text, "respan_gateway_requests_in_flight") == 0  # summed over the live workers; a scrape is no call
+    assert re.search(r"respan_gateway_log_records_written_total\{pid=\"\d+\"\} ", text), text  # liveall: per worker
+    # (The folder's removal when the server stops: the `two_workers` fixture checks it.)
 
 
 def _answers(gateway: GatewayProcess, model: str, n: int = 6) -> list[int]:
@@ -117,8 +131,8 @@ NEW_MODEL = '\n[models."gpt-new"]\nprovider = "fake"\nupstream_model = "gpt-new-
 
 
 def test_sighup_reloads_a_good_config_and_keeps_the_running_one_on_a_bad_one(
-        tmp_path: Path, fake_upstream: FakeUpstream, server: str) -> None:
-    gateway = start(tmp_path, fake_upstream, server)
+        two_workers: GatewayProcess, fake_upstream: FakeUpstream) -> None:
+    gateway = two_workers
     path = Path(gateway.config_path)
     good = path.read_text()
     try:
@@ -149,10 +163,10 @@ def test_sighup_reloads_a_good_config_and_keeps_the_running_one_on_a_bad_one(
         assert all("`providers.other.colour`: unknown key" in line["error"] for line in failed)
         assert _answers(gateway, "gpt-new") == [200] * 6
         assert gateway.worker_pids() == workers  # reloaded in place: no worker was restarted
+        assert "sk-reload-secret-0123456789" not in gateway.log()
+        assert "blue" not in gateway.log()
     finally:
-        gateway.stop()
-    assert "sk-reload-secret-0123456789" not in gateway.output
-    assert "blue" not in gateway.output
+        path.write_text(good)  # for the module's other tests (what runs is the good file and gpt-new)
 
 
 def test_workers_auto_runs_one_worker_per_available_core(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
