@@ -58,6 +58,9 @@ def _statements(dialect: str) -> list[str]:
         f"CREATE TRIGGER {TABLE}_insert AFTER INSERT ON request_logs FOR EACH ROW EXECUTE FUNCTION {TABLE}_keep()",
         f"CREATE TRIGGER {TABLE}_update AFTER UPDATE OF metadata ON request_logs FOR EACH ROW "
         f"EXECUTE FUNCTION {TABLE}_keep()",
+        # The planner's statistics now, not at autovacuum's next pass: without them it walks the index
+        # for a page of a common value (2.4 s over 1M records instead of 40 ms).
+        f"ANALYZE {TABLE}",
     ]
 
 

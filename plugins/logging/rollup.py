@@ -221,7 +221,8 @@ def daily_migration(version: int) -> Migration:
         sqlite=[*_grain_tables("sqlite", DAY), "DROP TRIGGER IF EXISTS request_logs_rollup",
                 *trigger("sqlite", (HOUR, DAY)), *backfill_daily("sqlite")],
         postgres=["LOCK TABLE request_logs IN SHARE MODE", *_grain_tables("postgres", DAY),
-                  *trigger("postgres", (HOUR, DAY)), *backfill_daily("postgres")],
+                  *trigger("postgres", (HOUR, DAY)), *backfill_daily("postgres"),
+                  f"ANALYZE {DAILY}", f"ANALYZE {LATENCY_DAILY}"],  # statistics now, not at autovacuum's pass
     )
 
 
