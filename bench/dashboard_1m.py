@@ -18,6 +18,7 @@ import asyncio
 import os
 import random
 import re
+import shutil
 import sqlite3
 import statistics
 import tempfile
@@ -125,6 +126,14 @@ async def migrate(url: str, schema: str) -> None:
 
 
 def main() -> None:
+    folder = tempfile.mkdtemp(prefix="respan-dash-bench-")
+    try:
+        run(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # the scratch database (unless --db), the spill folder
+
+
+def run(folder: str) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=30)
@@ -132,7 +141,6 @@ def main() -> None:
     parser.add_argument("--schema", default="dash_bench")
     parser.add_argument("--reuse", action="store_true")
     args = parser.parse_args()
-    folder = tempfile.mkdtemp(prefix="respan-dash-bench-")
     url = args.db or f"sqlite:///{folder}/respan.sqlite3"
     pg = url.startswith("postgres")
     if pg and not args.reuse:
