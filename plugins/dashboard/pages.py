@@ -365,7 +365,7 @@ def _span(params: Any, default: str = "24h") -> Span:
     bucket = params.get("bucket") if params.get("bucket") in ("hour", "day") else ("hour" if name == "24h" else "day")
     width = 3600 if bucket == "hour" else 86400
     now = time.time()
-    # Whole buckets (aligned on the hour or the UTC day): what the logging plugin's hourly roll-up serves.
+    # Whole buckets (aligned on the hour or the UTC day): what the logging plugin's roll-up serves (hours, days).
     first = math.floor((now - RANGES[name]) / width) * width
     return Span(name=name, bucket=bucket, buckets=[float(first + i * width) for i in range(int((now - first) // width) + 1)])
 

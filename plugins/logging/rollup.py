@@ -212,16 +212,21 @@ def migration(version: int) -> Migration:
                      postgres=[*_tables("postgres"), *backfill("postgres"), *trigger("postgres", (HOUR,))])
 
 
+# One customer's days of latency (a customer's page): the primary key orders by day before value.
+_DAILY_LATENCY_VALUE = f"CREATE INDEX IF NOT EXISTS {LATENCY_DAILY}_value ON {LATENCY_DAILY} (tenant, dim, value, day)"
+
+
 def daily_migration(version: int) -> Migration:
     """Migration 21: the daily roll-up beside the hourly one, one trigger keeping both, the days so far
     summed from the hours. On PostgreSQL the records table is locked against writes (SHARE) first: an
     insert of another replica waits until the new trigger keeps both, and no hour is missed by the days."""
     return Migration(
         version,
-        sqlite=[*_grain_tables("sqlite", DAY), "DROP TRIGGER IF EXISTS request_logs_rollup",
+        sqlite=[*_grain_tables("sqlite", DAY), _DAILY_LATENCY_VALUE, "DROP TRIGGER IF EXISTS request_logs_rollup",
                 *trigger("sqlite", (HOUR, DAY)), *backfill_daily("sqlite")],
-        postgres=["LOCK TABLE request_logs IN SHARE MODE", *_grain_tables("postgres", DAY),
-                  *trigger("postgres", (HOUR, DAY)), *backfill_daily("postgres")],
+        postgres=["LOCK TABLE request_logs IN SHARE MODE", *_grain_tables("postgres", DAY), _DAILY_LATENCY_VALUE,
+                  *trigger("postgres", (HOUR, DAY)), *backfill_daily("postgres"),
+                  f"ANALYZE {DAILY}", f"ANALYZE {LATENCY_DAILY}"],  # statistics now, not at autovacuum's pass
     )
 
 

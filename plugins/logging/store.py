@@ -114,7 +114,7 @@ class RequestLogStore:
             count_args: list[Any] = [tenant, key, *[_coerce(f"metadata__{key}", "meta", v) for v in values]]
             total = await self.db.fetchval(meta_index.count(len(values)), *count_args)
         else:
-            total = await self.db.fetchval(f"SELECT COUNT(*) FROM {TABLE} WHERE {where}", *args)
+            total = await self._count(tenant, query, where, args)
         if total and total > meta_index.FEW and any(_is_metadata_equal(*f) for f in query.filters):
             # Many matches: walk the records in order and probe the index for each, which finds a
             # page after a few rows; few matches: fetch them from the index (the form above) and sort.
@@ -125,6 +125,19 @@ class RequestLogStore:
             f"SELECT * FROM {TABLE} WHERE {where} ORDER BY {order} LIMIT ${len(args) - 1} OFFSET ${len(args)}", *args
         )
         return int(total or 0), [to_api(r) for r in rows]
+
+    async def _count(self, tenant: str, query: LogQuery, where: str, args: list[Any]) -> int:
+        """How many records match: from the roll-up when it answers (no filter, or one on a model,
+        provider, customer or key; from a whole hour), plus the records without a start time, which it
+        does not hold; else a COUNT over the records."""
+        served = rollup.plan(query, None, None, False, _FILTER_ALIASES)
+        if served is None:
+            return int(await self.db.fetchval(f"SELECT COUNT(*) FROM {TABLE} WHERE {where}", *args) or 0)
+        rolled = sum(b.requests for b in await self._rolled_up(tenant, query, None, None, False, *served))
+        if query.start_time is not None:
+            return rolled
+        unstarted = await self.db.fetchval(f"SELECT COUNT(*) FROM {TABLE} WHERE {where} AND start_time IS NULL", *args)
+        return rolled + int(unstarted or 0)
 
     async def summary(self, tenant: str, query: LogQuery) -> dict[str, Any]:
         where, args = self._where(tenant, query)

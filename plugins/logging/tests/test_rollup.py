@@ -53,7 +53,7 @@ def _same(rolled: list[UsageBucket], raw: list[UsageBucket], percentiles: bool) 
 def _spread(gw: Any, hours_back: tuple[int, ...] = (1, 5, 23, 30, 49, 75)) -> None:
     """Every record of a request again ``hours_back`` hours earlier (new ids): records over four UTC days."""
     db = gw.gateway.database
-    gw.call(gw.gateway.service(RequestLogReader).list("acme", LogQuery()))  # the queued records written first
+    gw.call(gw.gateway.service(RequestLogReader).get("acme", "none"))  # a miss writes the queued records first
     rows = gw.call(db.fetch("SELECT * FROM request_logs WHERE unique_id NOT LIKE 'copy-%'"))  # the originals
     copies = []
     for k in hours_back:
@@ -74,6 +74,10 @@ def _compare(gw: Any, reader: RequestLogReader, hour: float) -> None:
                                        percentiles=percentiles))
             assert raw, (bucket, group)
             _same(rolled, raw, percentiles)
+    # The logs list's count (from the roll-up for these filters) is the records'.
+    for filters in ([], [("model", "", "gpt-test")], [("customer_identifier", "", "bob")], [("provider", "", "fake")]):
+        counted = gw.call(reader.list("acme", LogQuery(start_time=hour, filters=filters)))[0]
+        assert counted == gw.call(reader.list("acme", LogQuery(start_time=hour - 0.5, filters=filters)))[0] > 0
     everything = sum(r.requests for r in gw.call(reader.usage("acme", LogQuery(start_time=hour - 0.5), bucket=None)))
     for field, value, group in (("customer_identifier", "bob", None), ("model", "gpt-test", "model"),
                                 ("provider", "fake", None)):
@@ -122,6 +126,14 @@ def test_the_daily_rollup_over_several_days_gives_the_records_figures(logged_gat
         _compare(gw, reader, start)
     days = gw.call(reader.usage("acme", LogQuery(start_time=midnight), bucket="day"))
     assert len(days) >= 4 and sum(d.requests for d in days) == 7 * 12
+    # A record without a start time is in no roll-up row: the list's count of all records still holds it.
+    db = gw.gateway.database
+    row = gw.call(db.fetch("SELECT * FROM request_logs WHERE model = 'gpt-test' LIMIT 1"))[0]
+    gw.call(db.executemany(store_module._INSERT, [[{**row, "unique_id": "copy-unstarted", "start_time": None}[c]
+                                                    for c in store_module.COLUMNS]]))
+    for filters, sql in (([], ""), ([("model", "", "gpt-test")], " AND model = 'gpt-test'")):
+        stored = gw.call(db.fetchval(f"SELECT COUNT(*) FROM request_logs WHERE tenant = 'acme'{sql}"))
+        assert gw.call(reader.list("acme", LogQuery(filters=filters)))[0] == stored
 
 
 def test_the_migrations_roll_up_the_records_already_stored(logged_gateway, backend: str) -> None:
