@@ -7,6 +7,7 @@ prompt and limit slots); the record adds the request's ids and params, the attem
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from respan_gateway import Call, tokens
@@ -18,13 +19,14 @@ from .record import LogRecord
 
 TOKEN_BREAKDOWN_FLAG = "token-breakdown-2026-03-26"
 CLIENT_GONE = 499  # nginx's "client closed request": the client left before the answer ended
+_observability = operator.attrgetter(*OBSERVABILITY_FIELDS)  # the params' fields in one call
 LOG_TYPES = {"chat": "chat", "embeddings": "embedding", "responses": "response", "anthropic_messages": "chat"}
 
 
 def build_record(call: Call) -> LogRecord:
     o, timings, p = call.outcome, call.timings, call.params
     assert o.log_id is not None, "only a call the logging middleware named has a record"
-    observability: dict[str, Any] = {name: getattr(p, name) for name in OBSERVABILITY_FIELDS}
+    observability: dict[str, Any] = dict(zip(OBSERVABILITY_FIELDS, _observability(p)))
     observability["metadata"] = coerce_metadata(p.metadata)
     observability["properties"] = dict(p.properties) if p.properties else None
     customer = o.customer
