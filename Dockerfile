@@ -46,5 +46,7 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
   CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"
 # The config's [server] host is for local use; in the container the gateway listens on every interface.
 # `serve` drains on SIGTERM for [server] graceful_timeout (60 s): give the container at least that to stop.
+# The server is `serve`'s default, uvicorn (httptools, uvloop): the least CPU per request of the three
+# (docs/performance.md); `--server hypercorn` for HTTP/2.
 STOPSIGNAL SIGTERM
 CMD ["respan-gateway", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +32,16 @@ from .call import Call
 from .config import Config
 from .errors import GatewayError, MethodNotAllowed, NotFound, Overloaded
 from .gateway import Gateway
+from .ids import hex_id
 from .responses import error_response
-from .routes import bounded_body, core_routes
+from .routes import PipelineEndpoint, bounded_body, core_routes
 
 log = structlog.get_logger("respan_gateway")
 
 REQUEST_ID_HEADER = b"x-respan-gateway-request-id"
 
 
-def new_request_id() -> str:
-    return os.urandom(12).hex()
+new_request_id = hex_id  # 24 hex digits, from a block of os.urandom (respan_gateway.ids)
 
 
 class RequestIdMiddleware:
@@ -60,10 +60,11 @@ class RequestIdMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         header = (REQUEST_ID_HEADER, request_id.encode())
 
-        async def send_with_id(message: Message) -> None:
+        # A plain function returning send's awaitable: no coroutine frame per message (per stream chunk).
+        def send_with_id(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
+            return send(message)
 
         # Every process-log line written while the request is answered carries its id.
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -75,15 +76,19 @@ class RequestIdMiddleware:
 
 class AdmissionMiddleware:
     """At most ``[server] max_in_flight`` requests of this worker in the app at once (a stream until
-    it ends); one more gets a fast 503 with ``Retry-After`` rather than a place in an unbounded queue.
-    The health probes are never refused: an overloaded worker is alive and, for a load balancer, best
-    told apart by its 503s."""
+    it ends; 0: no limit); one more gets a fast 503 with ``Retry-After`` rather than a place in an
+    unbounded queue. The health probes are never refused: an overloaded worker is alive and, for a
+    load balancer, best told apart by its 503s.
+
+    ``routes``: path -> the ASGI app of a declared endpoint, which a POST to that path goes to
+    directly, past Starlette's router (:class:`~respan_gateway.routes.PipelineEndpoint`)."""
 
     EXEMPT = frozenset({"/healthz", "/readyz"})
 
-    def __init__(self, app: ASGIApp, limit: int, gateway: Gateway) -> None:
+    def __init__(self, app: ASGIApp, limit: int, gateway: Gateway, routes: dict[str, ASGIApp] | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.routes = routes or {}
         self.gateway = gateway
         self.style_for = gateway.style_for
         # Pipeline paths -> endpoint kind: a refused pipeline request is still a call that ends (a log
@@ -95,7 +100,7 @@ class AdmissionMiddleware:
         if scope["type"] != "http" or scope["path"] in self.EXEMPT:
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limit:
+        if self.limit and self.in_flight >= self.limit:
             err = Overloaded(f"the gateway is at its limit of {self.limit} requests in flight; retry shortly")
             await error_response(err, self.style_for(scope["path"]))(scope, receive, send)
             kind = self.kinds.get(scope["path"]) if scope.get("method") == "POST" else None
@@ -104,7 +109,8 @@ class AdmissionMiddleware:
             return
         self.in_flight += 1
         try:
-            await self.app(scope, receive, send)
+            endpoint = self.routes.get(scope["path"]) if scope["method"] == "POST" else None
+            await (endpoint or self.app)(scope, receive, send)
         finally:
             self.in_flight -= 1
 
@@ -173,8 +179,10 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None, 
         exception_handlers={HTTPException: _http_exception, GatewayError: _gateway_error, Exception: _unexpected},
     )
     app.state.gateway = gateway
-    limit = gateway.config.server.max_in_flight
-    return RequestIdMiddleware(AdmissionMiddleware(app, limit, gateway) if limit > 0 else app, gateway)
+    # The declared endpoints' POSTs skip the router (exact paths; anything else, a 405 included, is routed).
+    direct = {route.path: route.app for route in routes
+              if isinstance(route.app, PipelineEndpoint) and route.methods == {"POST"}}
+    return RequestIdMiddleware(AdmissionMiddleware(app, max(gateway.config.server.max_in_flight, 0), gateway, direct), gateway)
 
 
 # -- the app of `respan-gateway serve`: reloaded on SIGHUP ------------------------------------------

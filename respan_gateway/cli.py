@@ -1,6 +1,6 @@
 """``respan-gateway``: serve the gateway, or check a config file.
 
-    respan-gateway serve [--config FILE] [--host H] [--port P] [--workers N|auto] [--server hypercorn|uvicorn|granian]
+    respan-gateway serve [--config FILE] [--host H] [--port P] [--workers N|auto] [--server uvicorn|hypercorn|granian]
     respan-gateway check-config FILE
     respan-gateway <plugin command> [--config FILE] ...   (the auth plugin's `keys create|list|revoke`,
                                                            the prompts plugin's `prompts check DIR`)
@@ -281,8 +281,8 @@ def _hypercorn_worker(config: Any, sockets: Any, stop: Any) -> None:
 
 
 def _serve_uvicorn(server: ServerSettings, host: str, port: int, workers: int) -> int:
-    # Optional server (pip install uvicorn httptools): less CPU per request than hypercorn, see
-    # docs/performance.md. It reports client disconnects as `http.disconnect`, as streams need.
+    # The default server (a base dependency, with httptools and uvloop): the least CPU per request of
+    # the three, see docs/performance.md. It reports client disconnects as `http.disconnect`, as streams need.
     import uvicorn
 
     # uvicorn re-raises SIGTERM/SIGINT once it has drained; end with 0 then, as hypercorn does.
@@ -440,8 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--host")
     p_serve.add_argument("--port", type=int)
     p_serve.add_argument("--workers", type=_workers, help="worker processes, or `auto`: one per core available (affinity, cgroup CPU quota)")
-    p_serve.add_argument("--server", choices=sorted(SERVERS), default="hypercorn",
-                         help="the ASGI server (default hypercorn; uvicorn and granian need their package installed)")
+    p_serve.add_argument("--server", choices=sorted(SERVERS), default="uvicorn",
+                         help="the ASGI server (default uvicorn, the least CPU per request; hypercorn for HTTP/2; "
+                              "granian needs its package installed)")
     p_serve.set_defaults(func=serve)
     p_check = sub.add_parser("check-config", help="validate a config file and the plugins it names")
     p_check.add_argument("file", nargs="?")

@@ -23,6 +23,7 @@ SQLite's ``?1, ?2...``). :attr:`Database.dialect` tells the few places that diff
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import sqlite3
@@ -63,6 +64,13 @@ class Migration(msgspec.Struct, frozen=True):
 
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+@functools.lru_cache(maxsize=512)
+def _sqlite_placeholders(sql: str) -> str:
+    """``$1`` -> ``?1``, once per statement text: the log store's INSERT has some 80 placeholders, and
+    re.sub's template expansion of each cost more per batch than building the rows."""
+    return _PLACEHOLDER.sub(r"?\1", sql)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -285,7 +293,7 @@ class Database:
     # -- queries ----------------------------------------------------------------------------------
     def sql(self, sql: str) -> str:
         """``sql`` in this database's placeholder style."""
-        return _PLACEHOLDER.sub(r"?\1", sql) if self.dialect == "sqlite" else sql
+        return _sqlite_placeholders(sql) if self.dialect == "sqlite" else sql
 
     async def execute(self, sql: str, *args: Any) -> int:
         """Run one statement; the number of rows it changed."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import msgspec
@@ -602,8 +602,11 @@ def _dist_name(ep: importlib.metadata.EntryPoint) -> str:
 
 
 def _link(middleware: Any, call_next: CallNext) -> CallNext:
-    async def handler(call: Call) -> Result:
-        return await middleware(call, call_next)
+    """``call_next`` of the stage before ``middleware``: a plain function that returns the stage's
+    coroutine, awaited by the caller, so that a link adds a call and no coroutine frame of its own."""
+
+    def handler(call: Call) -> Awaitable[Result]:
+        return middleware(call, call_next)
 
     return handler
 

@@ -76,8 +76,12 @@ class Counter(Metric):
         self.values: dict[LabelValues, float] = {}
 
     def inc(self, labels: LabelValues = (), amount: float = 1.0) -> None:
-        labels = self._bounded(labels)
-        self.values[labels] = self.values.get(labels, 0.0) + amount
+        values = self.values
+        value = values.get(labels)
+        if value is None:  # a new series: within the bound, else "other" (as _bounded, inlined: per request)
+            labels = self._bounded(labels)
+            value = values.get(labels, 0.0)
+        values[labels] = value + amount
 
     def family(self) -> _Family:
         family = CounterMetricFamily(self.name, self.help, labels=self.label_names)
@@ -104,8 +108,12 @@ class Gauge(Metric):
         self.values[self._bounded(labels)] = value
 
     def inc(self, amount: float = 1.0, labels: LabelValues = ()) -> None:
-        labels = self._bounded(labels)
-        self.values[labels] = self.values.get(labels, 0.0) + amount
+        values = self.values
+        value = values.get(labels)
+        if value is None:
+            labels = self._bounded(labels)
+            value = values.get(labels, 0.0)
+        values[labels] = value + amount
 
     def current(self) -> dict[LabelValues, float]:
         return {(): float(self.source())} if self.source is not None else self.values
@@ -130,10 +138,12 @@ class Histogram(Metric):
         self.values: dict[LabelValues, list] = {}
 
     def observe(self, value: float, labels: LabelValues = ()) -> None:
-        labels = self._bounded(labels)
         slot = self.values.get(labels)
         if slot is None:
-            slot = self.values[labels] = [[0] * (len(self.buckets) + 1), 0.0, 0]
+            labels = self._bounded(labels)
+            slot = self.values.get(labels)
+            if slot is None:
+                slot = self.values[labels] = [[0] * (len(self.buckets) + 1), 0.0, 0]
         slot[0][bisect.bisect_left(self.buckets, value)] += 1
         slot[1] += value
         slot[2] += 1

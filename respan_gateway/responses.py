@@ -141,16 +141,37 @@ class StreamResponse(Response):
 
 
 class CallResponse(Response):
-    """A complete answer (or an error) that completes the call's outcome once it has been sent."""
+    """A complete answer (or an error) that completes the call's outcome once it has been sent.
+
+    The hot path's response: its raw headers are built in one pass here (the headers Starlette's
+    ``Response`` would send, in its order: the given ones, then content-length and content-type)."""
 
     def __init__(self, status: int, content: bytes, headers: dict[str, str] | None, call: Call, gateway: Gateway) -> None:
-        super().__init__(content, status_code=status, headers=headers, media_type="application/json")
+        self.status_code = status
+        self.body = content
+        self.background = None
         self.call = call
         self.gateway = gateway
+        raw: list[tuple[bytes, bytes]] = []
+        has_length = has_type = False
+        if headers:
+            for key, value in headers.items():
+                key = key.lower()
+                if key == "content-length":
+                    has_length = True
+                elif key == "content-type":
+                    has_type = True
+                raw.append((key.encode("latin-1"), value.encode("latin-1")))
+        if not has_length and not (status < 200 or status in (204, 304)):
+            raw.append((b"content-length", b"%d" % len(content)))
+        if not has_type:
+            raw.append((b"content-type", b"application/json"))
+        self.raw_headers = raw
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": self.body})
         finally:
             self.gateway.finish(self.call)
 

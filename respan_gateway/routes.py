@@ -9,8 +9,9 @@ from typing import Any
 
 import anyio
 import msgspec
+import structlog
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,22 +25,39 @@ from .openai_chat import check_messages
 from .responses import CLIENT_GONE, CallResponse, error_response, json_response, send_result
 
 
+log = structlog.get_logger("respan_gateway")
+
 _decode_body = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _encode = msgspec.json.Encoder().encode
 
 
 # -- building the call ------------------------------------------------------------------------------
 
-async def read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
+async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
+    """The request body, straight from the ASGI ``receive``: at most ``limit`` bytes (413 beyond); the
+    client leaving before its end raises Starlette's ``ClientDisconnect``, as ``Request.stream`` does."""
+    length = headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-    body = b""
-    async for piece in request.stream():
-        body += piece
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):  # the usual one message
+        body = message.get("body", b"")
         if len(body) > limit:
             raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-    return body
+        return body
+    pieces, size = [], 0
+    while True:
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        if message["type"] == "http.request":
+            piece = message.get("body", b"")
+            size += len(piece)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+            pieces.append(piece)
+            if not message.get("more_body", False):
+                return b"".join(pieces)
+        message = await receive()
 
 
 async def json_body(request: Request, kind: Any = None) -> Any:
@@ -98,17 +116,18 @@ def bounded_body(app: ASGIApp, limit: int, style_for: Callable[[str], str]) -> A
     return bounded
 
 
-async def build_call(request: Request, kind: str, gateway: Gateway, *, needs_model: bool = True) -> Call:
+async def build_call(scope: Scope, receive: Receive, kind: str, gateway: Gateway) -> Call:
     """The call for this request. A body that is too large, or not a JSON object (or has a mistyped
     ``model`` or ``stream``) does not stop here: the call carries the error as ``rejection``, raised by the first
     stage that reads the body, so that the stages before it (auth, logging) still see the request."""
+    headers = Headers(scope=scope)
+    request_id = scope["state"]["request_id"]
     body: dict[str, msgspec.Raw] = {}
     model, stream, rejection = None, False, None
     try:
-        raw = await read_body(request, gateway.config.server.max_body_bytes)
+        raw = await read_body(receive, headers, gateway.config.server.max_body_bytes)
     except PayloadTooLarge as exc:  # still a call: auth and logging see it, as any rejected request
-        return Call(kind=kind, request_id=request.scope["state"]["request_id"], headers=request.headers,
-                    raw_body=b"", body={}, rejection=exc)
+        return Call(kind=kind, request_id=request_id, headers=headers, raw_body=b"", body={}, rejection=exc)
     try:
         if not raw.strip():
             raise BadRequest("the request body is empty: send a JSON object")
@@ -134,8 +153,8 @@ async def build_call(request: Request, kind: str, gateway: Gateway, *, needs_mod
         body, rejection = {}, exc
     return Call(
         kind=kind,
-        request_id=request.scope["state"]["request_id"],
-        headers=request.headers,
+        request_id=request_id,
+        headers=headers,
         raw_body=raw,
         body=body,
         model=model,
@@ -160,16 +179,33 @@ def _field(body: dict[str, msgspec.Raw], name: str, type_: type) -> Any:
 
 # -- endpoints --------------------------------------------------------------------------------------
 
-def pipeline_endpoint(endpoint: Endpoint) -> Any:
-    """The ASGI endpoint of a declared :class:`Endpoint`: build the call, run the pipeline, send the
-    answer in the endpoint's style; the outcome is completed and observed once the answer is sent."""
-    style = endpoint.style
+class PipelineEndpoint:
+    """The ASGI app of a declared :class:`Endpoint`: build the call, run the pipeline, send the answer
+    in the endpoint's style; the outcome is completed and observed once the answer is sent.
 
-    async def serve(request: Request) -> Response:
-        gateway: Gateway = request.app.state.gateway
+    Pure ASGI, no Starlette ``Request``: ``create_app`` sends a POST to one of its paths here
+    directly, past Starlette's router and exception middlewares (the profile of a request through them
+    showed them as the largest part of the core's own cost); other methods go through the router (405)."""
+
+    def __init__(self, endpoint: Endpoint, gateway: Gateway) -> None:
+        self.endpoint = endpoint
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            response = await self.respond(scope, receive)
+        except Exception as exc:  # as Starlette's ServerErrorMiddleware: a 500 envelope, then re-raised
+            log.error("unhandled_error", path=scope["path"], error=type(exc).__name__, exc_info=exc)
+            await error_response(GatewayError("internal gateway error; see the gateway's logs"))(scope, receive, send)
+            raise
+        await response(scope, receive, send)
+
+    async def respond(self, scope: Scope, receive: Receive) -> Response:
+        endpoint, gateway = self.endpoint, self.gateway
+        style = endpoint.style
         call = None
         try:
-            call = await build_call(request, endpoint.kind, gateway)
+            call = await build_call(scope, receive, endpoint.kind, gateway)
             call.own_fields = endpoint.own_fields
             if endpoint.prepare is not None and call.rejection is None:
                 endpoint.prepare(call)
@@ -193,8 +229,6 @@ def pipeline_endpoint(endpoint: Endpoint) -> Any:
                     call.outcome.error = GatewayError(f"internal gateway error ({type(exc).__name__})")
                 gateway.finish(call)
             raise
-
-    return serve
 
 
 def _cancelled() -> bool:
@@ -248,7 +282,7 @@ async def plugins(request: Request) -> Response:
 def core_routes(gateway: Gateway) -> list[Route]:
     routes = []
     for endpoint in gateway.endpoints:
-        serve = pipeline_endpoint(endpoint)
+        serve = PipelineEndpoint(endpoint, gateway)
         routes += [Route(path, serve, methods=["POST"]) for path in endpoint.paths]
     routes += [Route(path, list_models, methods=["GET"]) for path in ("/api/models", "/api/v1/models", "/v1/models")]
     routes.append(Route("/api/models/public", public_models, methods=["GET"]))

@@ -103,7 +103,8 @@ class Limits:
 
     # -- the check ------------------------------------------------------------------------------
     async def __call__(self, call: Call, call_next: CallNext) -> Result:
-        if call.rejection is not None:
+        # No customer and a key without limits (the plain request): nothing applies, nothing to read.
+        if call.rejection is not None or (call.outcome.customer is None and call.principal.limits is None):
             return await call_next(call)
         applied, markup = await self.applicable(call)
         if not applied:

@@ -7,6 +7,7 @@ prompt and limit slots); the record adds the request's ids and params, the attem
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from respan_gateway import Call, tokens
@@ -18,52 +19,45 @@ from .record import LogRecord
 
 TOKEN_BREAKDOWN_FLAG = "token-breakdown-2026-03-26"
 CLIENT_GONE = 499  # nginx's "client closed request": the client left before the answer ended
+_observability = operator.attrgetter(*OBSERVABILITY_FIELDS)  # the params' fields in one call
+_RECORD_OBSERVABILITY = _observability(LogRecord(unique_id=""))  # the record's defaults of those fields
 LOG_TYPES = {"chat": "chat", "embeddings": "embedding", "responses": "response", "anthropic_messages": "chat"}
 
 
 def build_record(call: Call) -> LogRecord:
+    """The record of ``call``. Built as a bare struct whose fields are then assigned: msgspec's keyword
+    ``__init__`` matches each of some 50 keywords against the 71 fields, twice the time of the stores;
+    the request's observability params are copied only when any differs from the record's default."""
     o, timings, p = call.outcome, call.timings, call.params
     assert o.log_id is not None, "only a call the logging middleware named has a record"
-    observability: dict[str, Any] = {name: getattr(p, name) for name in OBSERVABILITY_FIELDS}
-    observability["metadata"] = coerce_metadata(p.metadata)
-    observability["properties"] = dict(p.properties) if p.properties else None
-    customer = o.customer
-    record = LogRecord(
-        unique_id=o.log_id,
-        gateway_request_id=call.request_id,
-        tenant=call.principal.tenant,
-        key_id=call.principal.key_id,
-        environment=call.principal.environment,
-        log_type=LOG_TYPES.get(call.kind, call.kind),
-        endpoint=call.kind,
-        start_time=timings.started_at,
-        timestamp=timings.started_at + o.latency,
-        latency=o.latency,
-        time_to_first_token=o.time_to_first_token,
-        routing_time=o.routing_time,
-        gateway_overhead=o.overhead,
-        model=o.model,
-        requested_model=call.model,
-        provider_id=o.provider,
-        deployment_name=o.deployment,
-        status_code=o.status,
-        status="success" if o.status < 400 else "error",
-        error_message=_error_message(call),
-        stream=call.stream,
-        upstream_attempts=len(call.attempts),
-        cost=o.cost,
-        cache_enabled=p.cache_enabled,
-        cache_hit=o.cache_hit,
-        cache_key=o.cache.key if o.cache is not None else None,
-        customer_identifier=customer.identifier if customer is not None else None,
-        customer_email=customer.email if customer is not None else None,
-        customer_name=customer.name if customer is not None else None,
-        customer_params=p.customer_params,
-        limit_info=o.limits,
-        load_balance_group_id=o.load_balance_group_id or (p.load_balance_group.group_id if p.load_balance_group else None),
-        disable_log=asks_disable_log(call),
-        **observability,
-    )
+    record = LogRecord(unique_id=o.log_id)
+    values = _observability(p)
+    if values != _RECORD_OBSERVABILITY:
+        for name, value, default in zip(OBSERVABILITY_FIELDS, values, _RECORD_OBSERVABILITY):
+            if value is not default:
+                setattr(record, name, value)
+    record.metadata = coerce_metadata(p.metadata)
+    record.properties = dict(p.properties) if p.properties else None
+    principal, customer = call.principal, o.customer
+    record.gateway_request_id = call.request_id
+    record.tenant, record.key_id, record.environment = principal.tenant, principal.key_id, principal.environment
+    record.log_type, record.endpoint = LOG_TYPES.get(call.kind, call.kind), call.kind
+    record.start_time, record.timestamp = timings.started_at, timings.started_at + o.latency
+    record.latency, record.time_to_first_token = o.latency, o.time_to_first_token
+    record.routing_time, record.gateway_overhead = o.routing_time, o.overhead
+    record.model, record.requested_model = o.model, call.model
+    record.provider_id, record.deployment_name = o.provider, o.deployment
+    record.status_code, record.status = o.status, "success" if o.status < 400 else "error"
+    record.error_message = _error_message(call)
+    record.stream, record.upstream_attempts, record.cost = call.stream, len(call.attempts), o.cost
+    record.cache_enabled, record.cache_hit = p.cache_enabled, o.cache_hit
+    record.cache_key = o.cache.key if o.cache is not None else None
+    if customer is not None:
+        record.customer_identifier, record.customer_email, record.customer_name = customer.identifier, customer.email, customer.name
+    record.customer_params = p.customer_params
+    record.limit_info = o.limits
+    record.load_balance_group_id = o.load_balance_group_id or (p.load_balance_group.group_id if p.load_balance_group else None)
+    record.disable_log = asks_disable_log(call)
     if o.prompt is not None:
         record.prompt_id, record.prompt_version_number, record.variables = o.prompt.prompt_id, o.prompt.version, o.prompt.variables
         record.prompt_name, record.prompt_messages_template = o.prompt.name, o.prompt.template

@@ -10,12 +10,11 @@ the gateway's metrics registry.
 
 from __future__ import annotations
 
-import uuid
-
 import structlog
 
 from respan_gateway import ANONYMOUS, Call, Gateway, tokens
 from respan_gateway.hookspecs import RequestLogReader
+from respan_gateway.ids import uuid4
 
 from .build import build_record
 from .privacy import strip_content
@@ -81,7 +80,7 @@ class LoggingObserver:
         if refused:
             if anonymous and not self.settings.unauthenticated_tenant:
                 return
-            outcome.log_id = str(uuid.uuid4())
+            outcome.log_id = uuid4()
         try:
             record = build_record(call)
         except Exception:  # a record we cannot build must not fail the others

@@ -15,7 +15,7 @@ def asks_disable_log(call: Call) -> bool:
     of the record. Better no content than a leak."""
     if call.params.disable_log:
         return True
-    if call.params != _NO_PARAMS:
+    if call.params_collected or call.params != _NO_PARAMS:  # the params were read: they say no
         return False
     return b"disable_log" in call.raw_body or any(
         call.headers.get(h) for h in ("x-data-respan-params", "x-data-keywordsai-params"))

@@ -140,12 +140,17 @@ JSON_COLUMNS = frozenset(k for k, v in KINDS.items() if v == "json")
 _encode = msgspec.json.Encoder().encode
 
 
+_JSON_INDEXES = tuple(i for i, name in enumerate(COLUMNS) if name in JSON_COLUMNS)
+_astuple = msgspec.structs.astuple
+
+
 def to_row(record: LogRecord) -> tuple[Any, ...]:
-    """The record as the parameters of an INSERT, in :data:`COLUMNS` order (JSON columns as text)."""
-    row = []
-    for name in COLUMNS:
-        value = getattr(record, name)
-        if name in JSON_COLUMNS and value is not None:
-            value = bytes(value).decode() if isinstance(value, msgspec.Raw) else _encode(value).decode()
-        row.append(value)
+    """The record as the parameters of an INSERT, in :data:`COLUMNS` order (JSON columns as text).
+
+    The fields in one C call (``astuple``), then only the JSON columns that hold a value are encoded."""
+    row = list(_astuple(record))
+    for i in _JSON_INDEXES:
+        value = row[i]
+        if value is not None:
+            row[i] = bytes(value).decode() if isinstance(value, msgspec.Raw) else _encode(value).decode()
     return tuple(row)

@@ -51,7 +51,7 @@ def collect(call: Call) -> None:
     """Fill ``call.params`` (and ``beta_flags``) from the request; strip the params from the body."""
     if call.rejection is not None:  # the body could not be read at all: this is where that surfaces
         raise call.rejection
-    headers = call.headers
+    headers = _param_headers(call.headers)
     layers: list[dict[str, Any]] = []
     customer_header = headers.get("x-respan-customer-identifier")
     if customer_header:
@@ -86,6 +86,26 @@ def collect(call: Call) -> None:
     if layers:
         call.params = typed(merge(layers))
         call.outcome.customer = customer_of(call.params)
+
+
+_PARAM_HEADERS = ("x-respan-customer-identifier", *_HEADERS, "x-respan-route-provider", "x-respan-beta")
+_RAW_PARAM_HEADERS = frozenset(name.encode() for name in _PARAM_HEADERS)
+
+
+def _param_headers(headers: Any) -> dict[str, str]:
+    """The request's headers that carry params (the first value of each), in one pass over its raw
+    headers (Starlette's ``Headers.raw``: lower-case names) instead of a scan per name: a plain request
+    has none of them."""
+    raw = getattr(headers, "raw", None)
+    if raw is None:  # any other mapping
+        return {name: value for name in _PARAM_HEADERS if (value := headers.get(name))}
+    found: dict[str, str] = {}
+    for key, value in raw:
+        if key[:2] == b"x-" and key in _RAW_PARAM_HEADERS:
+            name = key.decode("latin-1")
+            if name not in found:
+                found[name] = value.decode("latin-1")
+    return found
 
 
 def _anthropic_metadata_layers(call: Call) -> list[dict[str, Any]]:
