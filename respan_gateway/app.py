@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from .config import Config
 from .errors import GatewayError, MethodNotAllowed, NotFound, Overloaded
 from .gateway import Gateway
 from .ids import hex_id
-from .responses import error_response
+from .responses import error_response, internal_error
 from .routes import PipelineEndpoint, bounded_body, core_routes
 
 log = structlog.get_logger("respan_gateway")
@@ -147,8 +147,7 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.error("unhandled_error", path=request.url.path, error=type(exc).__name__, exc_info=exc)
-    return error_response(GatewayError("internal gateway error; see the gateway's logs"))
+    return internal_error(request.url.path, exc)
 
 
 # -- the app ----------------------------------------------------------------------------------------

@@ -33,6 +33,13 @@ def json_response(status: int, content: bytes, headers: dict[str, str] | None = 
     return Response(content, status_code=status, headers=headers, media_type="application/json")
 
 
+def internal_error(path: str, exc: BaseException) -> Response:
+    """The answer to an exception nothing handled (a bug): logged with its traceback, a 500 envelope
+    that names nothing of it."""
+    log.error("unhandled_error", path=path, error=type(exc).__name__, exc_info=exc)
+    return error_response(GatewayError("internal gateway error; see the gateway's logs"))
+
+
 def error_response(exc: GatewayError, style: str = "openai", extra_headers: dict[str, str] | None = None) -> Response:
     headers = {**exc.headers, **(extra_headers or {})}
     return json_response(exc.status, exc.render(style), headers)

@@ -9,7 +9,6 @@ from typing import Any
 
 import anyio
 import msgspec
-import structlog
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -22,10 +21,8 @@ from .errors import BadRequest, GatewayError, NotFound, PayloadTooLarge
 from .gateway import Gateway
 from .model_catalog import public_listing
 from .openai_chat import check_messages
-from .responses import CLIENT_GONE, CallResponse, error_response, json_response, send_result
+from .responses import CLIENT_GONE, CallResponse, error_response, internal_error, json_response, send_result
 
-
-log = structlog.get_logger("respan_gateway")
 
 _decode_body = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _encode = msgspec.json.Encoder().encode
@@ -195,8 +192,7 @@ class PipelineEndpoint:
         try:
             response = await self.respond(scope, receive)
         except Exception as exc:  # as Starlette's ServerErrorMiddleware: a 500 envelope, then re-raised
-            log.error("unhandled_error", path=scope["path"], error=type(exc).__name__, exc_info=exc)
-            await error_response(GatewayError("internal gateway error; see the gateway's logs"))(scope, receive, send)
+            await internal_error(scope["path"], exc)(scope, receive, send)
             raise
         await response(scope, receive, send)
 

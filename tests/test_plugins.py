@@ -123,6 +123,47 @@ def test_plugin_registered_in_a_test_runs(gateway_factory) -> None:
     assert raw.headers["x-stamp"] == "acme"
 
 
+def test_a_plugin_that_fails_gets_the_client_a_500_envelope(gateway_factory) -> None:
+    """A bug in a third-party stage (an exception no one handles) on a pipeline endpoint, which skips
+    Starlette's router, and on a plugin's own route: a 500 in the OpenAI envelope naming nothing of it."""
+    import openai
+
+    class Buggy:
+        __name__ = "buggy"
+
+        @hookimpl
+        def register_middlewares(self, register: Any) -> None:
+            class Middleware:
+                def __init__(self, settings: Any, gateway: Any) -> None:
+                    pass
+
+                async def __call__(self, call: Any, call_next: Any) -> Any:
+                    raise RuntimeError("secret-detail-of-the-bug")
+
+            register("buggy", Middleware, order=150)
+
+        @hookimpl
+        def register_routes(self, register: Any) -> None:
+            async def broken(request: Any) -> Any:
+                raise RuntimeError("secret-detail-of-the-bug")
+
+            register("/api/buggy", broken, methods=["GET"])
+
+    gateway: GatewayServer = gateway_factory(plugins=(Buggy(),))
+    client = gateway.openai()
+    calls = (lambda: client.chat.completions.create(model="mock/m", messages=[{"role": "user", "content": "hi"}]),
+             lambda: client.embeddings.create(model="mock/m", input="hi"))
+    for send in calls:
+        with pytest.raises(openai.InternalServerError) as info:
+            send()
+        assert info.value.body["message"] == "internal gateway error; see the gateway's logs"
+        assert "secret-detail" not in info.value.response.text
+    response = httpx2.get(gateway.base_url + "buggy")
+    assert response.status_code == 500, response.text
+    assert response.json()["error"]["message"] == "internal gateway error; see the gateway's logs"
+    assert "secret-detail" not in response.text
+
+
 def test_third_party_observer_sees_one_outcome_per_call(tmp_path: Path, plugin_site: Path, fake_upstream) -> None:
     """JSON, stream, cut stream, rejected by params, refused by auth: each call is observed once."""
     import json

@@ -152,17 +152,22 @@ def test_sigterm_to_the_process_group_drains_every_worker(tmp_path: Path, fake_u
     assert sorted(_stored_ids(db)) == sorted(log_ids), gateway.output
 
 
+def _kill_master_and_wait(gateway: GatewayProcess, workers: list[int], server: str) -> None:
+    """SIGKILL the master (no handler runs): its workers must end by themselves, within a minute."""
+    os.kill(gateway.process.pid, signal.SIGKILL)
+    gateway.process.wait(10)
+    deadline = time.monotonic() + 60
+    while gateway.group_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not gateway.group_alive(), f"{server}: workers {workers} kept running without their master"
+
+
 def test_workers_exit_when_their_master_is_killed(tmp_path: Path, fake_upstream: FakeUpstream, server: str) -> None:
     gateway, _ = _start_workers(tmp_path, fake_upstream, server)
     try:
         workers = gateway.worker_pids()
         assert len(workers) == 2, workers
-        os.kill(gateway.process.pid, signal.SIGKILL)
-        gateway.process.wait(10)
-        deadline = time.monotonic() + 60
-        while gateway.group_alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not gateway.group_alive(), f"{server}: workers {workers} kept running without their master"
+        _kill_master_and_wait(gateway, workers, server)
     finally:
         gateway.stop()
 
@@ -181,11 +186,6 @@ def test_workers_exit_when_their_master_is_killed_while_they_start(tmp_path: Pat
             time.sleep(0.01)
         workers = gateway.worker_pids()
         assert len(workers) == 2, gateway.log()
-        os.kill(gateway.process.pid, signal.SIGKILL)
-        gateway.process.wait(10)
-        deadline = time.monotonic() + 60
-        while gateway.group_alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not gateway.group_alive(), f"{server}: workers {workers} kept running without their master"
+        _kill_master_and_wait(gateway, workers, server)
     finally:
         gateway.stop()

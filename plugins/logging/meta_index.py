@@ -26,8 +26,13 @@ def _pairs(dialect: str, metadata: str) -> str:
             f"THEN {metadata} ELSE '{{}}' END) AS e WHERE e.type <> 'null'")
 
 
+def _value(dialect: str) -> str:
+    """An entry's value as the text the filter compares."""
+    return "e.value" if dialect == "postgres" else "CAST(e.value AS TEXT)"
+
+
 def _insert(dialect: str) -> str:
-    value = "e.value" if dialect == "postgres" else "CAST(e.value AS TEXT)"
+    value = _value(dialect)
     return (f"INSERT INTO {TABLE} (tenant, key, value, unique_id) SELECT NEW.tenant, e.key, {value}, NEW.unique_id "
             f"FROM {_pairs(dialect, 'NEW.metadata')} ON CONFLICT DO NOTHING")
 
@@ -36,7 +41,7 @@ def _statements(dialect: str) -> list[str]:
     clustered = "" if dialect == "postgres" else " WITHOUT ROWID"
     table = (f"CREATE TABLE IF NOT EXISTS {TABLE} (tenant TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, "
              f"unique_id TEXT NOT NULL, PRIMARY KEY (tenant, key, value, unique_id)){clustered}")
-    value = "e.value" if dialect == "postgres" else "CAST(e.value AS TEXT)"
+    value = _value(dialect)
     backfill = (f"INSERT INTO {TABLE} (tenant, key, value, unique_id) SELECT r.tenant, e.key, {value}, r.unique_id "
                 f"FROM request_logs r, {_pairs(dialect, 'r.metadata')} AND r.metadata IS NOT NULL "
                 "ON CONFLICT DO NOTHING")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import mimetypes
-import os
 import struct
 from typing import Any
 
@@ -16,6 +15,7 @@ import msgspec
 
 from respan_gateway import BadRequest, Chunk, StreamInterrupted
 from respan_gateway.cost import Usage, token_count
+from respan_gateway.ids import hex_id
 from respan_gateway.openai_chat import ChunkWriter, completion, parse_data_url, text_of, usage
 
 _decode = msgspec.json.decode
@@ -230,7 +230,7 @@ def openai_usage(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _call_id(call: dict[str, Any]) -> str:
-    return call.get("id") or "call_" + os.urandom(12).hex()
+    return call.get("id") or "call_" + hex_id(12)
 
 
 def response_to_openai(response: dict[str, Any], model: str) -> dict[str, Any]:
@@ -264,7 +264,7 @@ def response_to_openai(response: dict[str, Any], model: str) -> dict[str, Any]:
     if not candidates:  # the prompt itself was blocked (promptFeedback.blockReason)
         body = completion(id="", model=model, content=None, finish_reason="content_filter")
         choices = body["choices"]
-    out = completion(id="chatcmpl-" + (response.get("responseId") or os.urandom(8).hex()),
+    out = completion(id="chatcmpl-" + (response.get("responseId") or hex_id(8)),
                      model=response.get("modelVersion") or model, content=None, finish_reason="stop", usage=usage_)
     out["choices"] = choices
     return out
@@ -296,7 +296,7 @@ class StreamTranslator:
             raise stream_error(data["error"], self.provider)
         out: list[Chunk] = []
         if self.writer is None:
-            self.writer = ChunkWriter("chatcmpl-" + (data.get("responseId") or os.urandom(8).hex()),
+            self.writer = ChunkWriter("chatcmpl-" + (data.get("responseId") or hex_id(8)),
                                       data.get("modelVersion") or self.model, include_usage=self.include_usage)
             out.append(self.writer.role())
         writer = self.writer
