@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -211,8 +211,9 @@ class ReloadingApp:
     ``[server]`` settings the server reads at start (host, port, workers, backlog) need a restart.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], on_serving: Callable[[], None] | None = None) -> None:
         self.path = Path(path)
+        self._on_serving = on_serving  # called once the startup is done (the worker serves)
         self.generation = _Generation(create_app(Config.from_file(self.path)))
         self._lock = asyncio.Lock()
         self._draining: set[asyncio.Task[None]] = set()
@@ -244,6 +245,8 @@ class ReloadingApp:
             await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
             return
         self._watch_sighup()
+        if self._on_serving is not None:
+            self._on_serving()
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown
         self._unwatch_sighup()

@@ -8,6 +8,7 @@ SIGHUP (:class:`~respan_gateway.app.ReloadingApp`).
 from __future__ import annotations
 
 import os
+from functools import partial
 
 from .app import ReloadingApp, create_app
 from .cli import SERVE_ENV, watch_master
@@ -15,5 +16,6 @@ from .config import Config, find_config_file
 from .log import configure
 
 configure()
-watch_master()  # a worker of `respan-gateway serve` ends with its master
-app = ReloadingApp(find_config_file()) if os.environ.get(SERVE_ENV) else create_app(Config.from_file(find_config_file()))
+watch_master()  # a worker of `respan-gateway serve` ends with its master (killed while it starts)
+app = (ReloadingApp(find_config_file(), on_serving=partial(watch_master, serving=True)) if os.environ.get(SERVE_ENV)
+       else create_app(Config.from_file(find_config_file())))

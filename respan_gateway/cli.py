@@ -115,6 +115,7 @@ def serve(args: argparse.Namespace) -> int:
     os.environ["RESPAN_GATEWAY_CONFIG"] = str(path.resolve())
     os.environ[MASTER_PID_ENV] = str(os.getpid())  # read by the workers: see watch_master()
     os.environ[SERVE_ENV] = "1"  # the workers' app reloads its config on SIGHUP (respan_gateway.asgi)
+    os.environ[ORPHAN_GRACE_ENV] = str(math.ceil(server.graceful_timeout) + 5)  # see _end_without_master()
     # Spawned workers call watch_master() when they import the app; forked ones (granian) here.
     os.register_at_fork(before=_note_forking_pid, after_in_child=_after_fork_in_child)
     metrics_dir = None
@@ -343,6 +344,8 @@ def _mark_dead(pids: list[int | None]) -> None:
 
 
 MASTER_PID_ENV = "RESPAN_GATEWAY_MASTER_PID"
+#: Set by ``serve``: the seconds a worker whose master died may drain before the kernel ends it.
+ORPHAN_GRACE_ENV = "RESPAN_GATEWAY_ORPHAN_GRACE"
 #: Set by ``serve`` for its workers: the app they load reloads its config on SIGHUP.
 SERVE_ENV = "RESPAN_GATEWAY_SERVE"
 _PR_SET_PDEATHSIG = 1
@@ -351,35 +354,56 @@ _PR_SET_PDEATHSIG = 1
 _MASTER_GONE = signal.SIGRTMIN + 1 if hasattr(signal, "SIGRTMIN") else signal.SIGTERM
 
 
-def watch_master() -> None:
-    """In a worker process of ``serve``: get one SIGTERM (a graceful shutdown) when the master dies.
+def watch_master(*, serving: bool = False) -> None:
+    """In a worker process of ``serve``: end when the master dies.
 
-    Linux's ``PR_SET_PDEATHSIG`` covers a master killed with SIGKILL; a master already gone before
-    it was set is caught by comparing the parent's pid. Elsewhere (or outside ``serve``) nothing.
+    While the worker starts (``serving`` false: it has nothing to drain yet) the kernel kills it
+    (``PR_SET_PDEATHSIG`` with SIGKILL): no Python code has to run, so a worker busy loading the app
+    or running its startup cannot miss it. Once it serves (the app calls this again with ``serving``
+    after its startup), the death of the master is one SIGTERM: a graceful shutdown, streams drained
+    and log records written. A master already gone before the setting is caught by comparing the
+    parent's pid. Elsewhere (or outside ``serve``) nothing.
 
     The kernel sends the death signal once for each thread of the master the worker is handed to as
     the master's threads exit (the master has several: the SIGHUP forwarder, granian's watchers), so
-    it is not SIGTERM itself: a granian worker that gets a second SIGTERM before it serves (while the
-    app starts) blocks for ever in granian's shutdown signal, holding the GIL. The first death
-    signal sends SIGTERM once and ignores the others."""
+    the graceful one is not SIGTERM itself: a granian worker that gets a second SIGTERM blocks for
+    ever in granian's shutdown signal, holding the GIL. The first death signal sends SIGTERM once
+    and ignores the others (:func:`_master_gone`)."""
     master = os.environ.get(MASTER_PID_ENV)
     if not master or not master.isdigit() or int(master) == os.getpid() or not sys.platform.startswith("linux"):
         return
-    death = signal.SIGTERM
-    if _MASTER_GONE != signal.SIGTERM and threading.current_thread() is threading.main_thread():
-        signal.signal(_MASTER_GONE, _master_gone)  # before the kernel may send it
-        death = _MASTER_GONE
+    death = signal.SIGKILL
+    if serving:
+        death = signal.SIGTERM
+        if _MASTER_GONE != signal.SIGTERM and threading.current_thread() is threading.main_thread():
+            signal.signal(_MASTER_GONE, _master_gone)  # before the kernel may send it
+            death = _MASTER_GONE
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, death, 0, 0, 0)
     except (OSError, AttributeError):
         return
     if os.getppid() != int(master):
-        os.kill(os.getpid(), signal.SIGTERM)
+        if serving:
+            _end_without_master()
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _master_gone(signum: int, frame: object) -> None:
     signal.signal(signum, signal.SIG_IGN)  # the same death signal again (another thread of the master)
+    _end_without_master()
+
+
+def _end_without_master() -> None:
+    """One SIGTERM: the worker drains its streams and flushes its records as on any shutdown. And a
+    backstop that needs no Python code to run: SIGALRM's default action ends the process after the
+    master's graceful timeout (plus a margin), should the server's shutdown hang (seen once in CI
+    with granian, not reproduced)."""
+    grace = os.environ.get(ORPHAN_GRACE_ENV, "")
+    if grace.isdigit() and int(grace) > 0:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(int(grace))
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -396,9 +420,9 @@ def _after_fork_in_child() -> None:
 
     A forked child inherits the master's Python signal handlers. granian's master handler only
     sets a flag of the master's loop, so in a worker that is still loading the app (its own handlers
-    come after) a SIGTERM, the master's death signal included, would be swallowed and the worker run
-    on for ever: until its server installs its own, SIGTERM and SIGINT get their default action
-    (the process ends; it serves nothing yet), as in a spawned worker. A process forked by a worker
+    come after) a SIGTERM (systemd's, to the group) would be swallowed and the worker run on for
+    ever: until its server installs its own, SIGTERM and SIGINT get their default action (the
+    process ends; it serves nothing yet), as in a spawned worker. A process forked by a worker
     (not by the master) is left alone."""
     master = os.environ.get(MASTER_PID_ENV, "")
     if not master.isdigit() or _forking_pid != [int(master)]:

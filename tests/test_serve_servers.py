@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx2
@@ -108,7 +109,8 @@ def _start_workers(tmp_path: Path, upstream: FakeUpstream, server: str, **loggin
     db = tmp_path / "respan.sqlite3"
     settings = "\n".join(f"{k} = {v}" for k, v in logging.items())
     path = tmp_path / "gateway.toml"
-    path.write_text(test_config(upstream.url, f'[database]\nurl = "sqlite:///{db}"\n'
+    # The graceful timeout bounds a drain without a master too (cli._end_without_master).
+    path.write_text(test_config(upstream.url, f'[server]\ngraceful_timeout = 30\n[database]\nurl = "sqlite:///{db}"\n'
                                               f'[logging]\nspill_dir = "{tmp_path}/spill"\n{settings}\n'))
     gateway = GatewayProcess(str(path), workers=2)
     gateway.command += ["--server", server]
@@ -152,24 +154,40 @@ def test_sigterm_to_the_process_group_drains_every_worker(tmp_path: Path, fake_u
     assert sorted(_stored_ids(db)) == sorted(log_ids), gateway.output
 
 
-def _kill_master_and_wait(gateway: GatewayProcess, workers: list[int], server: str) -> None:
-    """SIGKILL the master (no handler runs): its workers must end by themselves, within a minute."""
+def _kill_master_and_wait(gateway: GatewayProcess, workers: list[int], server: str,
+                          reading: Callable[[], str] | None = None) -> str:
+    """SIGKILL the master (no handler runs): its workers must end by themselves, within a minute.
+    ``reading`` reads the rest of a response in flight meanwhile: its text is returned."""
     os.kill(gateway.process.pid, signal.SIGKILL)
     gateway.process.wait(10)
+    rest = reading() if reading is not None else ""
     deadline = time.monotonic() + 60
     while gateway.group_alive() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not gateway.group_alive(), f"{server}: workers {workers} kept running without their master"
+    assert not gateway.group_alive(), (f"{server}: workers {workers} kept running without their master:\n"
+                                       f"{gateway.group_state()}\n{gateway.log()}")
+    return rest
 
 
 def test_workers_exit_when_their_master_is_killed(tmp_path: Path, fake_upstream: FakeUpstream, server: str) -> None:
-    gateway, _ = _start_workers(tmp_path, fake_upstream, server)
+    """A worker that serves drains when its master dies: the stream in flight ends complete and its
+    log record is written (a long flush interval keeps it in memory until the shutdown)."""
+    gateway, db = _start_workers(tmp_path, fake_upstream, server, flush_interval=30)
     try:
         workers = gateway.worker_pids()
         assert len(workers) == 2, workers
-        _kill_master_and_wait(gateway, workers, server)
+        with httpx2.stream("POST", gateway.base_url + "chat/completions", timeout=60,
+                           headers={"authorization": f"Bearer {TEST_KEY}"},
+                           json={"model": "gpt-test", "messages": MESSAGES, "stream": True,
+                                 "extra_headers": {"x-fake-scenario": "slow-chunks-150,chunks-8"}}) as r:
+            log_id = r.headers["x-respan-log-id"]
+            chunks = r.iter_text()
+            body = next(chunks)
+            body += _kill_master_and_wait(gateway, workers, server, reading=lambda: "".join(chunks))
     finally:
         gateway.stop()
+    assert body.endswith("data: [DONE]\n\n"), body
+    assert _stored_ids(db) == [log_id], gateway.output
 
 
 def test_workers_exit_when_their_master_is_killed_while_they_start(tmp_path: Path, fake_upstream: FakeUpstream, server: str) -> None:

@@ -237,6 +237,26 @@ class GatewayProcess:
             return True
         return True
 
+    def group_state(self) -> str:
+        """For a failure message: each running process of the group, its state, signal masks and
+        where it waits in the kernel."""
+        lines = []
+        for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                if not entry.isdigit() or int(fields[2]) != self.process.pid or fields[0] == b"Z":
+                    continue
+                with open(f"/proc/{entry}/status") as f:
+                    status = [line.strip() for line in f if line.startswith(
+                        ("State", "PPid", "Threads", "SigQ", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"))]
+                with open(f"/proc/{entry}/wchan") as f:
+                    status.append(f"wchan: {f.read()}")
+            except (OSError, ValueError, IndexError):
+                continue
+            lines.append(f"pid {entry}: " + "; ".join(status))
+        return "\n".join(lines)
+
     def _signal_group(self, sig: int) -> None:
         try:
             os.killpg(self.process.pid, sig)
