@@ -38,6 +38,8 @@ class LoggingObserver:
         # Several workers: the depths are summed over the living ones, store_up is the lowest (0 when
         # any worker's store is down), the running counts are per worker (a `pid` label).
         m.gauge("respan_gateway_log_queue_depth", "Log records in memory, not yet written.", source=lambda: len(writer.queue))
+        m.gauge("respan_gateway_log_queue_bytes", "Bytes of the log records in memory (as stored), against [logging] queue_bytes.",
+                source=lambda: writer.queued_bytes)
         m.gauge("respan_gateway_log_spill_pending", "Log records in spill files, waiting for the store.", source=lambda: writer.spill.pending)
         m.gauge("respan_gateway_log_store_up", "1 when the log store accepts writes.", source=lambda: 1.0 if writer.store_up else 0.0,
                 multiprocess_mode="livemin")

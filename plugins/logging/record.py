@@ -6,6 +6,7 @@ record and the store, ISO 8601 in the logs API; durations are seconds; cost is U
 
 from __future__ import annotations
 
+import operator
 import typing
 from typing import Any
 
@@ -142,6 +143,27 @@ _encode = msgspec.json.Encoder().encode
 
 _JSON_INDEXES = tuple(i for i, name in enumerate(COLUMNS) if name in JSON_COLUMNS)
 _astuple = msgspec.structs.astuple
+_json_fields = operator.attrgetter(*(COLUMNS[i] for i in _JSON_INDEXES))
+#: What a record weighs besides its JSON fields (the struct, its ids, numbers and short texts).
+RECORD_OVERHEAD = 2048
+
+
+def stored_size(record: LogRecord) -> int:
+    """About the bytes ``record`` holds: its JSON fields as the text they are stored as (a field passed
+    through undecoded by its length; a chat prompt counts twice, in prompt_messages and full_request,
+    as the row holds it), plus :data:`RECORD_OVERHEAD`. What ``[logging] queue_bytes`` counts."""
+    size = RECORD_OVERHEAD
+    for value in _json_fields(record):
+        if value is None:
+            continue
+        if isinstance(value, (msgspec.Raw, bytes, str)):
+            size += len(value)
+            continue
+        try:
+            size += len(_encode(value))
+        except Exception:  # not encodable: the insert says so (and quarantines it), not the weighing
+            pass
+    return size
 
 
 def to_row(record: LogRecord) -> tuple[Any, ...]:
@@ -152,5 +174,5 @@ def to_row(record: LogRecord) -> tuple[Any, ...]:
     for i in _JSON_INDEXES:
         value = row[i]
         if value is not None:
-            row[i] = bytes(value).decode() if isinstance(value, msgspec.Raw) else _encode(value).decode()
+            row[i] = str(value, "utf-8") if isinstance(value, msgspec.Raw) else _encode(value).decode()  # no bytes copy
     return tuple(row)

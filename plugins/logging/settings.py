@@ -11,8 +11,10 @@ class LoggingSettings(Settings):
     # Records per INSERT, and the longest a record waits in memory before it is written (seconds).
     batch_size: int = 200
     flush_interval: float = 0.5
-    # Records held in memory at most; beyond, new records go straight to the spill file.
+    # Records held in memory at most, by count and by bytes (record.stored_size: their JSON fields as
+    # stored, a batch being written included); beyond either, new records go straight to the spill file.
     queue_size: int = 10000
+    queue_bytes: int = 32 * 1024 * 1024
     # Where records go while the store is down or slow (one append-only file per process).
     spill_dir: str = "data/spill"
     # A batch insert slower than this counts as a failure: the batch is spilled, the store marked down.
