@@ -174,3 +174,35 @@ def test_sigterm_with_requests_in_flight_loses_no_record(fake_upstream, tmp_path
             t.join(60)
     assert len(results) == 8, "every in-flight stream finishes during the graceful shutdown"
     assert sorted(_sqlite_ids(db)) == sorted(results + done_before)
+
+
+def test_queue_bounded_by_bytes_spills_big_records_and_loses_none(gateway_factory, tmp_path) -> None:
+    """Records of 100 KB prompts while the store is stuck (SQLite locked; the writer waits in its
+    busy timeout, not failing): memory holds what fits in ``queue_bytes`` (the batch being written
+    counts), the rest goes to the spill file; once the lock goes, every record is stored, once."""
+    db = tmp_path / "respan.sqlite3"
+    # A record weighs about 2 x 100 KB (the prompt as prompt_messages and in full_request) + 2 KB:
+    # three fit in 700,000 bytes, a fourth does not. queue_size is far away: only bytes can bind.
+    gw = gateway_factory(f'[database]\nurl = "sqlite:///{db}"\ncommand_timeout = 60\n'
+                         f'[logging]\nspill_dir = "{tmp_path}/spill"\nflush_interval = 0.05\nwrite_timeout = 60\n'
+                         f'retry_interval = 0.3\nqueue_size = 10000\nqueue_bytes = 700000\n')
+    writer = dict(gw.gateway.observers)["logging"].writer
+    big = [{"role": "user", "content": "word " * 20_000}]
+    blocker = sqlite3.connect(db, timeout=5, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        ids = []
+        for n in range(8):
+            r = httpx2.post(gw.base_url + "chat/completions", headers={"authorization": f"Bearer {TEST_KEY}"},
+                            timeout=30, json={"model": "gpt-test", "messages": big, "metadata": {"n": n}})
+            assert r.status_code == 200, r.text
+            ids.append(r.headers["x-respan-log-id"])
+        assert _wait_until(lambda: writer.spilled + len(writer.queue) >= 7, 30)
+        assert writer.spilled == 5, "three records in memory (one of them in the stuck batch), five on disk"
+        assert writer.write_failures == 0, "the store was slow, not down: the byte bound spilled them"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    stored = _all_stored(lambda: _sqlite_ids(db), len(ids))
+    assert sorted(stored) == sorted(ids)  # every record, once: the spilled ones replayed
+    assert _wait_until(lambda: writer.spill.pending == 0 and writer.queued_bytes == 0, 30)
