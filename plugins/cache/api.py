@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from respan_gateway import BadRequest, Gateway, GatewayError, NotFound, json_body
 
-from .middleware import BACKEND_ERRORS, ResponseCache
+from .middleware import ResponseCache
 
 _encode = msgspec.json.Encoder().encode
 FILTERS = ("model", "customer_identifier")
@@ -46,7 +46,7 @@ async def purge_caches(request: Request) -> Response:
     try:
         deleted = await cache.purge(principal.tenant, model=None if model is None else str(model),
                                     customer=None if customer is None else str(customer))
-    except BACKEND_ERRORS:
+    except cache.errors:
         raise CacheUnavailable("the cache's Redis is unreachable: nothing was deleted; retry") from None
     return Response(_encode({"deleted": deleted}), media_type="application/json")
 

@@ -3,7 +3,7 @@
 - :class:`BoundedMemoryCache`: in the process, bounded by entries and by bytes, least recently used
   out first, each entry with its TTL (read against the plugin's clock). aiocache's own
   ``SimpleMemoryCache`` has no bound and expires entries with one timer per key, so it is replaced.
-- :class:`SharedRedisCache`: aiocache's ``RedisBackend`` commands over the core's one Redis client
+- :class:`~.shared.SharedRedisCache` (its own module: it imports redis): aiocache's ``RedisBackend`` commands over the core's one Redis client
   (``gateway.state.redis``). aiocache's ``RedisCache`` builds a connection pool of its own in its
   constructor; this subclass skips that constructor and reads the shared client instead, so the
   process holds one pool, configured once in ``[state]``. It never closes that client (the core does)
@@ -16,25 +16,38 @@ interface each has :meth:`purge`, the admin API's bulk delete.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from aiocache.backends.redis import RedisBackend
-from aiocache.base import BaseCache
-from aiocache.serializers import NullSerializer
 
-from .entry import EntryMeta, HEAD, header_length, read_meta
+def _import_aiocache() -> None:
+    """aiocache's package imports redis when it is installed, for a RedisCache this plugin never uses
+    (:class:`~.shared.SharedRedisCache` is its own): hidden while aiocache loads, unless the process
+    has it already. redis costs a worker that has no Redis some 8 MB and 0.7 s."""
+    if "aiocache" in sys.modules or "redis" in sys.modules:
+        return
+    sys.modules["redis"] = None  # type: ignore[assignment]  # `import redis` fails: aiocache skips its RedisCache
+    try:
+        import aiocache  # noqa: F401
+    finally:
+        del sys.modules["redis"]
 
-if TYPE_CHECKING:
-    from respan_gateway.state import SharedState
+
+_import_aiocache()
+
+from aiocache.base import BaseCache  # noqa: E402
+from aiocache.serializers import NullSerializer  # noqa: E402
+
+from .entry import EntryMeta, read_meta  # noqa: E402
 
 #: Whether an entry's header matches the purge's filters.
 Match = Callable[[EntryMeta], bool]
 
 
-def _bytes_serializer() -> NullSerializer:
+def bytes_serializer() -> NullSerializer:
     return NullSerializer(encoding=None)  # values are bytes in and bytes out
 
 
@@ -44,7 +57,7 @@ class BoundedMemoryCache(BaseCache):
     NAME = "bounded-memory"
 
     def __init__(self, *, max_entries: int, max_bytes: int, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(serializer=_bytes_serializer(), timeout=0)
+        super().__init__(serializer=bytes_serializer(), timeout=0)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.clock = clock
@@ -161,69 +174,9 @@ class BoundedMemoryCache(BaseCache):
         return len(doomed)
 
 
-class SharedRedisCache(RedisBackend):
-    """aiocache's Redis backend over the process's one client (``gateway.state.redis``)."""
-
-    NAME = "shared-redis"
-    #: Bytes of each entry the purge reads to find its header (a longer header is read in a second step).
-    PURGE_PREFIX_BYTES = 1024
-
-    def __init__(self, state: SharedState) -> None:
-        # Not RedisBackend.__init__: it builds a connection pool of its own. The shared client is read
-        # on each use (it exists from the app's start on).
-        BaseCache.__init__(self, serializer=_bytes_serializer(), timeout=0)
-        self._state = state
-
-    @property
-    def client(self) -> Any:  # what RedisBackend's commands use
-        return self._state.redis
-
-    async def _close(self, *args: Any, _conn: Any = None, **kwargs: Any) -> None:
-        pass  # the client is the core's: it closes it at shutdown
-
-    async def _clear(self, namespace: str | None = None, _conn: Any = None) -> bool:
-        if not namespace:
-            raise ValueError("the shared Redis is cleared by key prefix only, never flushed")
-        await self.purge(glob_escape(namespace) + "*", None)
-        return True
-
-    async def purge(self, pattern: str, match: Match | None) -> int:
-        """Delete the keys matching the glob ``pattern`` whose entry header ``match`` accepts."""
-        client = self.client
-        deleted = 0
-        batch: list[bytes] = []
-        async for key in client.scan_iter(match=pattern, count=500):
-            batch.append(key)
-            if len(batch) >= 500:
-                deleted += await self._purge_batch(batch, match)
-                batch = []
-        if batch:
-            deleted += await self._purge_batch(batch, match)
-        return deleted
-
-    async def _purge_batch(self, keys: list[bytes], match: Match | None) -> int:
-        client = self.client
-        if match is not None:
-            async with client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.getrange(key, 0, self.PURGE_PREFIX_BYTES - 1)
-                prefixes = await pipe.execute()
-            chosen = []
-            for key, prefix in zip(keys, prefixes):
-                meta = read_meta(prefix or b"")
-                if meta is None and prefix:
-                    length = header_length(prefix)
-                    if length is not None:  # a header longer than the first read
-                        meta = read_meta(await client.getrange(key, 0, HEAD + length - 1) or b"")
-                if meta is not None and match(meta):
-                    chosen.append(key)
-            keys = chosen
-        return int(await client.unlink(*keys)) if keys else 0
-
-
 def glob_escape(text: str) -> str:
     """``text`` matched literally in a Redis glob pattern (SCAN MATCH)."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-__all__ = ["BoundedMemoryCache", "SharedRedisCache", "glob_escape"]
+__all__ = ["BoundedMemoryCache", "Match", "bytes_serializer", "glob_escape"]

@@ -10,7 +10,7 @@ others wait for its answer; on Redis, the leader also holds a lock key (``SET NX
 other replicas' identical misses poll for its entry instead of calling upstream. Every wait is bounded
 (``wait_timeout``), and a leader that fails or gives no storable answer lets the others go upstream.
 
-Redis unreachable (:data:`respan_gateway.state.UNAVAILABLE`): that request goes on with no cache, a
+Redis unreachable (``gateway.state.unavailable``): that request goes on with no cache, a
 warning goes to the process log (at most one per ``warn_interval``) and
 ``respan_gateway_cache_unavailable_total`` counts it; a request never fails because of the cache.
 """
@@ -25,15 +25,13 @@ from typing import Any
 
 import msgspec
 import structlog
-from redis.exceptions import RedisError
 
 from respan_gateway import (
     CacheInfo, Call, CallNext, Chunk, ConfigError, Endpoint, Gateway, JSONResult, Result, StreamResult, aclose,
 )
 from respan_gateway.hookspecs import CacheStats
-from respan_gateway.state import UNAVAILABLE
 
-from .backends import BoundedMemoryCache, SharedRedisCache, glob_escape
+from .backends import BoundedMemoryCache, glob_escape
 from .entry import EntryMeta, pack, unpack
 from .key import digest, options_of
 from .settings import CacheSettings
@@ -42,7 +40,6 @@ log = structlog.get_logger("respan_gateway.cache")
 
 HEADER = "x-respan-cache"
 #: What a failing store raises: Redis unreachable or refusing (the request goes on uncached).
-BACKEND_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE, RedisError)
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.Encoder().encode
@@ -76,11 +73,19 @@ class ResponseCache:
         self.shared = settings.backend == "redis" or (settings.backend == "auto" and gateway.state.shared)
         self.clock = time.time
         self.memory: BoundedMemoryCache | None = None
-        if self.shared:
-            self.store: BoundedMemoryCache | SharedRedisCache = SharedRedisCache(gateway.state)
+        #: What a store operation raises when the store cannot answer (``errors`` of the admin API too).
+        self.errors: tuple[type[BaseException], ...]
+        if self.shared:  # redis is imported here only: a process without Redis never loads it
+            from redis.exceptions import RedisError
+
+            from .shared import SharedRedisCache
+
+            self.store: Any = SharedRedisCache(gateway.state)
+            self.errors = (*gateway.state.unavailable, RedisError)
         else:
             self.memory = self.store = BoundedMemoryCache(
                 max_entries=settings.max_entries, max_bytes=settings.max_bytes, clock=lambda: self.clock())
+            self.errors = gateway.state.unavailable
         self.endpoints: dict[str, Endpoint] = {e.kind: e for e in gateway.endpoints}
         self.ignored = frozenset(settings.ignore_fields)
         self.flights: dict[str, _Flight] = {}
@@ -146,7 +151,7 @@ class ResponseCache:
         key = self.state.key("cache", tenant, key_digest)
         try:
             found = self._live(await self.store.get(key))
-        except BACKEND_ERRORS as exc:
+        except self.errors as exc:
             self._unavailable("get", exc)
             self.misses.inc((call.kind,))
             return await call_next(call)
@@ -189,7 +194,7 @@ class ResponseCache:
                 found = self._live(value)
                 return (*found, value) if found is not None and value is not None else None
             flight.lock = (lock_key, token)
-        except BACKEND_ERRORS as exc:
+        except self.errors as exc:
             self._unavailable("lock", exc)
             flight.degraded = True
         return None
@@ -272,7 +277,7 @@ class ResponseCache:
             return
         try:
             await self.store.set(key, value, ttl=float(ttl))
-        except BACKEND_ERRORS as exc:
+        except self.errors as exc:
             self._unavailable("set", exc)
             return
         self.stores.inc((call.kind, "stored"))
@@ -292,10 +297,10 @@ class ResponseCache:
             task.add_done_callback(self._tasks.discard)
 
     async def _release(self, lock_key: str, token: str) -> None:
-        assert isinstance(self.store, SharedRedisCache)
+        assert self.shared
         try:  # only our own lock (compare and delete); it expires by itself anyway
             await self.store._redlock_release(lock_key, token)
-        except BACKEND_ERRORS as exc:
+        except self.errors as exc:
             self._unavailable("unlock", exc)
 
     def _unavailable(self, operation: str, exc: BaseException) -> None:
@@ -316,7 +321,7 @@ class ResponseCache:
             return (meta.tenant == tenant and (model is None or meta.model == model)
                     and (customer is None or meta.customer == customer))
 
-        if isinstance(self.store, SharedRedisCache):
+        if self.shared:
             # Exactly 64 characters after the prefix: the tenant "a" never matches the tenant "a:b".
             pattern = glob_escape(self.state.key("cache", tenant)) + ":" + "?" * 64
             return await self.store.purge(pattern, match if model is not None or customer is not None else None)
@@ -391,4 +396,4 @@ def _check(s: CacheSettings) -> None:
             raise ConfigError(f"`cache.{name}` must not be negative")
 
 
-__all__ = ["BACKEND_ERRORS", "HEADER", "ResponseCache"]
+__all__ = ["HEADER", "ResponseCache"]

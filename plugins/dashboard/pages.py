@@ -10,13 +10,13 @@ signed-in admin's tenant.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib.resources
 import math
 import time
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
-import jinja2
 import msgspec
 import structlog
 from starlette.requests import Request
@@ -81,13 +81,20 @@ class Dashboard:
         self.settings = settings
         self.gateway = gateway
         self.sessions = Sessions(settings.secret, settings.session_ttl)
-        self.templates = jinja2.Environment(
+        folder = importlib.resources.files("respan_plugins.dashboard") / "static"
+        self.static = {f.name: f.read_bytes() for f in folder.iterdir() if f.name[f.name.rfind("."):] in STATIC_TYPES}
+
+    @functools.cached_property
+    def templates(self) -> Any:
+        """The pages' Jinja2 environment, built on the first page: a worker nobody browses never loads it."""
+        import jinja2
+
+        templates = jinja2.Environment(
             loader=jinja2.PackageLoader("respan_plugins.dashboard", "templates"),
             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
         )
-        self.templates.filters.update(pretty=_pretty, when=_when, seconds=_seconds, usd=_usd, segment=_segment)
-        folder = importlib.resources.files("respan_plugins.dashboard") / "static"
-        self.static = {f.name: f.read_bytes() for f in folder.iterdir() if f.name[f.name.rfind("."):] in STATIC_TYPES}
+        templates.filters.update(pretty=_pretty, when=_when, seconds=_seconds, usd=_usd, segment=_segment)
+        return templates
 
     async def startup(self) -> None:
         if self.gateway.service(RequestLogReader) is None:

@@ -9,7 +9,7 @@ reserved. Calls without limits cost a dict lookup or two.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -17,7 +17,6 @@ from respan_gateway import Call, CallNext, Gateway, GatewayError, RateLimited, R
 from respan_gateway.cost import Usage
 from respan_gateway.cost import cost as price
 from respan_gateway.errors import BadRequest
-from respan_gateway.state import UNAVAILABLE
 
 from .counters import Clock, Counter, CounterStore, MemoryCounters, RedisCounters, ttl_of
 from .customers import CustomerCache
@@ -26,16 +25,21 @@ from .settings import LimitsSettings
 from .store import CustomerStore, UsageWriter
 from .warnings import Warnings
 
+if TYPE_CHECKING:
+    from respan_gateway.state import SharedState
+
 log = structlog.get_logger("respan_gateway.limits")
 
 #: Where the middleware leaves its reservation for the observer (the plugin's own note on the call).
 RESERVATION = "respan_limits.reservation"
 
 
-def _redis_errors() -> tuple[type[BaseException], ...]:
+def _redis_errors(state: SharedState) -> tuple[type[BaseException], ...]:
+    if not state.shared:
+        return state.unavailable  # the in-process counters: redis is not even imported
     from redis.exceptions import RedisError
 
-    return (*UNAVAILABLE, RedisError)
+    return (*state.unavailable, RedisError)
 
 
 class LimitsUnavailable(GatewayError):
@@ -69,7 +73,7 @@ class Limits:
         self.customers = CustomerCache(settings.customer_cache_ttl, settings.customer_cache_size, self.writer)
         self.endpoints = {e.kind: e for e in gateway.endpoints}
         self.warnings = Warnings(settings, gateway)
-        self._errors = _redis_errors()
+        self._errors = _redis_errors(gateway.state)
         m = gateway.metrics
         self.checks = m.counter("respan_gateway_limit_checks_total",
                                 "Calls checked against limits, by result (allowed, blocked, unavailable_refused, unavailable_allowed).",

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import yaml
 
 from respan_gateway.config import describe_validation_error
 from respan_gateway.hookspecs import PromptInfo
@@ -37,6 +36,8 @@ def prompt_files(folder: Path) -> list[Path]:
 
 
 def read_file(path: Path) -> Any:
+    import yaml  # here: only a folder of prompt files needs it, not every worker
+
     text = path.read_bytes()
     try:
         if path.suffix == ".toml":

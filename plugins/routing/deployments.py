@@ -31,7 +31,6 @@ import msgspec
 import structlog
 
 from respan_gateway import Call, CallNext, Chunk, ConfigError, GatewayError, Result, StreamResult, Target, UpstreamError, aclose
-from respan_gateway.state import UNAVAILABLE
 
 from .settings import DeploymentsSettings
 
@@ -159,7 +158,7 @@ class _RedisStore:
                 for key in keys:
                     pipe.hmget(self._key(key), "fails", "until", "tripped")
                 rows = await pipe.execute()
-        except UNAVAILABLE as exc:
+        except self.state.unavailable as exc:
             self._down(exc)
             return [None] * len(keys)
         self._warned = False
@@ -176,21 +175,21 @@ class _RedisStore:
         keep = int((max(until - time.time(), 0.0) + self.KEEP_SECONDS) * 1000)
         try:
             await self.state.redis.eval(_FAIL, 2, name, name + ":probe", allowed, repr(until), keep)
-        except UNAVAILABLE as exc:
+        except self.state.unavailable as exc:
             self._down(exc)
 
     async def clear(self, key: HealthKey) -> None:
         name = self._key(key)
         try:
             await self.state.redis.delete(name, name + ":probe")
-        except UNAVAILABLE as exc:
+        except self.state.unavailable as exc:
             self._down(exc)
 
     async def lease(self, key: HealthKey, owner: str, now: float, seconds: float) -> bool:
         name = self._key(key)
         try:
             return bool(await self.state.redis.eval(_LEASE, 2, name, name + ":probe", owner, repr(now), max(1, int(seconds * 1000))))
-        except UNAVAILABLE as exc:
+        except self.state.unavailable as exc:
             self._down(exc)
             return True
 
