@@ -65,3 +65,30 @@ def test_the_password_in_the_url_is_a_secret(fake_upstream) -> None:
     server = GatewayServer(test_config(fake_upstream.url, '[state]\nredis_url = "redis://:hunter2-redis-pass@127.0.0.1:1/0"\n'))
     assert "hunter2-redis-pass" not in redact_value("AUTH said: bad password hunter2-redis-pass")
     assert "hunter2" not in str(server.gateway.state.describe())
+
+
+_NO_REDIS_SCRIPT = """
+import sys
+import httpx2
+from respan_gateway.testing import TEST_KEY, FakeUpstream, GatewayServer, test_config
+with FakeUpstream() as upstream, GatewayServer(test_config(upstream.url)) as gateway:
+    for _ in range(2):  # a miss, then a hit: the cache's memory store answers
+        r = httpx2.post(gateway.base_url + "chat/completions", headers={"authorization": f"Bearer {TEST_KEY}"},
+                        json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "cache_enabled": True},
+                        timeout=30)
+        assert r.status_code == 200, r.text
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("redis", "opentelemetry"))
+print("RESULT", r.headers.get("x-respan-cache"), loaded)
+"""
+
+
+def test_without_redis_url_redis_is_never_imported() -> None:
+    """redis costs an idle worker some 8 MB (it imports OpenTelemetry's SDK): a process without Redis
+    serves, caches and limits without loading it. A fresh interpreter: this one has redis already."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _NO_REDIS_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))
+    assert result == "RESULT HIT []", done.stdout
