@@ -46,6 +46,21 @@ _PATTERNS = {
     ]),
     "cl100k_base": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
 }
+# o200k_base's pattern for ASCII text, for the stdlib `re` (some 8x faster than `regex` with its Unicode
+# classes): the letter classes are their ASCII members ([A-Z], [a-z]; Lt, Lm, Lo and M have none), digits
+# [0-9], and `\s` `regex`'s ASCII whitespace (not \x1c-\x1f, which `re`'s includes). Splits the same.
+_ASCII_WS = r"\t\n\x0b\x0c\r "
+_ASCII_PATTERNS = {
+    "o200k_base": "|".join([
+        r"""[^\r\nA-Za-z0-9]?[A-Z]*[a-z]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\nA-Za-z0-9]?[A-Z]+[a-z]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[0-9]{1,3}""",
+        rf""" ?[^{_ASCII_WS}A-Za-z0-9]+[\r\n/]*""",
+        rf"""[{_ASCII_WS}]*[\r\n]+""",
+        rf"""[{_ASCII_WS}]+(?![^{_ASCII_WS}])""",
+        rf"""[{_ASCII_WS}]+""",
+    ]),
+}
 # The longest token tried when a piece is cut (bytes); longer vocabulary tokens are rare runs of
 # spaces or punctuation, and trying them costs more than the little they change.
 _LONGEST = 24
@@ -61,7 +76,7 @@ _encode = msgspec.json.Encoder().encode
 class Vocabulary:
     """An encoding's vocabulary as a sorted array of the tokens' CRC-32s, and its pre-tokenizer."""
 
-    __slots__ = ("keys", "split", "cache")
+    __slots__ = ("keys", "split", "split_ascii", "cache")
 
     def __init__(self, encoding: str) -> None:
         import base64
@@ -78,7 +93,11 @@ class Vocabulary:
         raw = gzip.decompress((Path(spec.origin).parent / "data" / f"{encoding}.tiktoken.gz").read_bytes())
         b64decode = base64.b64decode
         self.keys = array("I", sorted({crc32(b64decode(line.partition(b" ")[0])) for line in raw.splitlines() if line}))
+        import re
+
         self.split = regex.compile(_PATTERNS[encoding]).findall
+        ascii_pattern = _ASCII_PATTERNS.get(encoding)
+        self.split_ascii = re.compile(ascii_pattern).findall if ascii_pattern else None
         self.cache: dict[str, int] = {}
 
     def _known(self, piece: bytes) -> bool:
@@ -116,7 +135,8 @@ class Vocabulary:
     def count(self, text: str) -> int:
         cache = self.cache
         total = 0
-        for piece in self.split(text):
+        split = self.split_ascii if self.split_ascii is not None and text.isascii() else self.split
+        for piece in split(text):
             n = cache.get(piece)
             if n is None:
                 n = self._piece(piece)
