@@ -18,6 +18,7 @@ afterwards (the ``limits`` plugin's).
 
 from __future__ import annotations
 
+import re
 import threading
 from bisect import bisect_left
 from collections.abc import Callable
@@ -93,12 +94,10 @@ class Vocabulary:
         raw = gzip.decompress((Path(spec.origin).parent / "data" / f"{encoding}.tiktoken.gz").read_bytes())
         b64decode = base64.b64decode
         self.keys = array("I", sorted({crc32(b64decode(line.partition(b" ")[0])) for line in raw.splitlines() if line}))
-        import re
-
         self.split = regex.compile(_PATTERNS[encoding]).findall
+        self.cache: dict[str, int] = {}
         ascii_pattern = _ASCII_PATTERNS.get(encoding)
         self.split_ascii = re.compile(ascii_pattern).findall if ascii_pattern else None
-        self.cache: dict[str, int] = {}
 
     def _known(self, piece: bytes) -> bool:
         keys = self.keys
