@@ -50,13 +50,14 @@ def _url(url: str) -> yarl.URL:
 class AiohttpResponse:
     """An :class:`~respan_gateway.upstream.UpstreamResponse` on aiohttp's response."""
 
-    __slots__ = ("status_code", "headers", "_content", "_response")
+    __slots__ = ("status_code", "headers", "_content", "_response", "_deadline")
 
     def __init__(self, response: aiohttp.ClientResponse, content: bytes | None = None) -> None:
         self.status_code: int = response.status
         self.headers: CIMultiDictProxy[str] = response.headers
         self._content = content
         self._response = response
+        self._deadline: _ReadDeadline | None = None
 
     @property
     def content(self) -> bytes:
@@ -70,14 +71,38 @@ class AiohttpResponse:
                 yield self._content
             return
         reader = self._response.content
-        while True:
-            try:
-                piece = await reader.readany()
-            except Exception as exc:
-                raise _map_error(exc, reading=True) from exc
-            if not piece:
-                return
-            yield piece
+        connection = self._response.connection
+        protocol = connection.protocol if connection is not None else None
+        timeout = protocol.read_timeout if protocol is not None else None
+        if not timeout:
+            while True:
+                try:
+                    piece = await reader.readany()
+                except Exception as exc:
+                    raise _map_error(exc, reading=True) from exc
+                if not piece:
+                    return
+                yield piece
+        # aiohttp would cancel its read timer and start a new one at every piece received: one deadline
+        # per wait instead, watched by one timer that moves only when it fires early.
+        assert protocol is not None
+        protocol.read_timeout = None  # from the next piece received on (the timer of the last one runs out as it would)
+        loop = asyncio.get_running_loop()
+        deadline = self._deadline = _ReadDeadline(loop, reader, timeout)
+        try:
+            while True:
+                deadline.wait(loop.time())
+                try:
+                    piece = await reader.readany()
+                except Exception as exc:
+                    raise _map_error(exc, reading=True) from exc
+                finally:
+                    deadline.until = None
+                if not piece:
+                    return
+                yield piece
+        finally:
+            deadline.close()
 
     async def aread(self) -> bytes:
         if self._content is None:
@@ -91,7 +116,40 @@ class AiohttpResponse:
 
     async def aclose(self) -> None:
         # Returns the connection to the pool when the body was read to its end, closes it otherwise.
+        if self._deadline is not None:
+            self._deadline.close()
         self._response.release()
+
+
+class _ReadDeadline:
+    """The read timeout of a streamed body: the wait for each piece lasts at most ``timeout`` seconds
+    (aiohttp's ``sock_read``, which raises the same error), with one timer handle per stream."""
+
+    __slots__ = ("loop", "reader", "timeout", "until", "handle")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, reader: aiohttp.StreamReader, timeout: float) -> None:
+        self.loop, self.reader, self.timeout = loop, reader, timeout
+        self.until: float | None = None  # None: not waiting (the consumer has the last piece)
+        self.handle: asyncio.TimerHandle | None = None
+
+    def wait(self, now: float) -> None:
+        self.until = now + self.timeout
+        if self.handle is None:
+            self.handle = self.loop.call_at(self.until, self._check)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+    def _check(self) -> None:
+        self.handle = None
+        if self.until is None:
+            return  # armed again by the next wait
+        if self.loop.time() >= self.until:
+            self.reader.set_exception(aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
+        else:
+            self.handle = self.loop.call_at(self.until, self._check)
 
 
 class AiohttpClient:

@@ -286,7 +286,8 @@ class ProviderAdapter:
     # -- streams ----------------------------------------------------------------------------------
     async def events(self, response: UpstreamResponse, target: Target, *,
                      mark: Callable[[Chunk], StreamMark | None] | None = None,
-                     error: Callable[[Chunk], GatewayError | None] | None = None) -> AsyncIterator[Chunk]:
+                     error: Callable[[Chunk], GatewayError | None] | None = None,
+                     seen: Callable[[Chunk], None] | None = None) -> AsyncIterator[Chunk]:
         """The events of a streamed answer, as :class:`Chunk`: the one upstream SSE loop.
 
         Each event goes through :meth:`stream_error` (an error event raises) and :meth:`stream_mark`
@@ -294,6 +295,8 @@ class ProviderAdapter:
         ``mark`` when given: for a second wire format of the same provider (OpenAI's Responses API). A broken connection raises
         :class:`StreamInterrupted`, and so does a body that ends with neither an end marker nor a
         complete answer (a truncated answer never looks complete). The response is always closed.
+        ``seen`` is called with each event passed on, before it is: what an adapter reads of its stream
+        (its usage) without a loop of its own around this one (a generator layer costs per chunk).
         """
         complete = False
         mark_of, error_of = mark or self.stream_mark, error or self.stream_error
@@ -306,6 +309,8 @@ class ProviderAdapter:
                 meaning = mark_of(chunk)
                 if meaning == "end":
                     return
+                if seen is not None:
+                    seen(chunk)
                 yield chunk
                 if meaning == "last":
                     return

@@ -86,6 +86,12 @@ class StreamResponse(Response):
         outcome.stream_end = "client_gone"
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            if self.first is not None:
+                # Sent before the disconnect watcher's task group is made: nothing between the head and the client.
+                if self.accumulator is not None:
+                    self.accumulator.feed(self.first)
+                await send({"type": "http.response.body", "body": frame(self.first), "more_body": True})
+                outcome.chunks += 1
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope)
                 await self._send_chunks(chunks, send)
@@ -101,19 +107,14 @@ class StreamResponse(Response):
 
     async def _send_chunks(self, chunks: AsyncIterator[Chunk], send: Send) -> None:
         outcome = self.call.outcome
-        accumulator = self.accumulator
+        feed = self.accumulator.feed if self.accumulator is not None else None
         end: StreamEnd = "complete"
         try:
-            if self.first is not None:
-                if accumulator is not None:
-                    accumulator.feed(self.first)
-                await send({"type": "http.response.body", "body": frame(self.first), "more_body": True})
-                outcome.chunks += 1
             async for chunk in chunks:
                 if self.client_gone:
                     return  # the iterator is closed by the caller: the upstream stops, the log says 499
-                if accumulator is not None:
-                    accumulator.feed(chunk)
+                if feed is not None:
+                    feed(chunk)
                 await send({"type": "http.response.body", "body": frame(chunk), "more_body": True})
                 outcome.chunks += 1
             done = self.endpoint.stream_done if self.endpoint is not None else None

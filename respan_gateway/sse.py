@@ -32,8 +32,16 @@ async def read_events(
     data: list[bytes] = []
     size = 0  # bytes of `data`
     async for piece in source:
+        # The common piece: one whole event of one data line and nothing pending, read without the line
+        # loop. (Not `in`, `find`, `startswith` on bytes here: each costs more than the slices; `in` first
+        # tries its needle as an int and raises.)
+        if not buffer and not data and event is None and piece[:6] == b"data: " and len(piece) <= max_event_bytes:
+            line, _, rest = piece.partition(b"\n")
+            if rest == b"\n" and line[-1:] != b"\r":
+                yield Chunk(line[6:])
+                continue
         buffer += piece
-        if b"\n" not in piece:
+        if not piece.partition(b"\n")[1]:
             if len(buffer) > max_event_bytes:
                 raise _too_large(max_event_bytes, provider)
             continue
@@ -72,7 +80,7 @@ def _too_large(limit: int, provider: str) -> UpstreamTooLarge:
 def frame(chunk: Chunk) -> bytes:
     """One event as it goes to the client; data of several lines (an upstream event of several
     ``data`` lines, joined by the reader) goes out as several ``data`` lines again."""
-    data = chunk.data.replace(b"\n", b"\ndata: ") if b"\n" in chunk.data else chunk.data
+    data = chunk.data.replace(b"\n", b"\ndata: ")  # the same object when there is none
     if chunk.event is None:
         return b"data: " + data + b"\n\n"
     return b"event: " + chunk.event.encode() + b"\ndata: " + data + b"\n\n"

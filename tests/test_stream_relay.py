@@ -55,6 +55,18 @@ def test_a_client_leaving_a_fast_stream_stops_the_upstream_and_is_logged_499(
         gateway.stop()
 
 
+def test_a_finish_written_with_spaces_completes_a_stream_without_its_done(gateway) -> None:
+    # The relay tells a finished answer by `"finish_reason":` not followed by `null`, and only then
+    # searches the pattern, spaces allowed: a stream without [DONE] whose finish is spaced is complete.
+    stream = gateway.openai().chat.completions.create(
+        model="gpt-test", messages=MESSAGES, stream=True, stream_options={"include_usage": True},
+        extra_body={"extra_headers": {"x-fake-scenario": "spaced-json,no-done"}})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from the fake upstream!"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
 def test_an_upstream_event_of_several_data_lines_reaches_the_sdk_whole(gateway) -> None:
     # The upstream splits each event's JSON over two `data:` lines: one event, whose data is the two
     # lines joined by a newline. Re-framed without `data:` on the second line, the SDK gets half a JSON.

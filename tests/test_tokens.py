@@ -45,6 +45,23 @@ def test_the_vocabulary_count_is_within_3_percent_of_the_bpe(encoding: str, kind
     assert abs(counted - exact) <= 0.03 * exact, (counted, exact)
 
 
+def test_ascii_text_is_split_as_the_encodings_own_pattern_splits_it() -> None:
+    # The stdlib pattern used for ASCII text (the streamed answers' estimate, per chunk of text) against
+    # the encoding's own: every ASCII character, and random runs of the characters the pattern tells apart.
+    import random
+    import string
+
+    vocabulary = _vocabulary("o200k_base")
+    assert vocabulary.split_ascii is not None
+    rng = random.Random(17)
+    alphabets = ["".join(map(chr, range(128))), string.printable, "aA 'sS'lL'dD're\r\n\t\x0b/12345!?.-"]
+    texts = [SAMPLES["english"], SAMPLES["code"], SAMPLES["json"], "".join(map(chr, range(128)))]
+    texts += ["".join(rng.choice(a) for _ in range(rng.randint(1, 40))) for a in alphabets for _ in range(3000)]
+    for text in texts:
+        if text.isascii():
+            assert vocabulary.split_ascii(text) == vocabulary.split(text), repr(text)
+
+
 def test_quick_is_utf8_bytes_over_4() -> None:
     assert (tokens.quick(""), tokens.quick("hi"), tokens.quick("a" * 40), tokens.quick("é" * 10)) == (0, 1, 10, 5)
 

@@ -121,6 +121,20 @@ def test_stall_mid_stream_ends_with_an_error_event(gateway_on: GatewayServer) ->
     assert not isinstance(info.value, openai.APIStatusError)
 
 
+def test_read_timeout_mid_stream_ends_with_an_error_event(gateway_factory, request: pytest.FixtureRequest) -> None:
+    # The transport's own read timeout (not reliability's idle limit, left at its default): aiohttp's is
+    # one deadline per wait of the stream, not its per-piece timer; both transports end the stream alike.
+    for transport in TRANSPORTS:
+        gateway = gateway_factory(f'[upstream]\ntransport = "{transport}"\nread_timeout = 0.5\n')
+        stream = gateway.openai().chat.completions.create(model="fake/fake-stall-after-2", messages=MESSAGES, stream=True)
+        received = []
+        with pytest.raises(openai.APIError) as info:
+            for chunk in stream:
+                received.append(chunk)
+        assert len(received) == 3, transport  # role chunk + 2, then the read timeout
+        assert "ReadTimeout" in str(info.value), (transport, str(info.value))
+
+
 def test_cut_stream_ends_with_an_error_event(gateway_on: GatewayServer) -> None:
     stream = gateway_on.openai().chat.completions.create(model="fake/fake-cut-after-2", messages=MESSAGES, stream=True)
     received = []

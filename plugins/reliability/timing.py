@@ -175,12 +175,15 @@ async def relay(
     try:
         for chunk in head:
             yield chunk
+        next_chunk = chunks.__anext__
         while True:
             now = loop.time()
-            until = min(now + idle, deadline) if pending is None else min(pending.until, deadline)
+            until = now + idle if pending is None else pending.until
+            if until > deadline:
+                until = deadline
             watchdog.arm(until)
             try:
-                chunk = await anext(chunks)
+                chunk = await next_chunk()
             except StopAsyncIteration:
                 return
             except asyncio.CancelledError:
@@ -197,8 +200,11 @@ async def relay(
                     provider=provider, status=504, code="stream_timeout",
                 ) from None
             finally:
-                watchdog.disarm()
-            _check_chunk(chunk, provider)
+                watchdog.until = None
+            try:
+                _check_json(chunk.data)
+            except msgspec.DecodeError:
+                raise _malformed(provider) from None
             if pending is not None and pending.test(chunk):
                 if attempt is not None:
                     attempt.duration = time.perf_counter() - pending.started
@@ -223,25 +229,24 @@ class _Watchdog:
     task waits on the upstream (never while it writes to the client).
     """
 
-    __slots__ = ("loop", "task", "until", "handle", "_fired")
+    __slots__ = ("loop", "task", "until", "handle", "at", "_fired")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.task: asyncio.Task[object] | None = None
-        self.until: float | None = None
+        self.until: float | None = None  # None: disarmed (the task is not waiting on the upstream)
         self.handle: asyncio.TimerHandle | None = None
+        self.at = 0.0  # when `handle` fires
         self._fired = False
 
     def arm(self, until: float) -> None:
-        self.task = asyncio.current_task()
+        self.task = asyncio.current_task(self.loop)
         self.until = until
-        if self.handle is None or self.handle.when() > until:
+        if self.handle is None or self.at > until:
             if self.handle is not None:
                 self.handle.cancel()
             self.handle = self.loop.call_at(until, self._check)
-
-    def disarm(self) -> None:
-        self.until = None
+            self.at = until
 
     def fired(self) -> bool:
         """True (once) if the watchdog cancelled the task; the cancellation is then withdrawn."""
@@ -266,15 +271,19 @@ class _Watchdog:
             self.task.cancel()
         else:
             self.handle = self.loop.call_at(self.until, self._check)
+            self.at = self.until
 
 
 def _check_chunk(chunk: Chunk, provider: str) -> None:
     try:
         _check_json(chunk.data)
     except msgspec.DecodeError:
-        raise StreamInterrupted(
-            f"provider `{provider}` sent a malformed stream chunk (not JSON)", provider=provider, code="malformed_chunk"
-        ) from None
+        raise _malformed(provider) from None
+
+
+def _malformed(provider: str) -> StreamInterrupted:
+    return StreamInterrupted(
+        f"provider `{provider}` sent a malformed stream chunk (not JSON)", provider=provider, code="malformed_chunk")
 
 
 def _record(call: Call, seen: int, exc: GatewayError, started: float) -> None:

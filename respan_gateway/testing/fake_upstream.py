@@ -80,6 +80,8 @@ ignored (so ``model="fake-model"`` is just a model).
                                proxy does: for tests that no secret gets past the gateway.
     ``big-<n>``                the answer text is n bytes in one piece (stream: one event of n bytes).
   F ``no-newline-<n>``         streaming: ``data: `` and n bytes that never end their line, then the end.
+    ``spaced-json``            streaming: each event's JSON with a space after every colon and comma
+                               (``"finish_reason": "stop"``), as Python's ``json.dumps`` writes it.
     ``multiline-data``         streaming: each event's JSON split over two ``data:`` lines (valid SSE:
                                the lines of one event join with a newline, valid JSON whitespace).
 
@@ -180,6 +182,7 @@ class Scenario:
     cache_write: int = 0
     echo_headers: bool = False  # error messages quote the request's headers
     multiline: bool = False  # each SSE event's data on two `data:` lines
+    spaced: bool = False  # each SSE event's JSON with spaces after its colons and commas
     big: int = 0  # the answer text as one piece of this many bytes
     reject_prefill: bool = False  # a 400 for a conversation that ends with an assistant message
 
@@ -206,6 +209,8 @@ def parse_scenario(value: str, *, strict: bool = True) -> Scenario:
             scenario = replace(scenario, reasoning=True)
         elif name == "multiline-data":
             scenario = replace(scenario, multiline=True)
+        elif name == "spaced-json":
+            scenario = replace(scenario, spaced=True)
         elif name == "reject-prefill":
             scenario = replace(scenario, reject_prefill=True)
         elif name == "chunks":
@@ -558,6 +563,8 @@ class FakeUpstream:
             error = {"message": f"fake upstream mid-stream error{_echo(ex, scenario)}", "type": "server_error", "param": None,
                      "code": "internal_error"}
             frames = frames[:error_at] + [error_frame or _sse({"error": error})]
+        if scenario.spaced:
+            frames = [_spaced(f) for f in frames]
         if scenario.multiline:
             frames = [_two_data_lines(f) for f in frames]
         self._stream_delta(+1)
@@ -694,6 +701,15 @@ def _echo(ex: _Exchange, scenario: Scenario) -> str:
 
 def _sse(payload: Any) -> bytes:
     return b"data: " + msgspec.json.encode(payload) + b"\n\n"
+
+
+def _spaced(frame: bytes) -> bytes:
+    """``data: {"a":1}`` as ``data: {"a": 1}``; other frames unchanged."""
+    if not frame.startswith(b"data: {"):
+        return frame
+    import json
+
+    return b"data: " + json.dumps(json.loads(frame[6:])).encode() + b"\n\n"
 
 
 def _two_data_lines(frame: bytes) -> bytes:
