@@ -2,6 +2,7 @@
 
     python bench/instr.py                  # gateway and floor, 400 requests each after warm-up
     python bench/instr.py --requests 1000 --server uvicorn
+    python bench/instr.py --body-kb 200 --no-floor   # the gateway alone, chat requests of a 200 KB prompt
 
 Wall-clock and CPU-time figures move by 20-50% with whatever else runs on the machine; the number of
 instructions a process executes to answer N requests does not (the floor repeats within 0.2%, the
@@ -106,11 +107,13 @@ def _dump(pids: list[int], out_dir: Path) -> int:
 
 
 def count(service: run.Service, port: int, path: str, body: bytes, key: str | None, warmup: int, requests: int,
-          out_dir: Path, every_kind: bool) -> dict:
+          out_dir: Path, every_kind: bool, settle_halves: bool = False) -> dict:
     """Instructions per request; less the work the idle process does per second (its timers: a log
     writer's flush, a metrics tick) times the measured run's wall time, which under valgrind is some
     50 times longer than without and longer still on a busy machine: without it, the figure would
-    grow with the machine's load."""
+    grow with the machine's load. ``settle_halves``: wait until the process is idle before each dump,
+    so that the log writes of a half's records (seconds of SQLite under valgrind with large prompts)
+    are counted in that half, not in the idle run that is taken off."""
     pids = _valgrind_pids(service)
     _control(pids, "-i", "on")
     if every_kind:
@@ -124,9 +127,11 @@ def count(service: run.Service, port: int, path: str, body: bytes, key: str | No
         _control(pids, "-z")
         started = time.monotonic()
         done = run.run_async(loadgen.fixed_count("127.0.0.1", port, path, body, key, CONCURRENCY, n))
-        wall = time.monotonic() - started
         if done["failed"] or done["requests"] < n:
             raise SystemExit(f"instr: {done['failed']} of {n} requests failed:\n{service.tail()}")
+        if settle_halves and not run.settle(service, timeout=600):
+            print("instr: WARNING the process never went idle after a half", flush=True)
+        wall = time.monotonic() - started
         halves.append((_dump(pids, out_dir), wall))
     _control(pids, "-z")
     time.sleep(IDLE_SECONDS)
@@ -145,27 +150,30 @@ def count(service: run.Service, port: int, path: str, body: bytes, key: str | No
 
 def measure(args: argparse.Namespace, workdir: Path) -> dict:
     up, up_port = run.start_upstream(workdir)
-    body = run.body_for("gpt-bench")
-    results: dict = {"requests": args.requests, "warmup": args.warmup, "concurrency": CONCURRENCY}
+    body_kb = getattr(args, "body_kb", None)  # run.py --check: the usual small chat request
+    body = run.prompt_body(body_kb) if body_kb else run.body_for("gpt-bench")
+    results: dict = {"requests": args.requests, "warmup": args.warmup, "concurrency": CONCURRENCY,
+                     "body_bytes": len(body)}
     try:
         out = workdir / "callgrind-gateway"
         out.mkdir()
         gw = run.start_gateway(workdir, up_port, args, args.server, args.transport, workers=1, prefix=valgrind_prefix(out))
         try:
             results["gateway_counts"] = count(gw.service, gw.port, run.CHAT_PATH, body, run.KEY, args.warmup,
-                                              args.requests, out, every_kind=True)
+                                              args.requests, out, every_kind=True, settle_halves=bool(body_kb))
             results["gateway"] = results["gateway_counts"]["per_request"]
             results.update(server=gw.server, transport=gw.transport, pipeline=gw.pipeline)
         finally:
             gw.service.stop()
         print(f"  .. gateway ({results['server']}): {results['gateway'] / 1e6:.3f} M instructions/request", flush=True)
         floors = {}
-        for server in args.floor_servers.split(","):
+        for server in [] if getattr(args, "no_floor", False) else args.floor_servers.split(","):
             out = workdir / f"callgrind-floor-{server}"
             out.mkdir()
             service, port = floor.start_proxy(server, workdir, up_port, prefix=valgrind_prefix(out))
             try:
-                counts = count(service, port, "/", body, None, args.warmup, args.requests, out, every_kind=False)
+                counts = count(service, port, "/", body, None, args.warmup, args.requests, out, every_kind=False,
+                               settle_halves=bool(body_kb))
                 floors[server] = counts["per_request"]
                 results[f"floor_counts_{server}"] = counts
             finally:
@@ -173,8 +181,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
             print(f"  .. floor {server}: {floors[server] / 1e6:.3f} M instructions/request", flush=True)
     finally:
         up.stop()
-    best = min(floors, key=floors.get)
-    results.update(floor=floors[best], floor_server=best, floor_by_server=floors, ratio=results["gateway"] / floors[best])
+    if floors:
+        best = min(floors, key=floors.get)
+        results.update(floor=floors[best], floor_server=best, floor_by_server=floors, ratio=results["gateway"] / floors[best])
     return results
 
 
@@ -192,17 +201,22 @@ def main() -> int:
     parser.add_argument("--disable", type=lambda s: [x for x in s.split(",") if x], default=[])
     parser.add_argument("--extra-toml")
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--body-kb", type=int, help="chat requests whose user message makes the body N KB "
+                        "(bench/run.py's scenario `body`), for gateway and floor; default: the usual small request")
+    parser.add_argument("--no-floor", action="store_true", help="count the gateway only")
     args = parser.parse_args()
     args.workers = 1
     workdir = Path(tempfile.mkdtemp(prefix="respan-instr-"))
     print(f"instr: {run.machine()}; work dir {workdir}", flush=True)
     started = time.monotonic()
     r = measure(args, workdir)
-    print(f"\ninstructions per request ({args.requests} requests at c={CONCURRENCY} after {args.warmup} warm-up, "
-          f"{time.monotonic() - started:.0f} s):")
-    print(f"  gateway ({r['server']}, pipeline [{r['pipeline']}]): {r['gateway'] / 1e6:.3f} M")
-    print(f"  floor ({r['floor_server']} + bare aiohttp): {r['floor'] / 1e6:.3f} M")
-    print(f"  gateway / floor: {r['ratio']:.2f}x (halves: gateway {r['gateway_counts']['spread']:.1%} apart)")
+    print(f"\ninstructions per request ({args.requests} requests of {r['body_bytes']} bytes at c={CONCURRENCY} after "
+          f"{args.warmup} warm-up, {time.monotonic() - started:.0f} s):")
+    print(f"  gateway ({r['server']}, pipeline [{r['pipeline']}]): {r['gateway'] / 1e6:.3f} M "
+          f"(halves {r['gateway_counts']['spread']:.1%} apart)")
+    if "floor" in r:
+        print(f"  floor ({r['floor_server']} + bare aiohttp): {r['floor'] / 1e6:.3f} M")
+        print(f"  gateway / floor: {r['ratio']:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2))
     return 0

@@ -110,6 +110,27 @@ def test_body_that_is_not_utf8_is_400_and_logged(logged_gateway, fake_upstream, 
     assert fake_upstream.requests == []
 
 
+def test_large_prompt_goes_upstream_as_sent_and_is_logged_whole(logged_gateway, fake_upstream) -> None:
+    """A 200 KB prompt of non-ASCII text with JSON escapes: the upstream receives the client's
+    messages byte for byte (only `model` becomes the provider's name), and the record keeps its
+    messages and full request as sent (stored from the request's own bytes, not re-encoded)."""
+    gw = logged_gateway()
+    text = ("Grüße aus Paris, «quoted» \"escaped\" tab\t and emoji \U0001f600 " * 3200)[:200_000]
+    messages = [{"role": "system", "content": "Résumé:"}, {"role": "user", "content": text}]
+    sent = {"model": "gpt-test", "messages": messages, "temperature": 0.5}
+    body = json.dumps(sent, ensure_ascii=False).encode()
+    assert len(body) > 200_000 and not body.isascii()
+    r = httpx2.post(gw.base_url + "chat/completions", content=body, timeout=30,
+                    headers={"authorization": f"Bearer {TEST_KEY}", "content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    upstream = fake_upstream.requests[-1]
+    assert upstream.json == {**sent, "model": "gpt-test-upstream"}
+    assert json.dumps(messages, ensure_ascii=False).encode() in upstream.body  # the client's bytes, not re-escaped
+    record = Logs(gw.url).get(r.headers["x-respan-log-id"])
+    assert record["prompt_messages"] == messages
+    assert record["full_request"] == sent
+
+
 def test_fallback_lists_every_attempt_and_the_model_that_answered(logged_gateway) -> None:
     gw = logged_gateway()
     raw = gw.openai().chat.completions.with_raw_response.create(
