@@ -57,3 +57,25 @@ def test_workers_starting_together_on_a_new_schema_all_migrate() -> None:
                 await _pg(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
     asyncio.run(run())
+
+
+def test_sqlite_stores_none_as_null_and_bools_as_integers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """What sqlite3 does with None and bool parameters, whatever adapters bind them (a log record's
+    empty fields and flags): NULL, and 1 / 0, read back as such by SQL."""
+    stores = {"flags": [Migration(1, sqlite="CREATE TABLE flags (id TEXT PRIMARY KEY, a INTEGER, b INTEGER, c TEXT)",
+                                  postgres="CREATE TABLE flags (id TEXT PRIMARY KEY, a BOOLEAN, b BOOLEAN, c TEXT)")]}
+
+    async def run() -> None:
+        db = Database(DatabaseSettings(url=f"sqlite:///{tmp_path}/flags.sqlite3"), stores)
+        await db.start()
+        try:
+            await db.executemany("INSERT INTO flags (id, a, b, c) VALUES ($1, $2, $3, $4)",
+                                 [("x", True, False, None), ("y", None, True, "z")])
+            rows = await db.fetch("SELECT id, a, b, c, typeof(a) AS ta, typeof(c) AS tc FROM flags ORDER BY id")
+            assert rows == [{"id": "x", "a": 1, "b": 0, "c": None, "ta": "integer", "tc": "null"},
+                            {"id": "y", "a": None, "b": 1, "c": "z", "ta": "null", "tc": "text"}]
+            assert await db.fetchval("SELECT COUNT(*) FROM flags WHERE a = 1 AND b IS 0 AND c IS NULL") == 1
+        finally:
+            await db.close()
+
+    asyncio.run(run())

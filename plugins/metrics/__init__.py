@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import structlog
@@ -26,6 +27,7 @@ LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 OVERHEAD_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1]
 REQUEST_LABELS = ("endpoint", "model", "provider", "status_code")
 MODEL_LABELS = ("model", "provider")
+TOKEN_TYPES = ("prompt", "completion", "cache_read", "cache_write")
 
 
 log = structlog.get_logger("respan_gateway.metrics")
@@ -92,6 +94,10 @@ class RequestMetrics:
         self.cost = r.counter("respan_gateway_cost_usd_total", "Cost in USD at catalog prices.", MODEL_LABELS)
         self.attempts = r.counter("respan_gateway_upstream_attempts_total", "Upstream attempts (retries and fallbacks included).", (*MODEL_LABELS, "status_code"))
         self.cache_hits = r.counter("respan_gateway_cache_hits_total", "Requests answered from the response cache.", ("endpoint",))
+        # (endpoint, model, provider, status) as the outcome says -> the label tuples of its series:
+        # built once per combination, not per request (bounded: a made-up model is one more key).
+        self._labels: dict[tuple, tuple[Any, ...]] = {}
+        self._attempt_labels: dict[tuple, tuple[str, str, str]] = {}
         self._flusher: asyncio.Task[None] | None = None
 
     async def startup(self) -> None:
@@ -115,27 +121,46 @@ class RequestMetrics:
 
     def observe(self, call: Call) -> None:
         o = call.outcome
-        model, provider = self._model(o.model), self._provider(o.provider)
-        labels = (call.kind, model, provider, _status(o.status))
+        key = (call.kind, o.model, o.provider, o.status)
+        found = self._labels.get(key)
+        if found is None:
+            found = self._series_labels(key)
+        labels, model_provider, endpoint, token_labels = found
         self.requests.inc(labels)
         if o.status >= 400:
             self.errors.inc(labels)
-        self.latency.observe(o.latency, (model, provider))
-        self.overhead.observe(o.overhead, (call.kind,))
+        self.latency.observe(o.latency, model_provider)
+        self.overhead.observe(o.overhead, endpoint)
         if o.time_to_first_token is not None:
-            self.ttft.observe(o.time_to_first_token, (model, provider))
+            self.ttft.observe(o.time_to_first_token, model_provider)
         if o.usage is not None:
             u = o.usage
-            for kind, n in (("prompt", u.prompt_tokens), ("completion", u.completion_tokens),
-                            ("cache_read", u.cache_read_tokens), ("cache_write", u.cache_write_tokens)):
+            for token_type, n in zip(token_labels, (u.prompt_tokens, u.completion_tokens, u.cache_read_tokens,
+                                                    u.cache_write_tokens)):
                 if n:
-                    self.tokens.inc((model, provider, kind), n)
+                    self.tokens.inc(token_type, n)
         if o.cost:
-            self.cost.inc((model, provider), o.cost)
+            self.cost.inc(model_provider, o.cost)
         if o.cache_hit:
-            self.cache_hits.inc((call.kind,))
+            self.cache_hits.inc(endpoint)
         for attempt in call.attempts:
-            self.attempts.inc((self._model(attempt.model), self._provider(attempt.provider), _status(attempt.status)))
+            attempt_key = (attempt.model, attempt.provider, attempt.status)
+            attempt_labels = self._attempt_labels.get(attempt_key)
+            if attempt_labels is None:
+                attempt_labels = (self._model(attempt.model), self._provider(attempt.provider), _status(attempt.status))
+                if len(self._attempt_labels) < 4 * self.settings.max_series:
+                    self._attempt_labels[attempt_key] = attempt_labels
+            self.attempts.inc(attempt_labels)
+
+    def _series_labels(self, key: tuple) -> tuple[Any, ...]:
+        """(requests/errors labels, (model, provider), (endpoint,), the tokens series' labels by type)."""
+        kind, model, provider, status = key
+        model_provider = (self._model(model), self._provider(provider))
+        tokens = tuple((*model_provider, t) for t in TOKEN_TYPES)
+        found = ((kind, *model_provider, _status(status)), model_provider, (kind,), tokens)
+        if len(self._labels) < 4 * self.settings.max_series:
+            self._labels[key] = found
+        return found
 
     # Labels are values the config names: a client's made-up model name is "other", never a new series.
     def _model(self, model: str | None) -> str:

@@ -128,3 +128,28 @@ def test_metrics_count_requests_with_the_logging_plugin_disabled(gateway_factory
     assert after['respan_gateway_tokens_total{model="gpt-test",provider="fake",type="completion"}'] > 0
     assert after['respan_gateway_time_to_first_token_seconds_count{model="gpt-test",provider="fake"}'] == 1
     assert not any(name.startswith("respan_gateway_log_") for name in after)  # logging's own gauges are gone with it
+
+
+def test_series_of_repeated_requests_and_cache_hits_keep_their_labels(gateway_factory, tmp_path) -> None:
+    """The label sets are built once per (endpoint, model, provider, status): the same request again,
+    a cache hit and an error each move their own series, with the labels of the first time."""
+    gw = gateway_factory(f'[database]\nurl = "sqlite:///{tmp_path}/m.sqlite3"\n[logging]\nspill_dir = "{tmp_path}/spill"\n')
+    client = gw.openai()
+    for _ in range(3):
+        client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    for _ in range(3):  # one miss, then two hits
+        client.chat.completions.create(model="gpt-test", messages=MESSAGES, extra_body={"cache_enabled": True})
+    for _ in range(2):
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="fake/fake-error-400", messages=MESSAGES)
+    after = scrape(gw.url)
+    assert after['respan_gateway_requests_total{endpoint="chat",model="gpt-test",provider="fake",status_code="200"}'] == 4
+    assert after['respan_gateway_requests_total{endpoint="chat",model="respan/cache",provider="",status_code="200"}'] == 2
+    assert after['respan_gateway_cache_hits_total{endpoint="chat"}'] == 2
+    assert after['respan_gateway_request_errors_total{endpoint="chat",model="other",provider="fake",status_code="400"}'] == 2
+    assert after['respan_gateway_overhead_seconds_count{endpoint="chat"}'] == 8
+    assert after['respan_gateway_tokens_total{model="gpt-test",provider="fake",type="prompt"}'] == 4 * 2
+    assert after['respan_gateway_tokens_total{model="gpt-test",provider="fake",type="completion"}'] == 4 * 5
+    assert after['respan_gateway_upstream_attempts_total{model="gpt-test",provider="fake",status_code="200"}'] == 4
+    assert after['respan_gateway_upstream_attempts_total{model="other",provider="fake",status_code="400"}'] == 2
+    assert not [k for k in after if k.startswith("respan_gateway_cache_hits_total") and 'endpoint="chat"' not in k]
