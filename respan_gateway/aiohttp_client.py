@@ -34,6 +34,7 @@ import yarl
 from multidict import CIMultiDictProxy
 
 from .config import UpstreamSettings
+from .deadline import Deadline
 from .upstream import Timeout
 
 # aiohttp adds these itself unless told not to; adapters set their content type.
@@ -88,10 +89,10 @@ class AiohttpResponse:
         assert protocol is not None
         protocol.read_timeout = None  # from the next piece received on (the timer of the last one runs out as it would)
         loop = asyncio.get_running_loop()
-        deadline = self._deadline = _ReadDeadline(loop, reader, timeout)
+        deadline = self._deadline = _ReadDeadline(loop, reader)
         try:
             while True:
-                deadline.wait(loop.time())
+                deadline.arm(loop.time() + timeout)
                 try:
                     piece = await reader.readany()
                 except Exception as exc:
@@ -121,35 +122,18 @@ class AiohttpResponse:
         self._response.release()
 
 
-class _ReadDeadline:
-    """The read timeout of a streamed body: the wait for each piece lasts at most ``timeout`` seconds
-    (aiohttp's ``sock_read``, which raises the same error), with one timer handle per stream."""
+class _ReadDeadline(Deadline):
+    """The read timeout of a streamed body: each wait for a piece lasts at most the timeout, then the
+    reader raises what aiohttp's own ``sock_read`` timeout raises."""
 
-    __slots__ = ("loop", "reader", "timeout", "until", "handle")
+    __slots__ = ("reader",)
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, reader: aiohttp.StreamReader, timeout: float) -> None:
-        self.loop, self.reader, self.timeout = loop, reader, timeout
-        self.until: float | None = None  # None: not waiting (the consumer has the last piece)
-        self.handle: asyncio.TimerHandle | None = None
+    def __init__(self, loop: asyncio.AbstractEventLoop, reader: aiohttp.StreamReader) -> None:
+        super().__init__(loop)
+        self.reader = reader
 
-    def wait(self, now: float) -> None:
-        self.until = now + self.timeout
-        if self.handle is None:
-            self.handle = self.loop.call_at(self.until, self._check)
-
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
-
-    def _check(self) -> None:
-        self.handle = None
-        if self.until is None:
-            return  # armed again by the next wait
-        if self.loop.time() >= self.until:
-            self.reader.set_exception(aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
-        else:
-            self.handle = self.loop.call_at(self.until, self._check)
+    def expire(self) -> None:
+        self.reader.set_exception(aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
 
 
 class AiohttpClient:

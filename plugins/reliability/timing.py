@@ -32,6 +32,7 @@ from respan_gateway import (
     UpstreamTimeout,
     aclose,
 )
+from respan_gateway.deadline import Deadline
 
 from .settings import ReliabilitySettings
 
@@ -221,32 +222,21 @@ async def relay(
         await aclose(chunks, quiet=True)
 
 
-class _Watchdog:
-    """Cancels the task that waits for the next chunk once its time is up.
+class _Watchdog(Deadline):
+    """Cancels the task that waits for the next chunk once its time is up: what ``asyncio.timeout``
+    does, without a timer per chunk (:class:`respan_gateway.deadline.Deadline`), and a cancellation
+    only while the task waits on the upstream (never while it writes to the client)."""
 
-    What ``asyncio.timeout`` does, without a timer per chunk (that costs ~10 us a chunk): one timer
-    handle, moved only when it would fire too early or too late, and a cancellation only while the
-    task waits on the upstream (never while it writes to the client).
-    """
-
-    __slots__ = ("loop", "task", "until", "handle", "at", "_fired")
+    __slots__ = ("task", "_fired")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        super().__init__(loop)
         self.task: asyncio.Task[object] | None = None
-        self.until: float | None = None  # None: disarmed (the task is not waiting on the upstream)
-        self.handle: asyncio.TimerHandle | None = None
-        self.at = 0.0  # when `handle` fires
         self._fired = False
 
     def arm(self, until: float) -> None:
         self.task = asyncio.current_task(self.loop)
-        self.until = until
-        if self.handle is None or self.at > until:
-            if self.handle is not None:
-                self.handle.cancel()
-            self.handle = self.loop.call_at(until, self._check)
-            self.at = until
+        Deadline.arm(self, until)
 
     def fired(self) -> bool:
         """True (once) if the watchdog cancelled the task; the cancellation is then withdrawn."""
@@ -257,21 +247,10 @@ class _Watchdog:
             self.task.uncancel()
         return True
 
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
-
-    def _check(self) -> None:
-        self.handle = None
-        if self.until is None or self.task is None:
-            return
-        if self.loop.time() >= self.until:
+    def expire(self) -> None:
+        if self.task is not None:
             self._fired = True
             self.task.cancel()
-        else:
-            self.handle = self.loop.call_at(self.until, self._check)
-            self.at = self.until
 
 
 def _check_chunk(chunk: Chunk, provider: str) -> None:
