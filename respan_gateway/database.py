@@ -28,15 +28,17 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import structlog
 
 from .config import DatabaseSettings
+
+T = TypeVar("T")
 
 log = structlog.get_logger("respan_gateway.database")
 
@@ -112,6 +114,9 @@ class Database:
         self._connecting: asyncio.Lock | None = None
         self._last_attempt = 0.0
         self._file_id: tuple[int, int] | None = None  # SQLite: (st_dev, st_ino) of the file opened
+        # SQLite: held by every use of the connection, and by a :meth:`transaction` from its BEGIN to its
+        # COMMIT, so that no other statement runs inside one (nor is rolled back with it).
+        self._sqlite_lock = asyncio.Lock()
 
     @property
     def connected(self) -> bool:
@@ -215,7 +220,8 @@ class Database:
     def _sqlite_call(self, fn: Any) -> Any:
         async def run() -> Any:
             try:
-                return await self._run(fn)
+                async with self._sqlite_lock:
+                    return await self._run(fn)
             except sqlite3.OperationalError as exc:  # locked beyond busy_timeout, disk full, I/O error
                 raise StoreUnavailable(f"sqlite: {exc}") from None
         return run()
@@ -358,6 +364,86 @@ class Database:
         if not rows:
             return None
         return next(iter(rows[0].values()))
+
+
+    async def transaction(self, work: Callable[[Transaction], Awaitable[T]], *, before: Sequence[str] = ()) -> T:
+        """``await work(tx)`` in one transaction, ``before`` (a lock) run first: its statements all
+        commit or none (``work`` raising rolls back). Raises as :meth:`executemany`."""
+        await self._check_file()
+        await self._ensure()
+        if self.dialect == "sqlite":
+            conn = self._conn
+            assert conn is not None
+            try:
+                async with self._sqlite_lock:
+                    await self._run(conn.execute, "BEGIN IMMEDIATE")
+                    try:
+                        for statement in before:
+                            await self._run(conn.execute, statement)
+                        result = await work(_SqliteTransaction(self, conn))
+                        await self._run(conn.execute, "COMMIT")
+                    except BaseException:
+                        await self._run(_rollback, conn)
+                        raise
+                    return result
+            except _SQLITE_REJECTED as exc:
+                raise RowRejected(f"sqlite: {type(exc).__name__}: {exc}") from None
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"sqlite: {exc}") from None
+        if self._pool is None:
+            raise StoreUnavailable("postgres: not connected")
+        try:
+            async with self._pool.acquire(timeout=self.settings.connect_timeout) as conn, conn.transaction():
+                for statement in before:
+                    await conn.execute(statement)
+                return await work(_PostgresTransaction(conn))
+        except (*_pg_unavailable(), *_pg_rejected()) as exc:
+            raise self._pg_error(exc) from None
+
+
+class Transaction:
+    """The statements of one :meth:`Database.transaction` (placeholders ``$1``, ``$2``... on both)."""
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        raise NotImplementedError
+
+    async def executemany(self, sql: str, rows: list[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """The rows, as tuples in the order of the SELECT's columns."""
+        raise NotImplementedError
+
+
+class _SqliteTransaction(Transaction):
+    def __init__(self, db: Database, conn: sqlite3.Connection) -> None:
+        self.db, self.conn = db, conn
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self.db._run(self.conn.execute, self.db.sql(sql), args)
+
+    async def executemany(self, sql: str, rows: list[Sequence[Any]]) -> None:
+        if rows:
+            await self.db._run(self.conn.executemany, self.db.sql(sql), rows)
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        query, conn = self.db.sql(sql), self.conn
+        return await self.db._run(lambda: [tuple(r) for r in conn.execute(query, args).fetchall()])
+
+
+class _PostgresTransaction(Transaction):
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self.conn.execute(sql, *args)
+
+    async def executemany(self, sql: str, rows: list[Sequence[Any]]) -> None:
+        if rows:
+            await self.conn.executemany(sql, rows)
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self.conn.fetch(sql, *args)]
 
 
 # What sqlite3 raises for a row it cannot store: an int beyond 64 bits (OverflowError), a str that is

@@ -10,6 +10,8 @@ budget holds across both (the limits plugin's own two-process test measures the 
 
 from __future__ import annotations
 
+import datetime as dt
+
 import os
 import shutil
 import signal
@@ -149,7 +151,7 @@ def stack(_replicas, fake_upstream) -> dict[str, Any]:
 
 def _request(base: str, run: str, i: int) -> str:
     """One chat completion through the load balancer, streamed for odd i; returns its log id."""
-    body = {"model": "gpt-test", "messages": MESSAGES, "metadata": {"run": run, "i": str(i)}}
+    body = {"model": "gpt-test", "messages": MESSAGES, "metadata": {"run": run, "i": str(i)}, "customer_identifier": run}
     if i % 2:
         with httpx2.stream("POST", base + "/api/chat/completions", json={**body, "stream": True}, headers=HEADERS,
                            timeout=30) as r:
@@ -221,12 +223,18 @@ def _records(url: str, run: str, expected: int, timeout: float = 20) -> list[dic
 def test_every_request_is_logged_once_and_seen_from_either_replica(stack) -> None:
     lb, replicas = stack["lb"], stack["replicas"]
     run = uuid.uuid4().hex
+    hour = dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0).isoformat()
     ids, errors = _load(lb.url, run, 120)
     assert errors == []
     assert len(set(ids)) == 120
     for replica in replicas:
         records = _records(replica.url, run, 120)
         assert sorted(r["unique_id"] for r in records) == sorted(ids)  # each exactly once
+        # The count from a whole hour on one customer is the roll-up's, which four writers kept at once.
+        r = httpx2.post(f"{replica.url}/api/request-logs/list/", params={"start_time": hour, "page_size": 1},
+                        headers=HEADERS, json={"filters": {"customer_identifier": {"operator": "", "value": run}}})
+        assert r.status_code == 200, r.text
+        assert r.json()["count"] == 120, r.json()
 
 
 def test_a_hit_cached_by_one_replica_is_served_by_the_other(stack, fake_upstream) -> None:

@@ -1,9 +1,17 @@
 """The hourly and daily roll-up of ``request_logs``: what the usage aggregates read instead of the records.
 
-Four tables, two per grain (``hour``, ``day``), kept by a trigger on every insert into ``request_logs``
-(in the database itself: every writer, replica or script, keeps them, and only rows actually inserted
-count: an idempotent replay, ``ON CONFLICT (unique_id) DO NOTHING``, fires no trigger on SQLite nor
-on PostgreSQL):
+Four tables, two per grain (``hour``, ``day``). Every record actually inserted into ``request_logs``,
+by any writer (replica or script), is noted by a trigger in the database itself, in
+``request_logs_unrolled``; an idempotent replay, ``ON CONFLICT (unique_id) DO NOTHING``, inserts
+nothing and fires no trigger on SQLite nor on PostgreSQL. The noted records are rolled up in bulk
+(:func:`fold`: summed per roll-up row in Python, one upsert per row touched rather than seventeen
+upserts per record, which cost a proxied request ~18% of its instructions on SQLite): by the
+gateway's writer in the very transaction that inserts its batch (so none of its records is ever
+unrolled after a commit), from its records in hand; and what another writer left noted (a script, a
+replica of an earlier version during a rollout) as stored, by the next batch or by a reader of the
+roll-up before it reads. On PostgreSQL the transaction takes a lock on ``request_logs_unrolled``
+first (:func:`lock`): two replicas never roll up the same record, and cannot deadlock on the roll-up
+rows.
 
 - ``request_logs_hourly`` / ``request_logs_daily``: per (tenant, dimension, UTC hour or day, value) the
   sums the usage view shows (requests, errors, tokens, cost, cache hits). A record adds to five rows
@@ -25,7 +33,10 @@ before. Records changed by the logs API's PATCH (metadata, note, feedback) chang
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from respan_gateway.database import Migration
@@ -35,6 +46,8 @@ LATENCY = "request_logs_latency"
 DAILY = "request_logs_daily"
 LATENCY_DAILY = "request_logs_latency_daily"
 BINS = "request_logs_latency_bins"
+#: The ids of the records inserted and not rolled up yet, noted by the trigger.
+UNROLLED = "request_logs_unrolled"
 
 
 class Grain:
@@ -151,7 +164,8 @@ def _upserts(dialect: str, grain: Grain) -> list[str]:
 
 
 def trigger(dialect: str, grains: tuple[Grain, ...]) -> list[str]:
-    """The trigger that keeps the roll-up of ``grains`` (its PostgreSQL function; the trigger itself once)."""
+    """Migrations 20 and 21's trigger, which kept the roll-up of ``grains`` one record at a time (its
+    PostgreSQL function; the trigger itself once); migration 23 replaces it."""
     body = "; ".join(sql for grain in grains for sql in _upserts(dialect, grain))
     if dialect == "sqlite":
         return [f"CREATE TRIGGER IF NOT EXISTS request_logs_rollup AFTER INSERT ON request_logs "
@@ -191,6 +205,65 @@ def _histograms_from_records(dialect: str, grain: Grain, dims: tuple[str, ...]) 
     return out
 
 
+@functools.cache
+def lock(dialect: str) -> tuple[str, ...]:
+    """What a transaction that inserts records runs first (PostgreSQL: one writer at a time inserts and
+    rolls up records; an insert of a script waits for it). SQLite's writers are one at a time anyway."""
+    return (f"LOCK TABLE {UNROLLED} IN SHARE ROW EXCLUSIVE MODE",) if dialect == "postgres" else ()
+
+
+#: What a record's roll-up needs, in this order (:func:`fold`'s rows).
+FIELDS = ("unique_id", "tenant", "start_time", *(c for c in DIMENSIONS.values() if c), "status_code",
+          "prompt_tokens", "completion_tokens", "total_request_tokens", "cost", "cache_hit", "latency")
+#: The records noted and not rolled up yet, with those fields.
+NOTED = f"SELECT {', '.join(FIELDS)} FROM request_logs WHERE unique_id IN (SELECT unique_id FROM {UNROLLED})"
+
+
+def _upsert(table: str, key: tuple[str, ...], added: tuple[str, ...]) -> str:
+    columns = (*key, *added)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(columns)))}) "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET " + ", ".join(f"{n} = {table}.{n} + excluded.{n}" for n in added))
+
+
+def fold(rows: Iterable[Sequence[Any]], columns: Sequence[str] = FIELDS) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The upserts (statement, parameter rows) that add ``rows`` (records with a start time, their
+    ``columns`` named) to both grains: one per roll-up row they touch, not one per record and row (a
+    batch of a model's requests touches a few dozen). The sums are those of migrations 20/21's
+    trigger, the bin the one whose lower bound is the greatest not above the latency."""
+    f = {column: i for i, column in enumerate(columns)}
+    dims = [(d, None if c is None else f[c]) for d, c in DIMENSIONS.items()]
+    sums: dict[tuple[Any, ...], list[Any]] = {}
+    histograms: dict[tuple[Any, ...], int] = {}
+    for row in rows:
+        tenant, start, latency, status = row[f["tenant"]], row[f["start_time"]], row[f["latency"]], row[f["status_code"]]
+        added = (1, 1 if status is not None and status >= 400 else 0, row[f["prompt_tokens"]] or 0,
+                 row[f["completion_tokens"]] or 0, row[f["total_request_tokens"]] or 0, row[f["cost"]] or 0.0,
+                 1 if row[f["cache_hit"]] else 0)
+        bin_ = None if latency is None else max(bisect.bisect_right(LOWER, latency) - 1, 0)
+        for grain in (HOUR, DAY):
+            t = int(start // grain.width) * grain.width
+            for dim, i in dims:
+                value = "" if i is None else (row[i] or "")
+                key = (grain.sums, tenant, dim, t, value)
+                total = sums.get(key)
+                if total is None:
+                    sums[key] = list(added)
+                else:
+                    for k, v in enumerate(added):
+                        total[k] += v
+                if bin_ is not None and dim in grain.histograms:
+                    key = (grain.latency, tenant, dim, t, value, bin_)
+                    histograms[key] = histograms.get(key, 0) + 1
+    out = []
+    for grain in (HOUR, DAY):
+        key = ("tenant", "dim", grain.column, "value")
+        out.append((_upsert(grain.sums, key, tuple(SUM_COLUMNS)),
+                    sorted((*k[1:], *v) for k, v in sums.items() if k[0] == grain.sums)))
+        out.append((_upsert(grain.latency, (*key, "bin"), ("n",)),
+                    sorted((*k[1:], n) for k, n in histograms.items() if k[0] == grain.latency)))
+    return out
+
+
 def backfill_daily(dialect: str) -> list[str]:
     """The daily rows from the hourly ones (migration 21): a day is the sum of its 24 hours, exactly.
     Hours are whole non-negative seconds, so integer division is the same on both databases. The
@@ -227,6 +300,22 @@ def daily_migration(version: int) -> Migration:
         postgres=["LOCK TABLE request_logs IN SHARE MODE", *_grain_tables("postgres", DAY), _DAILY_LATENCY_VALUE,
                   *trigger("postgres", (HOUR, DAY)), *backfill_daily("postgres"),
                   f"ANALYZE {DAILY}", f"ANALYZE {LATENCY_DAILY}"],  # statistics now, not at autovacuum's pass
+    )
+
+
+def noting_migration(version: int) -> Migration:
+    """Migration 23: the trigger notes the id of each record inserted, for the writer to roll up per
+    batch (:func:`fold`), instead of seventeen upserts per record."""
+    note = f"INSERT INTO {UNROLLED} (unique_id) VALUES (NEW.unique_id) ON CONFLICT DO NOTHING"
+    return Migration(
+        version,
+        sqlite=[f"CREATE TABLE IF NOT EXISTS {UNROLLED} (unique_id TEXT PRIMARY KEY) WITHOUT ROWID",
+                "DROP TRIGGER IF EXISTS request_logs_rollup",
+                "CREATE TRIGGER request_logs_rollup AFTER INSERT ON request_logs "
+                f"WHEN NEW.start_time IS NOT NULL BEGIN {note}; END"],
+        postgres=[f"CREATE TABLE IF NOT EXISTS {UNROLLED} (unique_id TEXT PRIMARY KEY)",
+                  "CREATE OR REPLACE FUNCTION request_logs_rollup() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                  f"IF NEW.start_time IS NOT NULL THEN {note}; END IF; RETURN NULL; END $$"],
     )
 
 

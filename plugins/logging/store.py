@@ -7,12 +7,13 @@ timeout, or replayed from the spill file, never duplicates a record.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from respan_gateway import BadRequest
-from respan_gateway.database import Database, Migration, RowRejected
+from respan_gateway.database import Database, Migration, RowRejected, Transaction
 from respan_gateway.hookspecs import LogQuery, UsageBucket
 from respan_gateway.timestamps import parse_iso
 
@@ -68,6 +69,8 @@ MIGRATIONS = [
     rollup.daily_migration(21),
     # The metadata values' index: a metadata filter reads it, not the JSON of every record.
     meta_index.migration(22),
+    # The trigger notes the records inserted; the writer rolls them up per batch (rollup.fold).
+    rollup.noting_migration(23),
 ]
 
 _INSERT = (
@@ -85,6 +88,7 @@ _GROUPS = {"model": "model", "provider": "provider_id", "customer": "customer_id
 OPERATORS = frozenset({"", "eq", "exact", "iexact", "lt", "lte", "gt", "gte", "contains", "icontains",
                        "startswith", "endswith", "in", "isnull", "not"})
 _decode = msgspec.json.decode
+_ID = COLUMNS.index("unique_id")
 
 
 class RequestLogStore:
@@ -94,12 +98,37 @@ class RequestLogStore:
     async def insert(self, records: list[LogRecord]) -> None:
         """Insert ``records`` in one transaction; :class:`RowRejected` when one of them cannot be stored."""
         try:
-            # In time order: every insert updates its hour's roll-up rows (a trigger), and two PostgreSQL
-            # transactions that take those row locks in the same order cannot deadlock.
-            rows = [to_row(r) for r in sorted(records, key=lambda r: r.start_time)]
+            rows = [to_row(r) for r in records]
         except UnicodeDecodeError as exc:  # JSON passed through as bytes that are not UTF-8
             raise RowRejected(f"a JSON field is not valid UTF-8 ({exc.reason})") from None
-        await self.db.executemany(_INSERT, rows)
+        # The records the insert noted (not those it found stored already) are rolled up in the same
+        # transaction: none is left unrolled after it.
+        async def insert(tx: Transaction) -> None:
+            await tx.executemany(_INSERT, rows)
+            await self._fold(tx, rows)
+
+        await self.db.transaction(insert, before=rollup.lock(self.db.dialect))
+
+    @staticmethod
+    async def _fold(tx: Transaction, rows: Sequence[list[Any]] = ()) -> None:
+        """Roll up the records noted in ``request_logs_unrolled``: from ``rows`` (just inserted) when
+        they are all there, else (a script's or an earlier version's inserts too) as stored."""
+        noted = await tx.fetch(f"SELECT unique_id FROM {rollup.UNROLLED}")
+        if not noted:
+            return
+        mine = {row[_ID]: row for row in rows}
+        if all(n[0] in mine for n in noted):
+            upserts = rollup.fold((mine[n[0]] for n in noted), COLUMNS)
+        else:
+            upserts = rollup.fold(await tx.fetch(rollup.NOTED))
+        for sql, params in upserts:
+            await tx.executemany(sql, params)
+        await tx.execute(f"DELETE FROM {rollup.UNROLLED}")
+
+    async def _fold_left(self) -> None:
+        """Roll up what another writer (a script, a replica of an earlier version) inserted and left noted."""
+        if await self.db.fetchval(f"SELECT EXISTS (SELECT 1 FROM {rollup.UNROLLED})"):
+            await self.db.transaction(self._fold, before=rollup.lock(self.db.dialect))
 
     # -- reads --------------------------------------------------------------------------------
     async def get(self, tenant: str, unique_id: str) -> dict[str, Any] | None:
@@ -228,6 +257,7 @@ class RequestLogStore:
                          percentiles: bool, dim: str, value: str | None) -> list[UsageBucket]:
         """The usage aggregates from the roll-up: a few rows per hour or day instead of every record
         (rollup.spans: hourly rows for hour buckets and up to the first midnight, daily rows after)."""
+        await self._fold_left()
         base: list[Any] = [tenant, dim]
         where = "tenant = $1 AND dim = $2"
         if value is not None:

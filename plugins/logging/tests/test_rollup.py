@@ -4,7 +4,8 @@ and PostgreSQL.
 The store reads the roll-up when a query starts on a whole hour (what the dashboard asks) and the
 records otherwise: the same query once from ``hour`` and once from half a second before it (no record
 lies in that half second) compares the two paths. The records over several days are the rows of real
-requests inserted again (the writer's own INSERT, through the trigger) hours and days earlier.
+requests inserted again (the writer's own INSERT, as a script would: the trigger notes them, and the
+reader rolls them up before it reads) hours and days earlier.
 """
 
 from __future__ import annotations
@@ -178,3 +179,17 @@ def test_the_migrations_roll_up_the_records_already_stored(logged_gateway, backe
     # The new trigger keeps both grains.
     _spread(gw, (90,))
     _compare(gw, reader, math.floor((hour - 60 * 3600) / 86400) * 86400)
+    # Migration 23: the trigger notes each record inserted instead; a script's inserts (``_spread``'s)
+    # stay noted until the next reader (or writer) rolls them up, once.
+    run(rollup.noting_migration(23))
+    _spread(gw, (120,))
+    assert gw.call(db.fetchval(f"SELECT COUNT(*) FROM {rollup.UNROLLED}")) == 12
+    _compare(gw, reader, math.floor((hour - 90 * 3600) / 86400) * 86400)
+    assert gw.call(db.fetchval(f"SELECT COUNT(*) FROM {rollup.UNROLLED}")) == 0
+    # A script's inserts, then a batch of the writer: the batch rolls up its record and the script's
+    # (as stored), before any read.
+    _spread(gw, (150,))
+    gw.openai().chat.completions.create(model="gpt-test", messages=HI, extra_body={"customer_identifier": "dave"})
+    gw.call(reader.get("acme", "none"))  # a miss writes the queued records first
+    assert gw.call(db.fetchval(f"SELECT COUNT(*) FROM {rollup.UNROLLED}")) == 0
+    _compare(gw, reader, math.floor((hour - 120 * 3600) / 86400) * 86400)
