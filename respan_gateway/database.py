@@ -114,9 +114,6 @@ class Database:
         self._connecting: asyncio.Lock | None = None
         self._last_attempt = 0.0
         self._file_id: tuple[int, int] | None = None  # SQLite: (st_dev, st_ino) of the file opened
-        # SQLite: held by every use of the connection, and by a :meth:`transaction` from its BEGIN to its
-        # COMMIT, so that no other statement runs inside one (nor is rolled back with it).
-        self._sqlite_lock = asyncio.Lock()
 
     @property
     def connected(self) -> bool:
@@ -220,8 +217,7 @@ class Database:
     def _sqlite_call(self, fn: Any) -> Any:
         async def run() -> Any:
             try:
-                async with self._sqlite_lock:
-                    return await self._run(fn)
+                return await self._run(fn)
             except sqlite3.OperationalError as exc:  # locked beyond busy_timeout, disk full, I/O error
                 raise StoreUnavailable(f"sqlite: {exc}") from None
         return run()
@@ -368,28 +364,33 @@ class Database:
 
     async def transaction(self, work: Callable[[Transaction], Awaitable[T]], *, before: Sequence[str] = ()) -> T:
         """``await work(tx)`` in one transaction, ``before`` (a lock) run first: its statements all
-        commit or none (``work`` raising rolls back). Raises as :meth:`executemany`."""
+        commit or none (``work`` raising rolls back). Raises as :meth:`executemany`.
+
+        ``work`` awaits nothing but ``tx``'s methods: on SQLite it runs to its end in the database's
+        thread, in one pass from BEGIN to COMMIT (SQLite's write lock is not held across turns of the
+        event loop, and no other statement of this process runs inside it)."""
         await self._check_file()
         await self._ensure()
         if self.dialect == "sqlite":
             conn = self._conn
-            assert conn is not None
+
+            def run() -> T:
+                assert conn is not None
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in before:
+                        conn.execute(statement)
+                    result = _to_the_end(work(_SqliteTransaction(self, conn)))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+                return result
+
             try:
-                async with self._sqlite_lock:
-                    await self._run(conn.execute, "BEGIN IMMEDIATE")
-                    try:
-                        for statement in before:
-                            await self._run(conn.execute, statement)
-                        result = await work(_SqliteTransaction(self, conn))
-                        await self._run(conn.execute, "COMMIT")
-                    except BaseException:
-                        await self._run(_rollback, conn)
-                        raise
-                    return result
+                return await self._sqlite_call(run)
             except _SQLITE_REJECTED as exc:
                 raise RowRejected(f"sqlite: {type(exc).__name__}: {exc}") from None
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"sqlite: {exc}") from None
         if self._pool is None:
             raise StoreUnavailable("postgres: not connected")
         try:
@@ -399,6 +400,18 @@ class Database:
                 return await work(_PostgresTransaction(conn))
         except (*_pg_unavailable(), *_pg_rejected()) as exc:
             raise self._pg_error(exc) from None
+
+
+def _to_the_end(coroutine: Awaitable[T]) -> T:
+    """Run a coroutine that never suspends (it awaits only a :class:`_SqliteTransaction`'s methods,
+    which return at once) to its result, synchronously."""
+    step = coroutine.__await__()
+    try:
+        step.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    step.close()
+    raise RuntimeError("a SQLite transaction's work awaited something other than its statements")
 
 
 class Transaction:
@@ -416,19 +429,20 @@ class Transaction:
 
 
 class _SqliteTransaction(Transaction):
+    """Statements run at once, in the database's thread (see :meth:`Database.transaction`)."""
+
     def __init__(self, db: Database, conn: sqlite3.Connection) -> None:
-        self.db, self.conn = db, conn
+        self.sql, self.conn = db.sql, conn
 
     async def execute(self, sql: str, *args: Any) -> None:
-        await self.db._run(self.conn.execute, self.db.sql(sql), args)
+        self.conn.execute(self.sql(sql), args)
 
     async def executemany(self, sql: str, rows: list[Sequence[Any]]) -> None:
         if rows:
-            await self.db._run(self.conn.executemany, self.db.sql(sql), rows)
+            self.conn.executemany(self.sql(sql), rows)
 
     async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        query, conn = self.db.sql(sql), self.conn
-        return await self.db._run(lambda: [tuple(r) for r in conn.execute(query, args).fetchall()])
+        return [tuple(r) for r in self.conn.execute(self.sql(sql), args).fetchall()]
 
 
 class _PostgresTransaction(Transaction):

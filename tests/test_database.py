@@ -79,3 +79,52 @@ def test_sqlite_stores_none_as_null_and_bools_as_integers(tmp_path) -> None:  # 
             await db.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_transaction_commits_all_its_statements_or_none(tmp_path, backend: str) -> None:  # type: ignore[no-untyped-def]
+    """Database.transaction: what the work wrote and read inside it, committed together; a work that
+    raises leaves nothing; on SQLite a work that awaits anything but its statements is refused (it runs
+    to its end in the database's thread) and rolled back."""
+
+    async def run() -> None:
+        if backend == "postgres":
+            try:
+                await _pg("SELECT 1")
+            except Exception as exc:  # noqa: BLE001
+                warnings.warn(f"PostgreSQL is not reachable ({exc}): SKIPPED")
+                pytest.skip(f"PostgreSQL is not reachable: {exc}")
+            settings = DatabaseSettings(url=PG_URL, schema=f"tx_{uuid.uuid4().hex[:12]}")
+        else:
+            settings = DatabaseSettings(url=f"sqlite:///{tmp_path}/tx.sqlite3")
+        db = Database(settings, STORES)
+        await db.start()
+        try:
+            async def good(tx):  # type: ignore[no-untyped-def]
+                await tx.executemany("INSERT INTO things (id) VALUES ($1)", [("a",), ("b",)])
+                seen = await tx.fetch("SELECT id FROM things ORDER BY id")
+                await tx.execute("INSERT INTO things (id) VALUES ($1)", f"{len(seen)}")
+                return seen
+
+            assert await db.transaction(good) == [("a",), ("b",)]
+
+            async def bad(tx):  # type: ignore[no-untyped-def]
+                await tx.execute("INSERT INTO things (id) VALUES ($1)", "c")
+                raise ValueError("no")
+
+            with pytest.raises(ValueError):
+                await db.transaction(bad)
+            if backend == "sqlite":
+                async def awaits(tx):  # type: ignore[no-untyped-def]
+                    await tx.execute("INSERT INTO things (id) VALUES ($1)", "d")
+                    await asyncio.sleep(0)
+
+                with pytest.raises(RuntimeError):
+                    await db.transaction(awaits)
+            assert [r["id"] for r in await db.fetch("SELECT id FROM things ORDER BY id")] == ["2", "a", "b"]
+        finally:
+            await db.close()
+            if backend == "postgres":
+                await _pg(f"DROP SCHEMA IF EXISTS {settings.schema} CASCADE")
+
+    asyncio.run(run())

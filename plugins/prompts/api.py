@@ -23,7 +23,6 @@ from respan_gateway.database import StoreUnavailable
 from respan_gateway.errors import PermissionDenied
 
 from .catalog import Prompts
-from .engine import compile_version
 from .middleware import PromptsMiddleware, PromptStoreDown
 from .model import Invalid, Prompt, Version, check_prompt_id, prompt_to_api, version_from_api, version_to_api
 
@@ -174,6 +173,8 @@ async def versions_collection(request: Request) -> Response:
     if not isinstance(deploy, bool):
         raise BadRequest("`deploy` must be a boolean", param="deploy")
     info = version_from_api(body, 0, 0.0)
+    from .engine import compile_version  # Jinja, once a version is made
+
     compile_version(middleware.env, Version(info))  # a template that does not compile is a 400 now
     store = _store(prompts)
     stored = await store.add_version(tenant, prompt_id, info)

@@ -13,17 +13,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from respan_gateway.database import Database
 from respan_gateway.hookspecs import PromptInfo, PromptVersionInfo
 
-from .files import PromptFileError, load_folder
 from .model import Prompt
-from .render import TemplateEnvironment
 from .settings import PromptsSettings
 from .store import PromptStore
+
+if TYPE_CHECKING:
+    from .files import PromptFileError
+    from .render import TemplateEnvironment
 
 log = structlog.get_logger("respan_gateway.prompts")
 
@@ -31,9 +34,10 @@ log = structlog.get_logger("respan_gateway.prompts")
 class Prompts:
     """The prompts of every tenant (the plugin's :class:`~respan_gateway.hookspecs.PromptCatalog`).
 
+    ``env``: the Jinja sandbox the files' templates are compiled in, asked for when there is a folder;
     ``clock``: the monotonic clock of the cache's expiry (a test sets its own)."""
 
-    def __init__(self, settings: PromptsSettings, env: TemplateEnvironment, database: Database | None) -> None:
+    def __init__(self, settings: PromptsSettings, env: Callable[[], TemplateEnvironment], database: Database | None) -> None:
         self.settings = settings
         self.env = env
         self.store = PromptStore(database) if database is not None else None
@@ -48,7 +52,9 @@ class Prompts:
         it held before, if anything (the middleware makes an error at start-up fatal)."""
         if not self.settings.folder:
             return
-        prompts, errors = load_folder(Path(self.settings.folder), self.env)
+        from .files import load_folder  # Jinja's templates: imported when there are files
+
+        prompts, errors = load_folder(Path(self.settings.folder), self.env())
         for error in errors:
             log.error("prompt_file_invalid", error=str(error))
         # A file broken by an edit keeps serving what it held before (a bad push takes nothing down).

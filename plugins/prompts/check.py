@@ -10,9 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from .files import load_folder
-from .render import Limits, TemplateEnvironment
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="prompts_command", required=True)
@@ -21,6 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .files import load_folder  # Jinja: only when the command runs, not at every start
+    from .render import Limits, TemplateEnvironment
+
     folder = Path(args.folder)
     prompts, errors = load_folder(folder, TemplateEnvironment(Limits()))
     for prompt in sorted(prompts.values(), key=lambda p: p.prompt_id):

@@ -15,7 +15,7 @@ from typing import Any
 
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 
-from respan_gateway import BadRequest, NotFound
+from respan_gateway import BadRequest
 
 from .model import Invalid, Prompt, Version
 from .render import RenderLimitExceeded, TemplateEnvironment, undefined_name
@@ -197,14 +197,3 @@ def _with_images(text: str, images: list[dict[str, Any]]) -> list[dict[str, Any]
     if last < len(text) or not parts:
         parts.append({"type": "text", "text": text[last:]})
     return parts
-
-
-def not_found(prompt_id: str, version: Any = None, prompt: Prompt | None = None) -> NotFound:
-    if prompt is None:
-        return NotFound(f"prompt `{prompt_id}` not found", param="prompt.prompt_id", code="prompt_not_found")
-    if version is None:
-        return NotFound(f"prompt `{prompt_id}` has no deployed version: deploy one, or name a `version`",
-                        param="prompt.version", code="prompt_version_not_found")
-    if version == "latest":
-        return NotFound(f"prompt `{prompt_id}` has no version yet", param="prompt.version", code="prompt_version_not_found")
-    return NotFound(f"prompt `{prompt_id}` has no version {version}", param="prompt.version", code="prompt_version_not_found")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -13,11 +13,12 @@ from respan_gateway.hookspecs import PromptCatalog
 from respan_gateway.params import PromptParams
 
 from .catalog import Prompts
-from .engine import render, not_found
 from .merge import SHAPES, apply, check_request
-from .model import Prompt, Version
-from .render import Limits, TemplateEnvironment
+from .model import Prompt, Version, not_found
 from .settings import PromptsSettings
+
+if TYPE_CHECKING:
+    from .render import TemplateEnvironment
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.Encoder().encode
@@ -32,12 +33,23 @@ class PromptStoreDown(GatewayError):
 class PromptsMiddleware:
     def __init__(self, settings: PromptsSettings, gateway: Gateway) -> None:
         self.settings = settings
-        self.env = TemplateEnvironment(Limits(settings.max_output_chars, settings.max_iterations, settings.render_timeout))
-        self.prompts = Prompts(settings, self.env, gateway.database)
+        self._env: TemplateEnvironment | None = None
+        self.prompts = Prompts(settings, lambda: self.env, gateway.database)
         self.prompts.load_files()
         if self.prompts.file_errors:  # at start-up a broken prompt file stops the start, by name
             raise ConfigError("[prompts] folder: " + "; ".join(str(e) for e in self.prompts.file_errors))
         gateway.provide(PromptCatalog, self.prompts)
+
+    @property
+    def env(self) -> TemplateEnvironment:
+        """The Jinja sandbox, built on the first prompt file loaded, template checked or prompt rendered:
+        a gateway that uses no prompt never imports Jinja (~2 MB of every worker's memory)."""
+        if self._env is None:
+            from .render import Limits, TemplateEnvironment
+
+            s = self.settings
+            self._env = TemplateEnvironment(Limits(s.max_output_chars, s.max_iterations, s.render_timeout))
+        return self._env
 
     async def __call__(self, call: Call, call_next: CallNext) -> Result:
         p = call.params.prompt
@@ -48,6 +60,8 @@ class PromptsMiddleware:
         check_request(p)
         tenant = call.principal.tenant
         prompt, version = await self.lookup(tenant, p.prompt_id, p.version)
+        from .engine import render  # Jinja's, once a prompt is used
+
         rendered = await render(self.env, prompt, version, p.variables, lambda pid, v: self.lookup(tenant, pid, v))
         call.outcome.prompt = PromptRef(
             prompt_id=prompt.prompt_id, version=version.number, variables=rendered.variables or None,

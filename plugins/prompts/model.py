@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from respan_gateway import NotFound
 from respan_gateway.hookspecs import PromptInfo, PromptVersionInfo
 
 #: What a prompt id may be: it goes in URLs and in log records.
@@ -210,3 +211,14 @@ def prompt_to_api(prompt: Prompt) -> dict[str, Any]:
         "source": info.source, "deployed_version": info.deployed_version, "latest_version": info.latest_version,
         "versions": sorted(prompt.versions), "created_at": info.created_at, "updated_at": info.updated_at,
     }
+
+
+def not_found(prompt_id: str, version: Any = None, prompt: Prompt | None = None) -> NotFound:
+    if prompt is None:
+        return NotFound(f"prompt `{prompt_id}` not found", param="prompt.prompt_id", code="prompt_not_found")
+    if version is None:
+        return NotFound(f"prompt `{prompt_id}` has no deployed version: deploy one, or name a `version`",
+                        param="prompt.version", code="prompt_version_not_found")
+    if version == "latest":
+        return NotFound(f"prompt `{prompt_id}` has no version yet", param="prompt.version", code="prompt_version_not_found")
+    return NotFound(f"prompt `{prompt_id}` has no version {version}", param="prompt.version", code="prompt_version_not_found")

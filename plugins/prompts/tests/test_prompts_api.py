@@ -184,3 +184,31 @@ def test_two_gateway_processes_on_postgres(fake_upstream: FakeUpstream, request,
                 break
             time.sleep(0.05)
         assert fake_upstream.requests[-1].json["messages"][0]["content"] == "v2 is seen"
+
+
+_NO_JINJA_SCRIPT = """
+import sys
+import httpx2
+from respan_gateway.testing import TEST_KEY, FakeUpstream, GatewayServer, test_config
+with FakeUpstream() as upstream, GatewayServer(test_config(upstream.url)) as gateway:
+    r = httpx2.post(gateway.base_url + "chat/completions", headers={"authorization": f"Bearer {TEST_KEY}"},
+                    json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+    assert r.status_code == 200, r.text
+    before = "jinja2" in sys.modules
+    r = httpx2.post(gateway.base_url + "chat/completions", headers={"authorization": f"Bearer {TEST_KEY}"},
+                    json={"model": "gpt-test", "prompt": {"prompt_id": "nowhere"}}, timeout=30)
+print("RESULT", before, r.status_code, r.json()["error"]["code"])
+"""
+
+
+def test_a_gateway_that_renders_no_prompt_never_imports_jinja() -> None:
+    """Jinja costs every worker ~2 MB: it is imported at the first prompt file, template or render,
+    not at start; the prompt asked for next (unknown: the plugin's 404) is served as before. A fresh
+    interpreter (this one has imported Jinja already)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _NO_JINJA_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))
+    assert result == "RESULT False 404 prompt_not_found", done.stdout
