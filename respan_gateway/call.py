@@ -221,6 +221,10 @@ class Call(msgspec.Struct, kw_only=True):
     outcome: Outcome = msgspec.field(default_factory=Outcome)
     # Free-form notes of third-party plugins; bundled plugins meet through the typed fields above.
     state: dict[str, Any] = {}
+    # Called once each when the call has ended (Gateway.finish: the answer sent, or the stream ended,
+    # however), before the observers: what a stage holds open for a stream (a gauge, a slot) is let go
+    # there, without a generator around every chunk.
+    on_finish: list[Callable[[], None]] = []
 
     def get(self, key: str, default: Any = None) -> Any:
         """A body field, decoded (``default`` when absent)."""

@@ -461,6 +461,11 @@ class Gateway:
         outcome = call.outcome
         if outcome.ended is None:
             outcome.ended = time.perf_counter()
+        for release in call.on_finish:
+            try:
+                release()
+            except Exception:
+                log.exception("on_finish_failed", request_id=call.request_id)
         answered = outcome.stream_end is not None or outcome.status < 400  # a stream's part counts
         self.settle(call, outcome.answer if answered else None)
         if outcome.status >= 500 and not isinstance(outcome.error, Overloaded):  # the operator's side of a failure (upstream down, a bug); no secret:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -19,7 +18,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from respan_gateway import Call, CallNext, Chunk, Gateway, NotFound, Result, Settings, StreamResult, hookimpl
+from respan_gateway import Call, CallNext, Gateway, NotFound, Result, Settings, StreamResult, hookimpl
 from respan_gateway.hookspecs import RegisterMiddleware, RegisterObserver, RegisterRoute
 from respan_gateway.metrics import CONTENT_TYPE
 
@@ -59,22 +58,14 @@ class InFlight:
         except BaseException:
             self.gauge.inc(-1)
             raise
-        if isinstance(result, StreamResult):
-            result.chunks = self._track(result.chunks)
+        if isinstance(result, StreamResult):  # until the stream has ended (Gateway.finish calls it)
+            call.on_finish.append(self._end)
         else:
             self.gauge.inc(-1)
         return result
 
-    async def _track(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-        try:
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            self.gauge.inc(-1)
-            try:
-                await chunks.aclose()  # type: ignore[attr-defined]
-            except Exception:
-                pass
+    def _end(self) -> None:
+        self.gauge.inc(-1)
 
 
 class RequestMetrics:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import httpx2
 import openai
@@ -153,3 +154,26 @@ def test_series_of_repeated_requests_and_cache_hits_keep_their_labels(gateway_fa
     assert after['respan_gateway_upstream_attempts_total{model="gpt-test",provider="fake",status_code="200"}'] == 4
     assert after['respan_gateway_upstream_attempts_total{model="other",provider="fake",status_code="400"}'] == 2
     assert not [k for k in after if k.startswith("respan_gateway_cache_hits_total") and 'endpoint="chat"' not in k]
+
+
+def test_in_flight_counts_a_stream_until_it_ends_or_its_client_leaves(gateway_factory) -> None:
+    """The gauge holds a stream from its request to its end (Gateway.finish lets it go, no wrapper around
+    its chunks): 1 while one is open, 0 once it has ended, and 0 again after a client left one."""
+    gw = gateway_factory()
+    client = gw.openai()
+
+    def in_flight() -> float:
+        return scrape(gw.url)["respan_gateway_requests_in_flight"]
+
+    for finish in ("read", "leave"):
+        stream = client.chat.completions.create(model="fake/fake-slow-chunks-300,chunks-8", messages=MESSAGES, stream=True)
+        next(iter(stream))
+        assert in_flight() == 1, finish
+        if finish == "read":
+            list(stream)
+        else:
+            stream.close()  # the client leaves mid-stream
+        deadline = time.monotonic() + 10
+        while in_flight() != 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert in_flight() == 0, finish
