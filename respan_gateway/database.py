@@ -318,35 +318,12 @@ class Database:
 
         Raises :class:`RowRejected` when the database refuses a row's data (the caller may write the
         rows one by one to find it), :class:`StoreUnavailable` when it cannot be reached."""
-        await self._check_file()
-        await self._ensure()
         rows = list(rows)
-        if not rows:
-            return
-        if self.dialect == "sqlite":
-            conn, query = self._conn, self.sql(sql)
+        if rows:
+            async def many(tx: Transaction) -> None:
+                await tx.executemany(sql, rows)
 
-            def run() -> None:
-                assert conn is not None
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.executemany(query, rows)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    _rollback(conn)
-                    raise
-
-            try:
-                return await self._sqlite_call(run)
-            except _SQLITE_REJECTED as exc:
-                raise RowRejected(f"sqlite: {type(exc).__name__}: {exc}") from None
-        if self._pool is None:
-            raise StoreUnavailable("postgres: not connected")
-        try:
-            async with self._pool.acquire(timeout=self.settings.connect_timeout) as conn, conn.transaction():
-                await conn.executemany(sql, rows)
-        except (*_pg_unavailable(), *_pg_rejected()) as exc:
-            raise self._pg_error(exc) from None
+            await self.transaction(many)
 
     async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         await self._ensure()
@@ -360,7 +337,6 @@ class Database:
         if not rows:
             return None
         return next(iter(rows[0].values()))
-
 
     async def transaction(self, work: Callable[[Transaction], Awaitable[T]], *, before: Sequence[str] = ()) -> T:
         """``await work(tx)`` in one transaction, ``before`` (a lock) run first: its statements all
