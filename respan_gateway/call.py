@@ -266,14 +266,16 @@ class Call(msgspec.Struct, kw_only=True):
         except msgspec.DecodeError:
             return None
 
-    def request_without_params(self) -> msgspec.Raw | None:
+    def request_without_params(self, **replaced: msgspec.Raw) -> msgspec.Raw | None:
         """The request body less every Respan param (credentials never reach a log or an answer);
-        None for a body the gateway could not read (its params cannot be stripped)."""
+        None for a body the gateway could not read (its params cannot be stripped). ``replaced``: the
+        JSON of fields written instead of the request's (where the body has them), e.g. a record
+        that keeps a field elsewhere."""
         if self.rejection is not None:
             return None
-        if not any(k in PARAM_NAMES or k in NESTED_PARAM_OBJECTS for k in self.body):
+        if not replaced and not any(k in PARAM_NAMES or k in NESTED_PARAM_OBJECTS for k in self.body):
             return msgspec.Raw(self.encoded_body())
-        return msgspec.Raw(_encode({k: v for k, v in self.body.items()
+        return msgspec.Raw(_encode({k: replaced.get(k, v) for k, v in self.body.items()
                                     if k not in PARAM_NAMES and k not in NESTED_PARAM_OBJECTS}))
 
     def encoded_body(self, **overrides: Any) -> bytes:

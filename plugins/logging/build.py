@@ -15,7 +15,7 @@ from respan_gateway.params import OBSERVABILITY_FIELDS, coerce_metadata
 from respan_gateway.translate.responses import output_message
 
 from .privacy import asks_disable_log, strip_content
-from .record import LogRecord
+from .record import MESSAGES_IN_PROMPT_JSON, LogRecord
 
 TOKEN_BREAKDOWN_FLAG = "token-breakdown-2026-03-26"
 CLIENT_GONE = 499  # nginx's "client closed request": the client left before the answer ended
@@ -99,11 +99,14 @@ def build_record(call: Call) -> LogRecord:
     # Chat's messages pass through undecoded; other endpoints' prompt is read as a conversation
     # (a Responses request's instructions and input items: respan_gateway.Call.prompt), a lone string
     # as one user message.
-    prompt = call.body.get("messages") or call.prompt()
+    # A request's own messages are stored once: full_request holds a marker in their place.
+    messages = call.body.get("messages")
+    prompt = messages or call.prompt()
     record.prompt_messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     record.tools = call.body.get("tools")
     record.tool_choice = call.body.get("tool_choice")
-    record.full_request = call.request_without_params()
+    record.full_request = (call.request_without_params(messages=MESSAGES_IN_PROMPT_JSON) if messages is not None
+                           else call.request_without_params())
     return record
 
 

@@ -140,6 +140,12 @@ JSON_COLUMNS = frozenset(k for k, v in KINDS.items() if v == "json")
 
 _encode = msgspec.json.Encoder().encode
 
+#: What a stored ``full_request`` holds as its ``messages`` when they are the record's
+#: ``prompt_messages`` (a chat or Anthropic Messages prompt, written once, not twice): the logs API
+#: puts them back (``store.to_api``), and a text filter on ``full_request`` also looks there.
+MESSAGES_IN_PROMPT = "$prompt_messages"
+MESSAGES_IN_PROMPT_JSON = msgspec.Raw(_encode(MESSAGES_IN_PROMPT))
+
 
 _JSON_INDEXES = tuple(i for i, name in enumerate(COLUMNS) if name in JSON_COLUMNS)
 _astuple = msgspec.structs.astuple
@@ -150,8 +156,8 @@ RECORD_OVERHEAD = 2048
 
 def stored_size(record: LogRecord) -> int:
     """About the bytes ``record`` holds: its JSON fields as the text they are stored as (a field passed
-    through undecoded by its length; a chat prompt counts twice, in prompt_messages and full_request,
-    as the row holds it), plus :data:`RECORD_OVERHEAD`. What ``[logging] queue_bytes`` counts."""
+    through undecoded by its length: a chat prompt counts once, as the row holds it, in
+    prompt_messages), plus :data:`RECORD_OVERHEAD`. What ``[logging] queue_bytes`` counts."""
     size = RECORD_OVERHEAD
     for value in _json_fields(record):
         if value is None:
@@ -171,7 +177,7 @@ def to_row(record: LogRecord) -> tuple[Any, ...]:
 
     The fields in one C call (``astuple``), then only the JSON columns that hold a value are encoded;
     a ``Raw`` (the request's own bytes: its messages, the full request) is decoded straight from its
-    buffer, with no copy to ``bytes`` first: a 200 KB prompt is in two of these columns."""
+    buffer, with no copy to ``bytes`` first."""
     row = list(_astuple(record))
     for i in _JSON_INDEXES:
         value = row[i]

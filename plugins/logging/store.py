@@ -18,7 +18,7 @@ from respan_gateway.hookspecs import LogQuery, UsageBucket
 from respan_gateway.timestamps import parse_iso
 
 from . import meta_index, rollup
-from .record import COLUMNS, JSON_COLUMNS, KINDS, LogRecord, to_row
+from .record import COLUMNS, JSON_COLUMNS, KINDS, MESSAGES_IN_PROMPT, LogRecord, to_row
 
 TABLE = "request_logs"
 
@@ -376,20 +376,32 @@ class RequestLogStore:
             sign = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}[op]
             return f"{expr} {sign} {param(values[0])}"
         # Text operators: on the text of the value, whatever the column's kind.
-        text = expr if kind in ("text", "meta") else (f"CAST({expr} AS TEXT)" if not pg else f"({expr})::text")
         args.append(str(values[0]))
         p = f"${len(args)}"
-        if op == "iexact":
-            return f"LOWER({text}) = LOWER({p})"
-        if op == "contains":
-            return f"strpos({text}, {p}) > 0" if pg else f"instr({text}, {p}) > 0"
-        if op == "icontains":
-            return f"strpos(LOWER({text}), LOWER({p})) > 0" if pg else f"instr(LOWER({text}), LOWER({p})) > 0"
-        if op == "startswith":
-            return f"substr({text}, 1, length({p})) = {p}"
-        if op == "endswith":
-            return f"right({text}, length({p})) = {p}" if pg else f"substr({text}, -length({p})) = {p} AND length({p}) > 0"
-        raise BadRequest(f"filter `{field}`: unknown operator `{op}`", param="filters")
+        if expr == "full_request" and op in ("contains", "icontains"):
+            # The request's messages are stored in prompt_messages (record.MESSAGES_IN_PROMPT): look there too.
+            args.append(MESSAGES_IN_PROMPT)
+            stored_apart = (f"(full_request ->> 'messages') = ${len(args)}" if pg
+                            else f"json_extract(full_request, '$.messages') = ${len(args)}")
+            return (f"({_text_test(op, 'full_request', kind, p, pg)} OR "
+                    f"({_text_test(op, 'prompt_messages', kind, p, pg)} AND {stored_apart}))")
+        return _text_test(op, expr, kind, p, pg, field)
+
+
+def _text_test(op: str, expr: str, kind: str, p: str, pg: bool, field: str = "") -> str:
+    """A text operator's test of ``expr`` (a column or JSON expression) against the parameter ``p``."""
+    text = expr if kind in ("text", "meta") else (f"CAST({expr} AS TEXT)" if not pg else f"({expr})::text")
+    if op == "iexact":
+        return f"LOWER({text}) = LOWER({p})"
+    if op == "contains":
+        return f"strpos({text}, {p}) > 0" if pg else f"instr({text}, {p}) > 0"
+    if op == "icontains":
+        return f"strpos(LOWER({text}), LOWER({p})) > 0" if pg else f"instr(LOWER({text}), LOWER({p})) > 0"
+    if op == "startswith":
+        return f"substr({text}, 1, length({p})) = {p}"
+    if op == "endswith":
+        return f"right({text}, length({p})) = {p}" if pg else f"substr({text}, -length({p})) = {p} AND length({p}) > 0"
+    raise BadRequest(f"filter `{field}`: unknown operator `{op}`", param="filters")
 
 
 def _is_metadata_equal(field: str, op: str, value: Any) -> bool:
@@ -486,6 +498,9 @@ def to_api(row: dict[str, Any]) -> dict[str, Any]:
             out[name] = iso(float(value))
         else:
             out[name] = value
+    full, messages = out["full_request"], out["prompt_messages"]
+    if isinstance(full, dict) and messages is not None and full.get("messages") == MESSAGES_IN_PROMPT:
+        full["messages"] = messages  # stored once (record.MESSAGES_IN_PROMPT)
     out["id"] = out["unique_id"]
     return out
 

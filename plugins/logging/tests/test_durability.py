@@ -181,11 +181,11 @@ def test_queue_bounded_by_bytes_spills_big_records_and_loses_none(gateway_factor
     busy timeout, not failing): memory holds what fits in ``queue_bytes`` (the batch being written
     counts), the rest goes to the spill file; once the lock goes, every record is stored, once."""
     db = tmp_path / "respan.sqlite3"
-    # A record weighs about 2 x 100 KB (the prompt as prompt_messages and in full_request) + 2 KB:
-    # three fit in 700,000 bytes, a fourth does not. queue_size is far away: only bytes can bind.
+    # A record weighs about 100 KB (the prompt, stored once: in prompt_messages) + 2 KB:
+    # three fit in 350,000 bytes, a fourth does not. queue_size is far away: only bytes can bind.
     gw = gateway_factory(f'[database]\nurl = "sqlite:///{db}"\ncommand_timeout = 60\n'
                          f'[logging]\nspill_dir = "{tmp_path}/spill"\nflush_interval = 0.05\nwrite_timeout = 60\n'
-                         f'retry_interval = 0.3\nqueue_size = 10000\nqueue_bytes = 700000\n')
+                         f'retry_interval = 0.3\nqueue_size = 10000\nqueue_bytes = 350000\n')
     writer = dict(gw.gateway.observers)["logging"].writer
     big = [{"role": "user", "content": "word " * 20_000}]
     blocker = sqlite3.connect(db, timeout=5, isolation_level=None)

@@ -131,6 +131,45 @@ def test_large_prompt_goes_upstream_as_sent_and_is_logged_whole(logged_gateway, 
     assert record["full_request"] == sent
 
 
+def test_a_prompt_is_stored_once_and_read_back_in_the_full_request(logged_gateway, backend, tmp_path) -> None:
+    """A chat (and an Anthropic Messages) request's messages are written once, in prompt_messages:
+    the stored full_request holds a marker in their place; the logs API shows the full request whole,
+    and a text filter on full_request finds the messages' text (and does not find absent text)."""
+    import anthropic
+
+    gw = logged_gateway()
+    messages = [{"role": "user", "content": "Tell the Zebra-Unicorn story " + "x" * 5000}]
+    raw = gw.openai().chat.completions.with_raw_response.create(
+        model="gpt-test", messages=messages, temperature=0.5, extra_body={"customer_identifier": "once"})
+    chat_id = raw.headers["x-respan-log-id"]
+    client = anthropic.Anthropic(base_url=gw.url + "/api/anthropic", api_key=TEST_KEY, max_retries=0)
+    user = [{"role": "user", "content": "Say hello to the Okapi"}]
+    native_id = client.messages.with_raw_response.create(model="gpt-test", max_tokens=50, messages=user).headers["x-respan-log-id"]
+    logs = Logs(gw.url)
+    record = logs.get(chat_id)
+    assert record["prompt_messages"] == messages
+    assert record["full_request"] == {"model": "gpt-test", "messages": messages, "temperature": 0.5}
+    native = logs.get(native_id)
+    assert native["prompt_messages"] == user
+    assert native["full_request"] == {"model": "gpt-test", "max_tokens": 50, "messages": user}
+    by_text = {"full_request": {"operator": "icontains", "value": ["zebra-unicorn"]}}
+    assert [r["unique_id"] for r in logs.list(by_text)["results"]] == [chat_id]
+    assert [r["unique_id"] for r in logs.list({"full_request": {"operator": "contains", "value": ["Okapi"]}})["results"]] == [native_id]
+    assert {r["unique_id"] for r in logs.list({"full_request": {"operator": "contains", "value": ['"temperature"']}})["results"]} == {chat_id}
+    assert logs.list({"full_request": {"operator": "contains", "value": ["Giraffe"]}})["results"] == []
+    if backend == "sqlite":  # the row itself: the 5 KB prompt is in one column, not two
+        import sqlite3
+
+        conn = sqlite3.connect(tmp_path / "respan.sqlite3", timeout=10)
+        try:
+            stored, prompt = conn.execute("SELECT full_request, prompt_messages FROM request_logs WHERE unique_id = ?",
+                                          (chat_id,)).fetchone()
+        finally:
+            conn.close()
+        assert json.loads(stored) == {"model": "gpt-test", "messages": "$prompt_messages", "temperature": 0.5}
+        assert json.loads(prompt) == messages
+
+
 def test_fallback_lists_every_attempt_and_the_model_that_answered(logged_gateway) -> None:
     gw = logged_gateway()
     raw = gw.openai().chat.completions.with_raw_response.create(
