@@ -149,7 +149,8 @@ MESSAGES_IN_PROMPT_JSON = msgspec.Raw(_encode(MESSAGES_IN_PROMPT))
 
 _JSON_INDEXES = tuple(i for i, name in enumerate(COLUMNS) if name in JSON_COLUMNS)
 _astuple = msgspec.structs.astuple
-_json_fields = operator.attrgetter(*(COLUMNS[i] for i in _JSON_INDEXES))
+_JSON_NAMES = tuple(COLUMNS[i] for i in _JSON_INDEXES)
+_json_fields = operator.attrgetter(*_JSON_NAMES)
 #: What a record weighs besides its JSON fields (the struct, its ids, numbers and short texts).
 RECORD_OVERHEAD = 2048
 
@@ -157,18 +158,21 @@ RECORD_OVERHEAD = 2048
 def stored_size(record: LogRecord) -> int:
     """About the bytes ``record`` holds: its JSON fields as the text they are stored as (a field passed
     through undecoded by its length: a chat prompt counts once, as the row holds it, in
-    prompt_messages), plus :data:`RECORD_OVERHEAD`. What ``[logging] queue_bytes`` counts."""
+    prompt_messages), plus :data:`RECORD_OVERHEAD`. What ``[logging] queue_bytes`` counts.
+
+    A field that holds decoded values (an answer, the metadata) is encoded here, once, and kept as
+    its JSON (``msgspec.Raw``): the row, a spill line or a read of the queued record use that."""
     size = RECORD_OVERHEAD
-    for value in _json_fields(record):
+    for name, value in zip(_JSON_NAMES, _json_fields(record)):
         if value is None:
             continue
-        if isinstance(value, (msgspec.Raw, bytes, str)):
-            size += len(value)
-            continue
-        try:
-            size += len(_encode(value))
-        except Exception:  # not encodable: the insert says so (and quarantines it), not the weighing
-            pass
+        if not isinstance(value, msgspec.Raw):
+            try:
+                value = msgspec.Raw(_encode(value))
+            except Exception:  # not encodable: the insert says so (and quarantines it), not the weighing
+                continue
+            setattr(record, name, value)
+        size += len(value)
     return size
 
 
