@@ -51,6 +51,19 @@ def bytes_serializer() -> NullSerializer:
     return NullSerializer(encoding=None)  # values are bytes in and bytes out
 
 
+async def read(store: BaseCache, key: str) -> bytes | None:
+    """``store.get(key)`` on the request path, without aiocache's per-call wrappers (the
+    ``AIOCACHE_DISABLE`` environment check, plugin hooks, timeout, namespace and serializer): these
+    stores configure none of them (no plugins, ``timeout=0``, no namespace, bytes in and out), and the
+    wrappers cost ~5 us a call against ~0.6 us for the lookup itself."""
+    return await store._get(key, encoding=None)
+
+
+async def write(store: BaseCache, key: str, value: bytes, ttl: float) -> None:
+    """``store.set(key, value, ttl=ttl)`` without the wrappers (see :func:`read`)."""
+    await store._set(key, value, ttl=ttl)
+
+
 class BoundedMemoryCache(BaseCache):
     """An in-process aiocache backend bounded by ``max_entries`` and ``max_bytes`` (values are bytes)."""
 

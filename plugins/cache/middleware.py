@@ -31,7 +31,7 @@ from respan_gateway import (
 )
 from respan_gateway.hookspecs import CacheStats
 
-from .backends import BoundedMemoryCache, glob_escape
+from .backends import BoundedMemoryCache, glob_escape, read, write
 from .entry import EntryMeta, pack, unpack
 from .key import digest, options_of
 from .settings import CacheSettings
@@ -150,7 +150,7 @@ class ResponseCache:
         tenant = call.principal.tenant
         key = self.state.key("cache", tenant, key_digest)
         try:
-            found = self._live(await self.store.get(key))
+            found = self._live(await read(self.store, key))
         except self.errors as exc:
             self._unavailable("get", exc)
             self.misses.inc((call.kind,))
@@ -276,7 +276,7 @@ class ResponseCache:
             self.stores.inc((call.kind, "too_large"))
             return
         try:
-            await self.store.set(key, value, ttl=float(ttl))
+            await write(self.store, key, value, float(ttl))
         except self.errors as exc:
             self._unavailable("set", exc)
             return
