@@ -6,7 +6,7 @@ The public names a plugin needs live here; the machinery lives in the submodules
 from .app import create_app
 from .call import ANONYMOUS, Attempt, Call, CallNext, Chunk, JSONResult, KeyLimits, Principal, Result, StreamResult, Target, aclose
 from .config import Config, ConfigError, ProviderSettings, Settings
-from .endpoints import Accumulator, ChatTranslation, Endpoint
+from .endpoints import Accumulator, ChatTranslation, Endpoint, TextPieces
 from .errors import (
     CONTEXT_LENGTH_EXCEEDED,
     AuthenticationFailed,
@@ -39,6 +39,6 @@ __all__ = [
     "ProviderAdapter", "ProviderSettings", "RateLimited", "RespanParams", "Result", "Settings",
     "StreamInterrupted", "StreamResult", "Target", "UpstreamError", "UpstreamTimeout", "UpstreamTooLarge",
     "UpstreamUnreachable", "CONTEXT_LENGTH_EXCEEDED", "Timeout", "TransportError", "UpstreamClient", "UpstreamResponse",
-    "hookimpl", "create_app", "json_body",
+    "TextPieces", "hookimpl", "create_app", "json_body",
 ]
 

@@ -42,6 +42,37 @@ class Accumulator(Protocol):
     # An endpoint whose accumulator has no ``annex`` takes no addition on its streams.
 
 
+class TextPieces:
+    """A streamed text as an accumulator gathers it, piece by piece. Every 16 pieces are joined into
+    one string (and every 16 of those into one), so that a long stream holds its characters (about a
+    byte each) and not a string object per chunk (~60 bytes for a word): the memory of an open stream
+    grows by the text it has received, not by the number of its chunks."""
+
+    __slots__ = ("_joined", "_tail")
+
+    JOIN_EVERY = 16
+
+    def __init__(self) -> None:
+        self._joined: list[str] = []
+        self._tail: list[str] = []
+
+    def add(self, piece: str) -> None:
+        tail = self._tail
+        tail.append(piece)
+        if len(tail) >= self.JOIN_EVERY:
+            joined = self._joined
+            joined.append("".join(tail))
+            tail.clear()
+            if len(joined) >= self.JOIN_EVERY:
+                joined[:] = ("".join(joined),)
+
+    def __bool__(self) -> bool:
+        return bool(self._tail or self._joined)
+
+    def __str__(self) -> str:
+        return "".join(self._joined) + "".join(self._tail)
+
+
 class ChatTranslation(Protocol):
     """How a call of an endpoint is served by a provider adapter that speaks only chat completions.
 

@@ -16,6 +16,7 @@ import msgspec
 
 from .call import Call, Chunk
 from .config import describe_validation_error
+from .endpoints import TextPieces
 from .errors import BadRequest
 
 _encode = msgspec.json.Encoder().encode
@@ -240,19 +241,19 @@ class _Choice:
     __slots__ = ("parts", "refusal", "reasoning", "tool_calls", "finish_reason", "logprobs")
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.refusal: list[str] = []
-        self.reasoning: list[str] = []
+        self.parts = TextPieces()
+        self.refusal = TextPieces()
+        self.reasoning = TextPieces()
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
         self.logprobs: dict[str, list[Any]] | None = None
 
     def message(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.parts) or None}
+        message: dict[str, Any] = {"role": "assistant", "content": str(self.parts) or None}
         if self.refusal:
-            message["refusal"] = "".join(self.refusal)
+            message["refusal"] = str(self.refusal)
         if self.reasoning:
-            message["reasoning_content"] = "".join(self.reasoning)
+            message["reasoning_content"] = str(self.reasoning)
         if self.tool_calls:
             message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
         return message
@@ -305,11 +306,11 @@ class ChatAccumulator:
             if delta is None:
                 continue
             if delta.content:
-                slot.parts.append(delta.content)
+                slot.parts.add(delta.content)
             if delta.refusal:
-                slot.refusal.append(delta.refusal)
+                slot.refusal.add(delta.refusal)
             if delta.reasoning_content:
-                slot.reasoning.append(delta.reasoning_content)
+                slot.reasoning.add(delta.reasoning_content)
             for fragment in delta.tool_calls or ():
                 call = slot.tool_calls.setdefault(
                     fragment.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
@@ -320,7 +321,7 @@ class ChatAccumulator:
                     call["function"]["arguments"] += fragment.function.arguments or ""
 
     def text(self) -> str:
-        return "".join("".join(self.choices[i].parts) for i in sorted(self.choices))
+        return "".join(str(self.choices[i].parts) for i in sorted(self.choices))
 
     def holds(self, chunk: Chunk) -> bool:
         return False  # an addition comes after the whole answer, as a chunk of its own
@@ -478,7 +479,7 @@ class ChatContinuation:
     __slots__ = ("parts", "blocked", "id", "created", "continuing", "pending", "prior")
 
     def __init__(self, call: Call | None = None) -> None:
-        self.parts: list[str] = []
+        self.parts = TextPieces()
         self.blocked = False
         self.id: str | None = None
         self.created: int | None = None
@@ -502,7 +503,7 @@ class ChatContinuation:
         if not self.continuing:
             for choice in data.choices or ():
                 if choice.delta is not None and choice.delta.content:
-                    self.parts.append(choice.delta.content)
+                    self.parts.add(choice.delta.content)
             return chunk
         return self._rewrite(chunk)
 
@@ -528,7 +529,7 @@ class ChatContinuation:
                         text, self.pending = text[drop:], "" if text[drop:] else self.pending[drop:]
                         delta["content"] = text
                     if text:
-                        self.parts.append(text)
+                        self.parts.add(text)
                 said = said or bool(text) or any(v not in (None, "", []) for k, v in delta.items() if k != "content")
             said = said or bool(isinstance(choice, dict) and choice.get("finish_reason"))
         usage = body.get("usage")
@@ -544,7 +545,7 @@ class ChatContinuation:
         return not self.blocked
 
     def prefill(self) -> str:
-        return "".join(self.parts)
+        return str(self.parts)
 
     def request(self, call: Call, body: dict[str, msgspec.Raw]) -> None:
         text = self.prefill().rstrip()

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from respan_gateway import Call, Chunk
+from respan_gateway import Call, Chunk, TextPieces
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
@@ -62,23 +62,23 @@ class _Block:
 
     def __init__(self, start: dict[str, Any]) -> None:
         self.start = start
-        self.text: list[str] = []
-        self.json: list[str] = []
-        self.thinking: list[str] = []
+        self.text = TextPieces()
+        self.json = TextPieces()
+        self.thinking = TextPieces()
         self.signature: str | None = None
         self.citations: list[Any] = []
 
     def block(self) -> dict[str, Any]:
         block = dict(self.start)
         if self.text:
-            block["text"] = block.get("text", "") + "".join(self.text)
+            block["text"] = block.get("text", "") + str(self.text)
         if self.json:
             try:
-                block["input"] = _decode("".join(self.json))
+                block["input"] = _decode(str(self.json))
             except msgspec.DecodeError:
                 block["input"] = {}
         if self.thinking:
-            block["thinking"] = block.get("thinking", "") + "".join(self.thinking)
+            block["thinking"] = block.get("thinking", "") + str(self.thinking)
         if self.signature is not None:
             block["signature"] = self.signature
         if self.citations:
@@ -116,11 +116,11 @@ class MessagesAccumulator:
                 block = self.blocks[event.index] = _Block({"type": "text", "text": ""})
             delta = event.delta
             if delta.text:
-                block.text.append(delta.text)
+                block.text.add(delta.text)
             if delta.partial_json:
-                block.json.append(delta.partial_json)
+                block.json.add(delta.partial_json)
             if delta.thinking:
-                block.thinking.append(delta.thinking)
+                block.thinking.add(delta.thinking)
             if delta.signature is not None:
                 block.signature = delta.signature
             if delta.citation is not None:
@@ -135,7 +135,7 @@ class MessagesAccumulator:
                 self.usage = {**(self.usage or {}), **{k: v for k, v in event.usage.items() if v is not None}}
 
     def text(self) -> str:
-        return "".join("".join(b.text) for _, b in sorted(self.blocks.items()))
+        return "".join(str(b.text) for _, b in sorted(self.blocks.items()))
 
     def answer(self) -> dict[str, Any]:
         body: dict[str, Any] = {

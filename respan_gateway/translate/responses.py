@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from ..call import Call, Chunk, aclose
+from ..endpoints import TextPieces
 from ..errors import BadRequest, GatewayError
 from ..params import coerce_metadata
 
@@ -669,7 +670,7 @@ class ResponsesAccumulator:
     def __init__(self) -> None:
         self.response: dict[str, Any] | None = None
         self.items: dict[int, dict[str, Any]] = {}
-        self.parts: list[str] = []
+        self.parts = TextPieces()
         self.sequence = -1  # the last sequence_number seen
         self.terminal = False
 
@@ -686,10 +687,10 @@ class ResponsesAccumulator:
         elif event.type == "response.output_item.done" and event.item is not None and event.output_index is not None:
             self.items[event.output_index] = event.item
         elif event.type == "response.output_text.delta" and event.delta:
-            self.parts.append(event.delta)
+            self.parts.add(event.delta)
 
     def text(self) -> str:
-        return "".join(self.parts)
+        return str(self.parts)
 
     def answer(self) -> dict[str, Any] | None:
         if self.response is None:

@@ -201,6 +201,27 @@ def test_stream_record_has_ttft_assembled_text_and_reported_usage(logged_gateway
     assert record["latency"] - record["time_to_first_token"] >= 0.06
 
 
+def test_a_long_stream_is_assembled_whole_on_chat_and_anthropic(logged_gateway) -> None:
+    """300 pieces: the accumulators join their pieces 16 at a time, and those 16 at a time
+    (TextPieces); the record's completion is what the client read, in order, on both endpoints."""
+    import anthropic
+
+    gw = logged_gateway()
+    scenario = {"extra_headers": {"x-fake-scenario": "chunks-300"}}
+    raw = gw.openai().chat.completions.with_raw_response.create(
+        model="gpt-test", messages=MESSAGES, stream=True, extra_body=scenario)
+    pieces = [c.choices[0].delta.content for c in raw.parse() if c.choices and c.choices[0].delta.content]
+    record = Logs(gw.url).wait_for(raw.headers["x-respan-log-id"])
+    assert len(pieces) == 300 and record["completion_message"]["content"] == "".join(pieces)
+    client = anthropic.Anthropic(base_url=gw.url + "/api/anthropic", api_key=TEST_KEY, max_retries=0)
+    raw = client.messages.with_raw_response.create(model="gpt-test", max_tokens=500, stream=True, extra_body=scenario,
+                                                   messages=[{"role": "user", "content": "Hi"}])
+    pieces = [e.delta.text for e in raw.parse() if e.type == "content_block_delta"]
+    record = Logs(gw.url).wait_for(raw.headers["x-respan-log-id"])
+    assert record["completion_message"] == {"role": "assistant", "content": [{"type": "text", "text": "".join(pieces)}]}
+    assert len(pieces) == 300
+
+
 def test_stream_without_usage_is_estimated_and_marked(logged_gateway) -> None:
     gw = logged_gateway()
     raw = gw.openai().chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES, stream=True)
