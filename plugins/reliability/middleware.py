@@ -20,6 +20,7 @@ from respan_gateway import (
     UpstreamError, UpstreamTimeout, UpstreamTooLarge, aclose,
 )
 from respan_gateway.cost import Usage
+from respan_gateway.deadline import Timeouts
 from respan_gateway.tokens import estimate
 
 from .policy import Policy, final_error
@@ -44,6 +45,7 @@ class ReliabilityMiddleware:
         # Per endpoint kind: how its stream's first token shows, how a broken stream is continued.
         self.first_token = {e.kind: e.first_token for e in gateway.endpoints if e.first_token is not None}
         self.continuation = {e.kind: e.continuation for e in gateway.endpoints if e.continuation is not None}
+        self._timeouts: Timeouts | None = None  # every attempt's limit on one timer (made in the serving loop)
         # The section's other bounds are its struct's (see .settings).
         source = gateway.config.source
         for pid, timeouts in settings.providers.items():
@@ -60,6 +62,9 @@ class ReliabilityMiddleware:
     async def __call__(self, call: Call, call_next: CallNext) -> Result:
         s = self.settings
         loop = asyncio.get_running_loop()
+        timeouts = self._timeouts
+        if timeouts is None or timeouts.loop is not loop:
+            timeouts = self._timeouts = Timeouts(loop)
         deadline = loop.time() + s.total_timeout
         plan = self.policy.plan(call)
         for name in ("timeout", "first_token_timeout"):
@@ -83,7 +88,7 @@ class ReliabilityMiddleware:
                 # retry_params only a 429 status is retried, which comes before any stream).
                 hold = has_next or (done < rules.count and not rules.only_rate_limits)
                 try:
-                    result = await timed_attempt(s, call, call_next, deadline, first_token, hold)
+                    result = await timed_attempt(s, call, call_next, deadline, first_token, hold, timeouts)
                 except UpstreamError as exc:
                     last = exc
                     wait = plan.wait(rules, exc, done, has_next)
@@ -161,7 +166,8 @@ class ReliabilityMiddleware:
             seen = len(call.attempts)
             state.request(call, body)
             try:
-                result = await timed_attempt(self.settings, call, call_next, deadline, self.first_token.get(call.kind))
+                result = await timed_attempt(self.settings, call, call_next, deadline, self.first_token.get(call.kind),
+                                             timeouts=self._timeouts)
             except GatewayError:
                 continue  # recorded on its attempt; a prefill the model refuses is no answer for the client
             finally:

@@ -32,7 +32,7 @@ from respan_gateway import (
     UpstreamTimeout,
     aclose,
 )
-from respan_gateway.deadline import Deadline
+from respan_gateway.deadline import Deadline, Timeouts
 
 from .settings import ReliabilitySettings
 
@@ -87,15 +87,18 @@ def attempt_limits(settings: ReliabilitySettings, call: Call) -> Limits:
 
 
 async def timed_attempt(settings: ReliabilitySettings, call: Call, call_next: CallNext, deadline: float,
-                        first_token: FirstToken | None = None, hold: bool = True) -> Result:
+                        first_token: FirstToken | None = None, hold: bool = True, timeouts: Timeouts | None = None) -> Result:
     """One attempt on ``call.target``: an answer (or a stream's head) within its limit.
 
     ``hold``: a failure before the stream's first token can be rescued, so the head is held until
     it; else only the first chunk is awaited here (a stream that fails at once is still an HTTP
     error) and the relay keeps the first-token limit. A failure is put on the attempt the core
-    recorded, and raised; a stream comes back as the relay of :func:`relay`.
+    recorded, and raised; a stream comes back as the relay of :func:`relay`. ``timeouts``: the
+    loop's shared timer of attempts (else one of its own).
     """
     loop = asyncio.get_running_loop()
+    if timeouts is None or timeouts.loop is not loop:
+        timeouts = Timeouts(loop)
     limits = attempt_limits(settings, call)
     begun = loop.time()
     limit = min(limits.head, deadline - begun)
@@ -103,7 +106,7 @@ async def timed_attempt(settings: ReliabilitySettings, call: Call, call_next: Ca
     started = time.perf_counter()
     result: Result | None = None
     try:
-        async with asyncio.timeout(limit):
+        async with timeouts.within(limit):
             result = await call_next(call)
             if not isinstance(result, StreamResult):
                 return result
