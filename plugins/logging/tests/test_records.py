@@ -410,3 +410,26 @@ def test_customer_is_normalised_once_from_customer_params(logged_gateway) -> Non
     assert (record["customer_identifier"], record["customer_name"]) == ("42", "Ada")
     assert record["customer_email"] == "top@example.com"  # the top-level param wins
     assert record["customer_params"]["email"] == "ada@example.com"
+
+
+def test_a_batch_of_records_of_different_shapes_is_stored_exactly(logged_gateway) -> None:
+    """One insert of records that leave different columns empty (the store binds each group of rows
+    with the columns they hold, the others NULL): each reads back as it was written."""
+    from respan_plugins.logging.record import LogRecord
+    from respan_plugins.logging.store import record_to_api
+
+    gw = logged_gateway()
+    store = dict(gw.gateway.observers)["logging"].store
+    records = [
+        LogRecord(unique_id="shape-1", model="gpt-test", start_time=1.8e9, latency=0.5, status_code=200,
+                  metadata={"a": "1"}, cache_hit=False, prompt_messages=[{"role": "user", "content": "hi"}]),
+        LogRecord(unique_id="shape-2", model="gpt-test", start_time=1.8e9 + 1, status_code=500, error_message="boom",
+                  stream=True, time_to_first_token=0.25),
+        LogRecord(unique_id="shape-3", customer_identifier="cust", cost=0.25, start_time=None, disable_log=True),
+        LogRecord(unique_id="shape-4", model="gpt-test", start_time=1.8e9 + 2, latency=0.75, status_code=200,
+                  metadata={"a": "2"}, cache_hit=True, prompt_messages=[{"role": "user", "content": "again"}]),
+    ]
+    expected = [record_to_api(r) for r in records]
+    gw.call(store.insert(records))
+    for record, want in zip(records, expected):
+        assert gw.call(store.get("default", record.unique_id)) == want, record.unique_id
