@@ -76,6 +76,7 @@ MIGRATIONS = [
     rollup.noting_migration(23),
 ]
 
+
 @functools.lru_cache(maxsize=256)
 def _insert(present: tuple[bool, ...]) -> str:
     """The INSERT of the columns ``present`` marks (the others are NULL: no column has a default)."""
@@ -99,6 +100,7 @@ def _by_columns(rows: Sequence[Sequence[Any]]) -> dict[tuple[bool, ...], list[li
             group = groups[present] = []
         group.append(list(itertools.compress(row, present)))
     return groups
+
 
 # Sort keys the list API accepts besides the columns themselves.
 _SORT_ALIASES = {"id": "start_time", "all_tokens": "total_request_tokens", "ttft": "time_to_first_token",
