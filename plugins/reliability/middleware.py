@@ -59,12 +59,17 @@ class ReliabilityMiddleware:
                 raise ConfigError(f"{source}: `reliability.models.{slug}`: unknown model `{slug}`") from None
             _check_timeouts(model, f"reliability.models.{slug}", source)
 
-    async def __call__(self, call: Call, call_next: CallNext) -> Result:
-        s = self.settings
-        loop = asyncio.get_running_loop()
+    def _attempt_timeouts(self, loop: asyncio.AbstractEventLoop) -> Timeouts:
+        """The running loop's shared timer of attempt limits (made in the serving loop, on first use)."""
         timeouts = self._timeouts
         if timeouts is None or timeouts.loop is not loop:
             timeouts = self._timeouts = Timeouts(loop)
+        return timeouts
+
+    async def __call__(self, call: Call, call_next: CallNext) -> Result:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        timeouts = self._attempt_timeouts(loop)
         deadline = loop.time() + s.total_timeout
         plan = self.policy.plan(call)
         for name in ("timeout", "first_token_timeout"):
@@ -88,7 +93,7 @@ class ReliabilityMiddleware:
                 # retry_params only a 429 status is retried, which comes before any stream).
                 hold = has_next or (done < rules.count and not rules.only_rate_limits)
                 try:
-                    result = await timed_attempt(s, call, call_next, deadline, first_token, hold, timeouts)
+                    result = await timed_attempt(s, call, call_next, deadline, timeouts, first_token, hold)
                 except UpstreamError as exc:
                     last = exc
                     wait = plan.wait(rules, exc, done, has_next)
@@ -166,8 +171,8 @@ class ReliabilityMiddleware:
             seen = len(call.attempts)
             state.request(call, body)
             try:
-                result = await timed_attempt(self.settings, call, call_next, deadline, self.first_token.get(call.kind),
-                                             timeouts=self._timeouts)
+                result = await timed_attempt(self.settings, call, call_next, deadline, self._attempt_timeouts(loop),
+                                             self.first_token.get(call.kind))
             except GatewayError:
                 continue  # recorded on its attempt; a prefill the model refuses is no answer for the client
             finally:

@@ -87,18 +87,16 @@ def attempt_limits(settings: ReliabilitySettings, call: Call) -> Limits:
 
 
 async def timed_attempt(settings: ReliabilitySettings, call: Call, call_next: CallNext, deadline: float,
-                        first_token: FirstToken | None = None, hold: bool = True, timeouts: Timeouts | None = None) -> Result:
+                        timeouts: Timeouts, first_token: FirstToken | None = None, hold: bool = True) -> Result:
     """One attempt on ``call.target``: an answer (or a stream's head) within its limit.
 
     ``hold``: a failure before the stream's first token can be rescued, so the head is held until
     it; else only the first chunk is awaited here (a stream that fails at once is still an HTTP
     error) and the relay keeps the first-token limit. A failure is put on the attempt the core
     recorded, and raised; a stream comes back as the relay of :func:`relay`. ``timeouts``: the
-    loop's shared timer of attempts (else one of its own).
+    running loop's shared timer of attempts.
     """
     loop = asyncio.get_running_loop()
-    if timeouts is None or timeouts.loop is not loop:
-        timeouts = Timeouts(loop)
     limits = attempt_limits(settings, call)
     begun = loop.time()
     limit = min(limits.head, deadline - begun)
