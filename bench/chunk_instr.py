@@ -117,6 +117,22 @@ async def _call(app, body: bytes) -> int:  # type: ignore[no-untyped-def]
     return sent[0]
 
 
+async def start(app):  # type: ignore[no-untyped-def]
+    """Run the ASGI app's lifespan startup; returns the coroutine function that shuts it down."""
+    lifespan_in: asyncio.Queue = asyncio.Queue()
+    lifespan_out: asyncio.Queue = asyncio.Queue()
+    await lifespan_in.put({"type": "lifespan.startup"})
+    lifespan = asyncio.ensure_future(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                                         lifespan_in.get, lifespan_out.put))
+    assert (await lifespan_out.get())["type"] == "lifespan.startup.complete"
+
+    async def stop() -> None:
+        await lifespan_in.put({"type": "lifespan.shutdown"})
+        await lifespan
+
+    return stop
+
+
 async def _streams(app, chunks: int, gap_ms: int, n: int, concurrency: int) -> list[int]:  # type: ignore[no-untyped-def]
     body = run.body_for(f"bench/stream-{chunks}-{gap_ms}", True)
     left, sent = [n], []
@@ -153,12 +169,7 @@ async def inner(args: argparse.Namespace, out: Path) -> None:
         if not args.socket:
             upstream.TRANSPORTS["bench-inprocess"] = _Client
         app = create_app(Config.from_text(run.gateway_config(up_port, 0, 1, None if args.socket else "bench-inprocess", [], "")))
-        lifespan_in: asyncio.Queue = asyncio.Queue()
-        lifespan_out: asyncio.Queue = asyncio.Queue()
-        await lifespan_in.put({"type": "lifespan.startup"})
-        lifespan = asyncio.ensure_future(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
-                                             lifespan_in.get, lifespan_out.put))
-        assert (await lifespan_out.get())["type"] == "lifespan.startup.complete"
+        stop = await start(app)
         loading = tokens.preload()
         for chunks in (2, args.long, 2):
             await _streams(app, chunks, args.gap_ms, 8, args.concurrency)
@@ -182,8 +193,7 @@ async def inner(args: argparse.Namespace, out: Path) -> None:
                   f"(raw {total / n / 1e6:.3f} M, {n} streams, {wall:.1f} s)", flush=True)
         print(f"  idle: {idle / 1e6:.3f} M/s")
         print(f"instructions per relayed chunk: {(per_stream[args.long] - per_stream[2]) / (args.long - 2) / 1e3:.1f} K")
-        await lifespan_in.put({"type": "lifespan.shutdown"})
-        await lifespan
+        await stop()
     finally:
         up.stop()
 
