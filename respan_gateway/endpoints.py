@@ -44,9 +44,9 @@ class Accumulator(Protocol):
 
 class TextPieces:
     """A streamed text as an accumulator gathers it, piece by piece. Every 16 pieces are joined into
-    one string (and every 16 of those into one), so that a long stream holds its characters (about a
-    byte each) and not a string object per chunk (~60 bytes for a word): the memory of an open stream
-    grows by the text it has received, not by the number of its chunks."""
+    one string, so that a long stream holds its characters (about a byte each) and one string object
+    per 16 chunks, not one per chunk (~60 bytes for a word): the memory of an open stream grows by the
+    text it has received. (Joining what was joined again would copy the whole text every few chunks.)"""
 
     __slots__ = ("_joined", "_tail")
 
@@ -60,11 +60,8 @@ class TextPieces:
         tail = self._tail
         tail.append(piece)
         if len(tail) >= self.JOIN_EVERY:
-            joined = self._joined
-            joined.append("".join(tail))
+            self._joined.append("".join(tail))
             tail.clear()
-            if len(joined) >= self.JOIN_EVERY:
-                joined[:] = ("".join(joined),)
 
     def __bool__(self) -> bool:
         return bool(self._tail or self._joined)

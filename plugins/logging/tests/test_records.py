@@ -202,8 +202,8 @@ def test_stream_record_has_ttft_assembled_text_and_reported_usage(logged_gateway
 
 
 def test_a_long_stream_is_assembled_whole_on_chat_and_anthropic(logged_gateway) -> None:
-    """300 pieces: the accumulators join their pieces 16 at a time, and those 16 at a time
-    (TextPieces); the record's completion is what the client read, in order, on both endpoints."""
+    """300 pieces: the accumulators join their pieces 16 at a time (TextPieces); the record's
+    completion is what the client read, in order, on both endpoints."""
     import anthropic
 
     gw = logged_gateway()
