@@ -55,35 +55,29 @@ class Deadline:
             self.at = self.until
 
 
-class Timeouts:
+class Timeouts(Deadline):
     """``async with timeouts.within(seconds):`` raises ``TimeoutError`` when the block outlasts
     ``seconds``, as ``asyncio.timeout`` does (the task is cancelled, the cancellation turned into
     ``TimeoutError`` on the way out; a cancellation from elsewhere passes through), for the waits of
-    one event loop on one timer handle. The handle is moved only to fire earlier; when it fires it
-    expires the waits that are due and is armed for the nearest of the others: waits of similar
-    lengths (every request's) keep one handle, firing about once per limit."""
+    one event loop on the one handle of a :class:`Deadline`: armed for the nearest wait (moved only to
+    fire earlier), it expires the waits that are due when it fires and is armed for the nearest of the
+    others. Waits of similar lengths (every request's) keep one handle, firing about once per limit."""
 
-    __slots__ = ("loop", "waits", "handle", "at")
+    __slots__ = ("waits",)
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        super().__init__(loop)
         self.waits: dict[_Within, None] = {}  # the blocks inside their limit, in arrival order
-        self.handle: asyncio.TimerHandle | None = None
-        self.at = 0.0  # when `handle` fires
 
     def within(self, seconds: float) -> _Within:
         return _Within(self, self.loop.time() + seconds)
 
     def _add(self, wait: _Within) -> None:
         self.waits[wait] = None
-        if self.handle is None or self.at > wait.until:
-            if self.handle is not None:
-                self.handle.cancel()
-            self.handle = self.loop.call_at(wait.until, self._check)
-            self.at = wait.until
+        if self.until is None or wait.until < self.until:
+            self.arm(wait.until)
 
-    def _check(self) -> None:
-        self.handle = None
+    def expire(self) -> None:
         now = self.loop.time()
         nearest: float | None = None
         for wait in list(self.waits):
@@ -92,9 +86,9 @@ class Timeouts:
                 wait.expire()
             elif nearest is None or wait.until < nearest:
                 nearest = wait.until
+        self.until = None
         if nearest is not None:
-            self.handle = self.loop.call_at(nearest, self._check)
-            self.at = nearest
+            self.arm(nearest)
 
 
 class _Within:
