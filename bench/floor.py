@@ -61,6 +61,7 @@ import aiohttp
 
 URL = os.environ["FLOOR_UPSTREAM"]
 HEADERS = [(b"content-type", b"application/json")]
+STREAM_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8")]
 session = None
 
 async def app(scope, receive, send):
@@ -82,6 +83,12 @@ async def app(scope, receive, send):
         body += message.get("body", b"")
         more = message.get("more_body", False)
     async with session.post(URL, data=body, headers={"content-type": "application/json"}) as r:
+        if r.content_type == "text/event-stream":  # relayed as it comes: one read, one send
+            await send({"type": "http.response.start", "status": r.status, "headers": STREAM_HEADERS})
+            async for piece in r.content.iter_any():
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return
         answer = await r.read()
         status = r.status
     await send({"type": "http.response.start", "status": status,

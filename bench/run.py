@@ -47,7 +47,7 @@ PYTHON = sys.executable
 KEY = "sk-bench-gateway-key"
 CHAT_PATH = "/api/chat/completions"
 UPSTREAM_PATH = "/v1/chat/completions"
-STREAM_CHUNKS, STREAM_GAP_MS = 50, 20
+STREAM_CHUNKS, STREAM_GAP_MS, STREAM_CONCURRENCY = 50, 20, 8
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -477,8 +477,12 @@ def scenario_upstream(table: Table, up: Service, up_port: int, args: argparse.Na
 
 
 def scenario_floor(table: Table, up_port: int, args: argparse.Namespace, wrk: str | None, workdir: Path,
-                   results: dict) -> None:
-    """The floor of the stack (bench/floor.py): the fastest server + bare aiohttp, no gateway code, c=64."""
+                   results: dict, paths: bool) -> None:
+    """The floor of the stack (bench/floor.py): the fastest server + bare aiohttp, no gateway code, c=64.
+    With ``paths``, the floor under that server also on the paths the budget judges against another
+    reference (shown beside the gateway's, not judged): its added p50 at c=1, its added time to first
+    byte on the stream scenario's streams, its CPU per relayed chunk (its proxy sends each read of the
+    upstream's stream as it comes): what the stack costs there before any gateway code."""
     import floor  # bench/floor.py imports this module: here, not at the top
 
     f = floor.stack_floor(args.floor_servers.split(","), workdir, up_port, args.duration, wrk)
@@ -486,6 +490,25 @@ def scenario_floor(table: Table, up_port: int, args: argparse.Namespace, wrk: st
     for server, x in f["by_server"].items():
         table.add(f"floor of the stack, {server} + bare aiohttp, c=64", "-", f"{x['rps']:,.0f} req/s",
                   f"{x['cpu_ms_per_req']:.3f} ms CPU/req{' (the floor)' if server == f['server'] else ''}")
+    if not paths:
+        return
+    # Under the gateway's own server where the floor has it (the servers' latency differs: granian
+    # hands each request between threads), else the floor's.
+    server = args.server or "uvicorn"
+    server = server if server in f["by_server"] else f["server"]
+    service, port = floor.start_proxy(server, workdir, up_port)
+    try:
+        body = body_for("gpt-bench")
+        run_load(port, CHAT_PATH, body, None, 8, 1.0, wrk)  # warm-up
+        direct = checked(run_load(up_port, UPSTREAM_PATH, body, None, 1, args.duration, wrk), "direct c=1")
+        through = checked(run_load(port, CHAT_PATH, body, None, 1, args.duration, wrk), "floor c=1")
+        stream_direct, stream_through = stream_pair(port, CHAT_PATH, f"stream-{STREAM_CHUNKS}-{STREAM_GAP_MS}", None, up_port, args)
+        chunks = chunk_cost(port, service, args)
+    finally:
+        service.stop()
+    f["paths"] = {"server": server, "c1_added_ms": (through["p50"] - direct["p50"]) / 1000,
+                  "added_ttfb_ms": stream_through["ttfb_p50_ms"] - stream_direct["ttfb_p50_ms"],
+                  "cpu_ms_per_chunk": chunks["cpu_ms_per_chunk"], "chunks": chunks}
 
 
 def scenario_first(budget: Table, gw: Gateway, results: dict) -> None:
@@ -521,6 +544,10 @@ def scenario_latency(table: Table, budget: Table, gw: Gateway, up_port: int, arg
         table.add(f"{name}: latency p50 / p99 (ms)", f"{ms(direct['p50'])} / {ms(direct['p99'])}",
                   f"{ms(through['p50'])} / {ms(through['p99'])}", f"added p50 {added:+.2f} ms, p99 {added99:+.2f} ms")
         results["c1"]["added_p50_ms"] = added
+        floor_added = figure(results, "floor", "paths", "c1_added_ms")
+        if floor_added is not None:
+            table.add(f"  the floor's own added p50 at c=1 ({results['floor']['paths']['server']})", "-", f"{floor_added:+.3f} ms",
+                      f"{floor_added / floor_cpu:.1f}x the floor's CPU per request" if floor_cpu else "-")
         if floor_cpu:
             results["c1"]["added_p50_x_floor"] = added / floor_cpu
         budget.add("added latency p50 at c=1 (gateway minus direct)", f"floor {floor_cpu:.3f} ms CPU/req" if floor_cpu else "floor: not run",
@@ -566,18 +593,26 @@ def scenario_cache(table: Table, budget: Table, gw: Gateway, args: argparse.Name
                f"<= {BUDGET_CACHE_X_FLOOR}x the floor", cpu <= BUDGET_CACHE_X_FLOOR * floor_cpu if floor_cpu else None)
 
 
-def scenario_stream(table: Table, budget: Table, gw: Gateway, up_port: int, args: argparse.Namespace, results: dict) -> None:
-    model = f"stream-{STREAM_CHUNKS}-{STREAM_GAP_MS}"
+def stream_pair(port: int, path: str, model: str, key: str | None, up_port: int, args: argparse.Namespace) -> tuple[dict, dict]:
+    """Streams of STREAM_CHUNKS chunks STREAM_GAP_MS apart at c=8, straight from the upstream and through
+    the server on ``port`` (``model`` as that server takes it): the stats of each (loadgen.stream_stats)."""
+    plain = f"stream-{STREAM_CHUNKS}-{STREAM_GAP_MS}"
     gap = STREAM_GAP_MS / 1000
     duration = max(args.duration, 3 * STREAM_CHUNKS * gap)
-    conc = 8
+    conc = STREAM_CONCURRENCY
     stagger = STREAM_CHUNKS * gap / conc
     # Warm-up: open the connections (client and upstream side) before anything is timed.
-    run_async(loadgen.streams_for("127.0.0.1", gw.port, CHAT_PATH, body_for("bench/stream-3-0", True), KEY, conc, 0.5))
+    run_async(loadgen.streams_for("127.0.0.1", port, path, body_for(model.replace(plain, "stream-3-0"), True), key, conc, 0.5))
     direct = loadgen.stream_stats(run_async(loadgen.streams_for(
-        "127.0.0.1", up_port, UPSTREAM_PATH, body_for(model, True), None, conc, duration, stagger)), gap)
+        "127.0.0.1", up_port, UPSTREAM_PATH, body_for(plain, True), None, conc, duration, stagger)), gap)
     through = loadgen.stream_stats(run_async(loadgen.streams_for(
-        "127.0.0.1", gw.port, CHAT_PATH, body_for(f"bench/{model}", True), KEY, conc, duration, stagger)), gap)
+        "127.0.0.1", port, path, body_for(model, True), key, conc, duration, stagger)), gap)
+    return direct, through
+
+
+def scenario_stream(table: Table, budget: Table, gw: Gateway, up_port: int, args: argparse.Namespace, results: dict) -> None:
+    conc = STREAM_CONCURRENCY
+    direct, through = stream_pair(gw.port, CHAT_PATH, f"bench/stream-{STREAM_CHUNKS}-{STREAM_GAP_MS}", KEY, up_port, args)
     results["stream"] = {"direct": direct, "gateway": through}
     for label, s in (("direct", direct), ("gateway", through)):
         if s["complete"] < s["streams"]:
@@ -587,6 +622,10 @@ def scenario_stream(table: Table, budget: Table, gw: Gateway, up_port: int, args
     table.add(f"stream {STREAM_CHUNKS}x{STREAM_GAP_MS} ms, c={conc}: TTFB p50 / p99 (ms)",
               f"{direct['ttfb_p50_ms']:.2f} / {direct['ttfb_p99_ms']:.2f}",
               f"{through['ttfb_p50_ms']:.2f} / {through['ttfb_p99_ms']:.2f}", f"added TTFB p50 {added:+.2f} ms")
+    floor_ttfb = figure(results, "floor", "paths", "added_ttfb_ms")
+    if floor_ttfb is not None:
+        table.add(f"  the floor's own added TTFB on these streams ({results['floor']['paths']['server']})", "-",
+                  f"{floor_ttfb:+.2f} ms", f"{floor_ttfb / max(results['floor']['paths']['c1_added_ms'], 0.05):.1f}x its c=1 added")
     no_burst = (through["burst_share"] <= direct["burst_share"] + BURST_TOLERANCE
                 and through["events_per_stream"] >= direct["events_per_stream"] - 0.5)
     table.add("stream: chunk gaps p50, burst share",
@@ -605,33 +644,48 @@ def scenario_stream(table: Table, budget: Table, gw: Gateway, up_port: int, args
                f"<= {BUDGET_TTFB_X_ADDED}x the c=1 added", added <= BUDGET_TTFB_X_ADDED * ref if ref else None)
 
 
-def scenario_chunks(table: Table, budget: Table, gw: Gateway, args: argparse.Namespace, results: dict) -> None:
-    """Gateway CPU per relayed chunk: streams of CHUNK_LONG chunks against streams of 2 (the role and the
-    finish chunk: the least a stream has), CHUNK_GAP_MS apart so that each chunk arrives on its own
-    (as from a model, not bunched into one read); the difference of CPU per stream over the difference
-    of chunks is the cost of one chunk, free of the per-request cost that both kinds pay once."""
+def chunk_cost(port: int, service: Service, args: argparse.Namespace) -> dict:
+    """CPU per relayed chunk of the server on ``port``: streams of CHUNK_LONG chunks against streams of 2
+    (the role and the finish chunk: the least a stream has), CHUNK_GAP_MS apart so that each chunk
+    arrives on its own (as from a model, not bunched into one read); the difference of CPU per stream
+    over the difference of chunks is the cost of one chunk, free of the per-request cost that both
+    kinds pay once."""
     per_stream = {}
     for chunks in (2, CHUNK_LONG):
         body = body_for(f"bench/stream-{chunks}-{CHUNK_GAP_MS}", True)
         length = chunks * CHUNK_GAP_MS / 1000
-        run_async(loadgen.streams_for("127.0.0.1", gw.port, CHAT_PATH, body, KEY, CHUNK_CONCURRENCY, 0.3))
-        before = gw.service.cpu()
-        timings = run_async(loadgen.streams_for("127.0.0.1", gw.port, CHAT_PATH, body, KEY, CHUNK_CONCURRENCY,
+        run_async(loadgen.streams_for("127.0.0.1", port, CHAT_PATH, body, KEY, CHUNK_CONCURRENCY, 0.3))
+        before = service.cpu()
+        timings = run_async(loadgen.streams_for("127.0.0.1", port, CHAT_PATH, body, KEY, CHUNK_CONCURRENCY,
                                                 args.duration, length / CHUNK_CONCURRENCY))
-        cpu = gw.service.cpu() - before
+        cpu = service.cpu() - before
         stats = loadgen.stream_stats(timings, CHUNK_GAP_MS / 1000)
         if stats["complete"] < stats["streams"]:
-            print(f"bench: WARNING chunk streams: {stats['streams'] - stats['complete']} incomplete: {stats['errors']}", flush=True)
+            print(f"bench: WARNING chunk streams ({service.name}): {stats['streams'] - stats['complete']} incomplete: "
+                  f"{stats['errors']}", flush=True)
         per_stream[chunks] = {"streams": stats["streams"], "cpu_ms_per_stream": cpu / max(stats["streams"], 1) * 1e3,
                               "events_per_stream": stats["events_per_stream"]}
     short, long_ = per_stream[2], per_stream[CHUNK_LONG]
     extra_events = max(long_["events_per_stream"] - short["events_per_stream"], 1)
-    per_chunk = (long_["cpu_ms_per_stream"] - short["cpu_ms_per_stream"]) / extra_events
+    return {"by_chunks": per_stream,
+            "cpu_ms_per_chunk": (long_["cpu_ms_per_stream"] - short["cpu_ms_per_stream"]) / extra_events}
+
+
+def scenario_chunks(table: Table, budget: Table, gw: Gateway, args: argparse.Namespace, results: dict) -> None:
+    """Gateway CPU per relayed chunk (:func:`chunk_cost`), beside the floor's when it was measured."""
+    measured = chunk_cost(gw.port, gw.service, args)
+    per_chunk, short, long_ = measured["cpu_ms_per_chunk"], measured["by_chunks"][2], measured["by_chunks"][CHUNK_LONG]
     request = figure(results, "c64", "gateway_cpu_ms_per_req")
-    results["chunks"] = {"by_chunks": per_stream, "cpu_ms_per_chunk": per_chunk}
+    results["chunks"] = measured
     table.add(f"streams of 2 / {CHUNK_LONG} chunks {CHUNK_GAP_MS} ms apart, c={CHUNK_CONCURRENCY}: gateway CPU", "-",
               f"{short['cpu_ms_per_stream']:.3f} / {long_['cpu_ms_per_stream']:.3f} ms/stream",
               f"{per_chunk * 1000:.1f} us per chunk ({short['streams']} / {long_['streams']} streams)")
+    base = figure(results, "floor", "paths", "cpu_ms_per_chunk")
+    if base:
+        results["chunks"]["floor_cpu_ms_per_chunk"], results["chunks"]["x_floor"] = base, per_chunk / base
+        table.add(f"  the same streams through the floor ({results['floor']['paths']['server']} + bare aiohttp)", "-", "-",
+                  f"{base * 1000:.1f} us per chunk ({base / results['floor']['cpu_ms_per_req']:.1%} of the floor's "
+                  f"request): the gateway's is {per_chunk / base:.1f}x")
     if request:
         results["chunks"]["share_of_request"] = per_chunk / request
     budget.add("gateway CPU per streamed chunk relayed", f"c=64 request {request:.3f} ms" if request else "c=64: not run",
@@ -878,7 +932,7 @@ def run_all(args: argparse.Namespace, workdir: Path, wrk: str | None) -> dict:
         if "upstream" in only:
             scenario_upstream(table, up, up_port, args, wrk, results)
         if "floor" in only:
-            scenario_floor(table, up_port, args, wrk, workdir, results)
+            scenario_floor(table, up_port, args, wrk, workdir, results, paths=bool(only & {"c1", "stream", "chunks"}))
         gw = start_gateway(workdir, up_port, args, args.server, args.transport)
         try:
             results.update(pipeline=gw.pipeline, server=gw.server, transport=gw.transport, workers=args.workers)
