@@ -433,3 +433,33 @@ def test_a_batch_of_records_of_different_shapes_is_stored_exactly(logged_gateway
     gw.call(store.insert(records))
     for record, want in zip(records, expected):
         assert gw.call(store.get("default", record.unique_id)) == want, record.unique_id
+
+
+def test_a_batch_insert_writes_about_what_it_stores(logged_gateway, backend) -> None:
+    """SQLite: a batch of records writes a few KB per record (the WAL's pages), not ~35 KB: each insert
+    also runs the roll-up trigger, so SQLite keeps a statement journal of the pages it changes, which
+    in a temporary file (the default past 64 KiB) was written for every record."""
+    if backend != "sqlite":
+        pytest.skip("the statement journal is SQLite's")
+    from respan_plugins.logging.record import LogRecord
+
+    gw = logged_gateway()
+    store = dict(gw.gateway.observers)["logging"].store
+    content = {"role": "assistant", "content": "Hello from the fake upstream!"}
+
+    def batch(first: int) -> list[LogRecord]:
+        return [LogRecord(unique_id=f"batch-{first + i:06d}", model="gpt-test", tenant="acme", start_time=1.8e9 + first + i,
+                          latency=0.5, status_code=200, prompt_tokens=7, completion_tokens=5, cost=1e-5,
+                          prompt_messages=MESSAGES, completion_message=content) for i in range(200)]
+
+    def written() -> int:
+        with open("/proc/self/io") as f:
+            return int(next(line for line in f if line.startswith("wchar:")).split()[1])
+
+    gw.call(store.insert(batch(0)))  # the tables' first pages
+    before = written()
+    for first in range(200, 1200, 200):
+        gw.call(store.insert(batch(first)))
+    per_record = (written() - before) / 1000
+    assert per_record < 8 * 1024, f"{per_record / 1024:.1f} KB written per record"
+    assert gw.call(store.get("acme", "batch-001199"))["completion_message"] == content
