@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 from respan_gateway import ids
 
 
-def test_ids_are_distinct_across_blocks_and_uuids_are_version_4() -> None:
+def test_ids_are_distinct_across_blocks_and_log_ids_are_time_ordered_uuids() -> None:
     request_ids = [ids.hex_id() for _ in range(1000)]  # some 3 blocks of 4 KiB
     assert len(set(request_ids)) == 1000
     assert all(len(i) == 24 and int(i, 16) >= 0 for i in request_ids)
-    log_ids = [ids.uuid4() for _ in range(1000)]
+    before = time.time_ns() // 1_000_000
+    log_ids = [ids.uuid7() for _ in range(1000)]
+    after = time.time_ns() // 1_000_000
     assert len(set(log_ids)) == 1000
     for text in log_ids:
         parsed = uuid.UUID(text)
-        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert before <= parsed.int >> 80 <= after  # its first 48 bits: the Unix time in ms
+    # Ordered by time: an id made a millisecond later sorts after every id made before it.
+    time.sleep(0.002)
+    later = ids.uuid7()
+    assert all(later > text for text in log_ids)
 
 
 def test_a_forked_process_does_not_repeat_the_parents_ids() -> None:

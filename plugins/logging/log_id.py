@@ -8,7 +8,7 @@ validation (400) gets an id and is logged, and every record has a tenant. Unauth
 from __future__ import annotations
 
 from respan_gateway import Call, CallNext, Gateway, Result
-from respan_gateway.ids import uuid4
+from respan_gateway.ids import uuid7
 
 from .settings import LoggingSettings
 
@@ -23,7 +23,7 @@ class LogIdMiddleware:
         pass
 
     async def __call__(self, call: Call, call_next: CallNext) -> Result:
-        log_id = uuid4()
+        log_id = uuid7()
         call.outcome.log_id = log_id
         call.response_headers[LOG_ID_HEADER] = log_id
         result = await call_next(call)

@@ -14,7 +14,7 @@ import structlog
 
 from respan_gateway import ANONYMOUS, Call, Gateway, tokens
 from respan_gateway.hookspecs import RequestLogReader
-from respan_gateway.ids import uuid4
+from respan_gateway.ids import uuid7
 
 from .build import build_record
 from .privacy import strip_content
@@ -82,7 +82,7 @@ class LoggingObserver:
         if refused:
             if anonymous and not self.settings.unauthenticated_tenant:
                 return
-            outcome.log_id = uuid4()
+            outcome.log_id = uuid7()
         try:
             record = build_record(call)
         except Exception:  # a record we cannot build must not fail the others

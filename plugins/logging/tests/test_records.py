@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+import uuid
 
 import httpx2
 import openai
@@ -433,6 +435,20 @@ def test_a_batch_of_records_of_different_shapes_is_stored_exactly(logged_gateway
     gw.call(store.insert(records))
     for record, want in zip(records, expected):
         assert gw.call(store.get("default", record.unique_id)) == want, record.unique_id
+
+
+def test_log_ids_are_time_ordered_uuids(logged_gateway) -> None:
+    """A record's id (``x-respan-log-id``) is a UUID of version 7: a later request's id sorts after an
+    earlier one's, so the table's primary-key index takes each new record at its end."""
+    gw = logged_gateway()
+    client = gw.openai()
+    ids = []
+    for _ in range(3):
+        ids.append(client.chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES).headers["x-respan-log-id"])
+        time.sleep(0.002)  # ids of one millisecond need not be in order
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    assert all(uuid.UUID(i).version == 7 for i in ids)
+    assert Logs(gw.url).get(ids[-1])["unique_id"] == ids[-1]
 
 
 def test_a_batch_insert_writes_about_what_it_stores(logged_gateway, backend) -> None:
