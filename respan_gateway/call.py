@@ -95,6 +95,11 @@ class Chunk(msgspec.Struct):
 
     data: bytes
     event: str | None = None
+    #: The decoded payload when a reader already decoded ``data`` whole (so it is valid JSON), in the
+    #: type that reader's module defines (the OpenAI adapter's chat stream: ``openai_chat.ChatChunk``);
+    #: None: not decoded. Later readers reuse it instead of decoding again; a rewrite makes a new
+    #: Chunk, which drops it.
+    parsed: Any = None
 
     def json(self) -> Any:
         return _decode(self.data)

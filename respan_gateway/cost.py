@@ -5,7 +5,7 @@ Logs, request_breakdown, budgets and caches all price a request here, so that th
 Each provider adapter reports the :class:`Usage` of its answers in ``call.outcome.usage``, read from
 its own wire format (the Anthropic and Gemini shapes live in their plugins). The core speaks OpenAI
 chat, so the reader of that shape is here: :func:`chat_usage` decodes only the ``usage`` field of an
-answer or stream chunk, with a typed decoder.
+answer or stream chunk, with a typed decoder (:func:`chat_usage_of`: of a chunk already decoded).
 
 :func:`usage_from` (kept for the logging plugin, which still reads usage from the answers it
 accumulates; it goes when logging reads ``call.outcome.usage``) reads the usage object of any answer or stream chunk the gateway relays, in each
@@ -160,6 +160,15 @@ def chat_usage(content: bytes) -> Usage | None:
     return usage.normalised() if usage is not None else None
 
 
+def chat_usage_of(usage: dict[str, Any]) -> Usage | None:
+    """:func:`chat_usage` of a ``usage`` object already decoded (a stream chunk's, read once by the
+    OpenAI adapter): the same :class:`Usage`, None when a field has the wrong type."""
+    try:
+        return msgspec.convert(usage, ChatUsage).normalised()
+    except msgspec.ValidationError:
+        return None
+
+
 def cost(
     entry: ModelEntry | None,
     usage: Usage,
@@ -179,4 +188,4 @@ def cost(
     return total / PER_TOKENS
 
 
-__all__ = ["ChatUsage", "Usage", "chat_usage", "cost", "token_count", "usage_from"]
+__all__ = ["ChatUsage", "Usage", "chat_usage", "chat_usage_of", "cost", "token_count", "usage_from"]

@@ -7,7 +7,10 @@ subclass them (override :meth:`OpenAIAdapter.url`, :meth:`OpenAIAdapter.headers`
 
 The body goes upstream as the client sent it, less the Respan params and with the provider's model
 name; answers come back untouched, streams chunk by chunk. The adapter reports the answer's usage in
-``call.outcome.usage``, decoding only the ``usage`` field of the answer or of the stream's usage chunk.
+``call.outcome.usage``, decoding only the ``usage`` field of an answer. A chat stream's chunks are
+decoded once each, typed (:class:`~respan_gateway.openai_chat.ChatChunk`, kept in ``Chunk.parsed``
+for the readers after: the answer's accumulator): their end and usage are read from that; a chunk of
+another shape is read from its bytes, as it always was.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import msgspec
 
 from .call import Call, Chunk, JSONResult, Result, StreamResult, Target
 from .config import ConfigError, ProviderSettings
-from .cost import chat_usage, usage_from
+from .cost import chat_usage, chat_usage_of, usage_from
 from .errors import GatewayError, StreamInterrupted, UpstreamError
+from .openai_chat import ChatChunk, decode_chat_chunk
 from .providers import AdapterContext, ErrorFields, ProviderAdapter, StreamMark, generic_error_fields
 from .sse import DONE
 from .upstream import UpstreamResponse
@@ -158,18 +162,37 @@ class OpenAIAdapter(ProviderAdapter):
         outcome = call.outcome
 
         def seen(chunk: Chunk) -> None:
-            if _set(chunk.data, b'"usage"', _USAGE):  # only the usage chunk is decoded (others say "usage": null)
+            parsed = chunk.parsed
+            if isinstance(parsed, ChatChunk):  # decoded by stream_mark
+                if parsed.usage is None:
+                    return
+                usage = chat_usage_of(parsed.usage)
+            elif _set(chunk.data, b'"usage"', _USAGE):  # only the usage chunk is decoded (others say "usage": null)
                 usage = chat_usage(chunk.data)
-                if usage is not None:
-                    outcome.usage = usage
+            else:
+                return
+            if usage is not None:
+                outcome.usage = usage
 
         return self.events(response, target, seen=seen)
 
     # -- the wire format --------------------------------------------------------------------------
     def stream_mark(self, chunk: Chunk) -> StreamMark | None:
-        if chunk.data == DONE:
+        """``[DONE]`` ends the stream; a chunk with a choice's ``finish_reason`` completes the answer.
+
+        The chunk's first full read: it is decoded here, typed, into ``chunk.parsed``. A chunk of
+        another shape (DecodeError, ValidationError) keeps ``parsed`` None and is told by its bytes."""
+        data = chunk.data
+        if data == DONE:
             return "end"
-        return "complete" if _set(chunk.data, b'"finish_reason"', _FINISHED) else None
+        try:
+            parsed = chunk.parsed = decode_chat_chunk(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return "complete" if _set(data, b'"finish_reason"', _FINISHED) else None
+        for choice in parsed.choices or ():
+            if choice.finish_reason is not None:  # as the byte test: any string, "" too
+                return "complete"
+        return None
 
     def stream_error(self, chunk: Chunk) -> GatewayError | None:
         if not chunk.data[:32].partition(b'"error"')[1]:

@@ -222,7 +222,11 @@ class _ChunkChoice(msgspec.Struct):
     logprobs: _Logprobs | None = None
 
 
-class _ChatChunk(msgspec.Struct):
+class ChatChunk(msgspec.Struct):
+    """A ``chat.completion.chunk`` as the gateway reads it (the fields the accumulator, the end of the
+    stream and its usage need; the rest is skipped). The OpenAI adapter's chat stream decodes each
+    chunk into one once (:func:`decode_chat_chunk`) and keeps it in :attr:`Chunk.parsed`."""
+
     id: str | None = None
     model: str | None = None
     created: int | None = None
@@ -232,7 +236,9 @@ class _ChatChunk(msgspec.Struct):
     usage: dict[str, Any] | None = None
 
 
-_decode_chunk = msgspec.json.Decoder(_ChatChunk).decode
+#: ``bytes -> ChatChunk``; raises ``msgspec.DecodeError`` (not JSON) or ``msgspec.ValidationError``
+#: (JSON of another shape: ``"choices": "x"``, a string ``index``...).
+decode_chat_chunk = msgspec.json.Decoder(ChatChunk).decode
 
 
 class _Choice:
@@ -277,10 +283,12 @@ class ChatAccumulator:
         self.usage: dict[str, Any] | None = None
 
     def feed(self, chunk: Chunk) -> None:
-        try:
-            data = _decode_chunk(chunk.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return  # a chunk we cannot read is relayed all the same
+        data = chunk.parsed
+        if not isinstance(data, ChatChunk):  # not decoded yet (a translation's or the mock's chunk)
+            try:
+                data = decode_chat_chunk(chunk.data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                return  # a chunk we cannot read is relayed all the same
         if self.id is None:
             self.id, self.model, self.created = data.id, data.model, data.created
         if data.system_fingerprint:
@@ -565,4 +573,4 @@ class ChatContinuation:
             self.prior = {k: v + (self.prior or {}).get(k, 0) for k, v in add.items()}
 
 
-__all__ = ["CACHEABLE_FINISH_REASONS", "ChatAccumulator", "ChatContinuation", "chat_first_token", "ChunkWriter", "FINISH_REASONS", "cacheable", "replay", "check_messages", "completion", "include_usage", "parse_data_url", "text_of", "usage"]
+__all__ = ["CACHEABLE_FINISH_REASONS", "ChatAccumulator", "ChatChunk", "decode_chat_chunk", "ChatContinuation", "chat_first_token", "ChunkWriter", "FINISH_REASONS", "cacheable", "replay", "check_messages", "completion", "include_usage", "parse_data_url", "text_of", "usage"]
