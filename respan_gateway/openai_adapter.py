@@ -9,8 +9,8 @@ The body goes upstream as the client sent it, less the Respan params and with th
 name; answers come back untouched, streams chunk by chunk. The adapter reports the answer's usage in
 ``call.outcome.usage``, decoding only the ``usage`` field of an answer. A chat stream's chunks are
 decoded once each, typed (:class:`~respan_gateway.openai_chat.ChatChunk`, kept in ``Chunk.parsed``
-for the readers after: the answer's accumulator): their end and usage are read from that; a chunk of
-another shape is read from its bytes, as it always was.
+for the readers after: reliability's JSON check, the answer's accumulator): their end and usage are
+read from that; a chunk of another shape is read from its bytes, as it always was.
 """
 
 from __future__ import annotations

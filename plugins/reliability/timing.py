@@ -7,9 +7,9 @@ the first token (content, a tool call, reasoning or a finish, as the endpoint's 
 tells), so that a late first token can fail over with nothing sent to the client. Otherwise
 holding would only delay the client: the head is the first chunk, and the rest of the first-token
 limit runs in the relay. After the head, :func:`relay` hands the chunks to the client one by one,
-each checked to be JSON, under a :class:`_Watchdog`; a failure there ends the client's stream with
-an error event (the endpoint writes it), unless the middleware continues the stream on another
-candidate.
+each checked to be JSON (unless a reader before decoded it whole: ``Chunk.parsed``), under a
+:class:`_Watchdog`; a failure there ends the client's stream with an error event (the endpoint
+writes it), unless the middleware continues the stream on another candidate.
 """
 
 from __future__ import annotations
@@ -203,10 +203,8 @@ async def relay(
                 ) from None
             finally:
                 watchdog.until = None
-            try:
-                _check_json(chunk.data)
-            except msgspec.DecodeError:
-                raise _malformed(provider) from None
+            if chunk.parsed is None:  # tested here too: no call per chunk that was decoded
+                _check_chunk(chunk, provider)
             if pending is not None and pending.test(chunk):
                 if attempt is not None:
                     attempt.duration = time.perf_counter() - pending.started
@@ -255,6 +253,9 @@ class _Watchdog(Deadline):
 
 
 def _check_chunk(chunk: Chunk, provider: str) -> None:
+    """The malformed_chunk error of a chunk that is not JSON; one a reader decoded whole is JSON."""
+    if chunk.parsed is not None:
+        return
     try:
         _check_json(chunk.data)
     except msgspec.DecodeError:
