@@ -84,6 +84,9 @@ ignored (so ``model="fake-model"`` is just a model).
                                (``"finish_reason": "stop"``), as Python's ``json.dumps`` writes it.
     ``multiline-data``         streaming: each event's JSON split over two ``data:`` lines (valid SSE:
                                the lines of one event join with a newline, valid JSON whitespace).
+    ``odd-shape``              chat streaming: valid JSON of a shape a typed reader rejects in the
+                               finish chunk (its choice's ``index`` the string ``"0"``) and the usage
+                               chunk (``"choices": "none"``); the other chunks as usual.
 
 Assistant prefill: the Anthropic wire continues a conversation that ends with an assistant message
 (as Claude does): the answer is the rest of the fake's text after that prefix (the whole text when it
@@ -183,6 +186,7 @@ class Scenario:
     echo_headers: bool = False  # error messages quote the request's headers
     multiline: bool = False  # each SSE event's data on two `data:` lines
     spaced: bool = False  # each SSE event's JSON with spaces after its colons and commas
+    odd_shape: bool = False  # chat streams: the finish and usage chunks of a shape a typed reader rejects
     big: int = 0  # the answer text as one piece of this many bytes
     reject_prefill: bool = False  # a 400 for a conversation that ends with an assistant message
 
@@ -211,6 +215,8 @@ def parse_scenario(value: str, *, strict: bool = True) -> Scenario:
             scenario = replace(scenario, multiline=True)
         elif name == "spaced-json":
             scenario = replace(scenario, spaced=True)
+        elif name == "odd-shape":
+            scenario = replace(scenario, odd_shape=True)
         elif name == "reject-prefill":
             scenario = replace(scenario, reject_prefill=True)
         elif name == "chunks":
@@ -539,6 +545,8 @@ class FakeUpstream:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         chunks = _stream_chunks(head, pieces, tool_name, call_id, usage if include_usage else None, scenario.finish,
                                 reasoning=reasoning, stop_reason=matched)
+        if scenario.odd_shape:
+            _odd_shape(chunks)
         await self._stream(ex, [*preamble, *(_sse(chunk) for chunk in chunks), b"data: [DONE]\n\n"], scenario)
 
     async def _stream(self, ex: _Exchange, frames: list[bytes], scenario: Scenario, error_frame: bytes | None = None,
@@ -844,6 +852,16 @@ def _stream_chunks(head: Message, pieces: list[str], tool_name: str | None, call
     if usage is not None:
         chunks.append({**base, "choices": [], "usage": usage})
     return chunks
+
+
+def _odd_shape(chunks: list[Message]) -> None:
+    """``odd-shape``: the finish chunk's choice ``index`` a string, the usage chunk's ``choices`` one."""
+    for chunk in chunks:
+        choices = chunk["choices"]
+        if not choices:
+            chunk["choices"] = "none"
+        elif choices[0]["finish_reason"]:
+            choices[0]["index"] = "0"
 
 
 def _vector(item: Any, dimensions: int) -> list[float]:

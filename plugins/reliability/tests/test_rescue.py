@@ -292,6 +292,17 @@ def test_malformed_event_without_a_fallback_is_an_error_event_never_garbage(gw: 
     assert '"code":"malformed_chunk"' in response.text and "[DONE]" not in response.text
 
 
+def test_malformed_event_before_the_first_token_fails_over_with_nothing_sent(gw: GatewayServer, fake_upstream: FakeUpstream,
+                                                                            recorder: CallRecorder) -> None:
+    # Not JSON right after the role chunk: in the head held until the first token, where it is
+    # checked, so the attempt fails before the client got anything and the fallback answers whole.
+    s = stream(gw, "fake/fake-malformed-after-0", fallback_models=["gpt-test"])
+    assert (s.text, s.roles, s.finishes, len(s.ids)) == (ANSWER, 1, ["stop"], 1)
+    assert upstream_models(fake_upstream) == ["fake-malformed-after-0", "gpt-test-upstream"]
+    assert recorder.attempts() == [("fake/fake-malformed-after-0", 502), ("gpt-test", 200)]
+    assert "malformed" in (recorder.last.attempts[0].error or "")
+
+
 # -- 5. context too long falls back; content policy does not ----------------------------------------------
 
 @pytest.mark.parametrize("primary", ["fake/fake-context-length", "claude/fake-context-length", "gem/fake-context-length"],
