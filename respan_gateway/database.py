@@ -188,12 +188,11 @@ class Database:
                 conn.row_factory = sqlite3.Row
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                # Temporary storage in memory, chiefly the statement journal: an insert that also runs
-                # a trigger (the log records' roll-up notes) keeps the pages it changes, each already
-                # changed earlier in its batch, so that it alone could be undone; in a file (past 64 KiB
-                # of them a batch spills there) that was ~35 KB written per record for ~2.6 KB stored,
-                # 15-20 us of system time per record. The reads' sorts are bounded by their LIMIT or
-                # their groups.
+                # Temporary storage in memory, chiefly the statement journal: an insert that runs a
+                # trigger that may abort (the log records' metadata index) keeps the pages it changes
+                # that its batch changed before, so that it alone could be undone; in a file (past
+                # 64 KiB) that was ~35 KB written per record for ~2.6 KB stored, 15-20 us of system
+                # time per record. The reads' sorts are bounded by their LIMIT or their groups.
                 conn.execute("PRAGMA temp_store=MEMORY")
                 conn.execute(f"PRAGMA busy_timeout={int(self.settings.command_timeout * 1000)}")
                 return conn

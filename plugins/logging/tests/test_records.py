@@ -453,8 +453,8 @@ def test_log_ids_are_time_ordered_uuids(logged_gateway) -> None:
 
 def test_a_batch_insert_writes_about_what_it_stores(logged_gateway, backend) -> None:
     """SQLite: a batch of records writes a few KB per record (the WAL's pages), not ~35 KB: each insert
-    also runs the roll-up trigger, so SQLite keeps a statement journal of the pages it changes, which
-    in a temporary file (the default past 64 KiB) was written for every record."""
+    also runs the metadata index's trigger, so SQLite keeps a statement journal of the pages it
+    changes, which in a temporary file (the default past 64 KiB) was written for every record."""
     if backend != "sqlite":
         pytest.skip("the statement journal is SQLite's")
     from respan_plugins.logging.record import LogRecord
