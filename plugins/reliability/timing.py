@@ -159,7 +159,8 @@ async def _head(chunks: AsyncIterator[Chunk], call: Call, first_token: FirstToke
             if not head:
                 raise StreamInterrupted(f"provider `{provider}` ended the stream before sending anything", provider=provider) from None
             return head  # an answer without a token: the relay ends it as the provider did
-        _check_chunk(chunk, provider)
+        if chunk.parsed is None:
+            _check_chunk(chunk, provider)
         head.append(chunk)
         if first_token is None or first_token(chunk):
             return head
@@ -203,7 +204,7 @@ async def relay(
                 ) from None
             finally:
                 watchdog.until = None
-            if chunk.parsed is None:  # tested here too: no call per chunk that was decoded
+            if chunk.parsed is None:
                 _check_chunk(chunk, provider)
             if pending is not None and pending.test(chunk):
                 if attempt is not None:
@@ -253,9 +254,8 @@ class _Watchdog(Deadline):
 
 
 def _check_chunk(chunk: Chunk, provider: str) -> None:
-    """The malformed_chunk error of a chunk that is not JSON; one a reader decoded whole is JSON."""
-    if chunk.parsed is not None:
-        return
+    """The malformed_chunk error of a chunk that is not JSON (callers skip one a reader decoded
+    whole, ``chunk.parsed`` set: it is JSON)."""
     try:
         _check_json(chunk.data)
     except msgspec.DecodeError:
